@@ -1,0 +1,114 @@
+//! The admin endpoint: `GET /status`, a JSON view of the ring every listener reads.
+//!
+//! It loads the same snapshot as the proxy and reads the per-worker counters beside it, so
+//! what it shows is what the hot path sees.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::proxy::{accept_loop, serve_http1};
+use crate::ring::{Ring, Snapshot};
+use crate::shutdown::Shutdown;
+
+#[derive(Serialize)]
+struct Status<'a> {
+    generation: u64,
+    pools: Vec<PoolStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct PoolStatus<'a> {
+    name: &'a str,
+    /// Highest `workers.version` applied to this pool.
+    version: i64,
+    workers: Vec<WorkerStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct WorkerStatus<'a> {
+    id: i64,
+    address: &'a str,
+    weight: u32,
+    in_flight: u64,
+    idle_connections: usize,
+}
+
+/// The `/status` document for `snapshot`.
+pub fn status_json(snapshot: &Snapshot) -> String {
+    let status = Status {
+        generation: snapshot.generation,
+        pools: snapshot
+            .pools
+            .iter()
+            .map(|p| PoolStatus {
+                name: &p.name,
+                version: p.version,
+                workers: p
+                    .workers
+                    .iter()
+                    .map(|w| WorkerStatus {
+                        id: w.id,
+                        address: &w.address.text,
+                        weight: w.weight,
+                        in_flight: w.state.in_flight.load(Ordering::Relaxed),
+                        idle_connections: w.state.conns.idle(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    serde_json::to_string_pretty(&status).expect("plain data serializes")
+}
+
+/// Serves the admin endpoint from `listener` until the shutdown drains it.
+pub async fn serve(listener: TcpListener, ring: Arc<Ring>, shutdown: Shutdown) {
+    let sd = shutdown.clone();
+    accept_loop(listener, shutdown, move |stream, _peer| {
+        let ring = ring.clone();
+        let shutdown = sd.clone();
+        async move {
+            let service = service_fn(move |request| {
+                let ring = ring.clone();
+                async move { Ok::<_, Infallible>(respond(&ring, &request)) }
+            });
+            let _ = serve_http1(stream, service, &shutdown).await;
+        }
+    })
+    .await
+}
+
+fn respond(ring: &Ring, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/status") => (
+            StatusCode::OK,
+            "application/json",
+            status_json(&ring.load_full()) + "\n",
+        ),
+        (_, "/status") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "use GET\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; try GET /status\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,478 @@
+//! `config.toml`: its schema, defaults and validation.
+//!
+//! Everything is checked before anything starts, and every mistake becomes a miette
+//! diagnostic that names the key and points at the offending line of the file. The rest of
+//! the program only ever sees a validated [`Config`].
+
+// A diagnostic carries the file's text to point into it: large, but built once, at startup.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+
+use miette::{Diagnostic, NamedSource, SourceSpan};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ring::AlgorithmKind;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub listeners: Vec<ListenerConfig>,
+    /// `None` when the file has no `[admin]` table: no admin endpoint is served.
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// A libpq-style URL; `DATABASE_URL` replaces the file's value when set.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    /// Which rows of `workers` (by their `pool` column) serve this listener.
+    pub pool: String,
+    pub algorithm: AlgorithmKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Per-request balancing over HTTP/1.1 keep-alive connections.
+    Http,
+    /// Per-connection balancing of raw TCP streams.
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub bind: SocketAddr,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    #[diagnostic(
+        code(config::read),
+        help("pass the file with --config PATH (default ./config.toml)")
+    )]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+
+    #[error("{message}")]
+    #[diagnostic(code(config::invalid))]
+    Invalid {
+        message: String,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("two listeners bind {bind}")]
+    #[diagnostic(
+        code(config::duplicate_bind),
+        help("each [[listeners]] entry needs its own address")
+    )]
+    DuplicateBind {
+        bind: SocketAddr,
+        #[source_code]
+        src: NamedSource<String>,
+        #[label("first bound here")]
+        first: SourceSpan,
+        #[label("and again here")]
+        second: SourceSpan,
+    },
+
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {reason}")]
+    #[diagnostic(
+        code(config::database_url),
+        help("e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/load_balancer")
+    )]
+    DatabaseUrlEnv { reason: String },
+}
+
+// The file as written. Kept apart from `Config` so that spans stay here and defaults and
+// validation happen in one place (`Config::parse`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: RawDatabase,
+    listeners: Vec<RawListener>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    bind: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    pool: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Spanned<String>,
+}
+
+impl Config {
+    /// Reads and validates `path`; `database_url` (from `DATABASE_URL`) overrides the file.
+    pub fn load(path: &Path, database_url: Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&path.display().to_string(), &text, database_url)
+    }
+
+    /// Validates the text of a config file; `name` is shown in diagnostics.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        database_url: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            source.invalid(
+                format!("invalid config: {}", e.message().trim_end()),
+                span,
+                "here",
+                None,
+            )
+        })?;
+
+        let url = match database_url {
+            Some(url) => {
+                tokio_postgres::Config::from_str(&url).map_err(|e| {
+                    ConfigError::DatabaseUrlEnv {
+                        reason: e.to_string(),
+                    }
+                })?;
+                url
+            }
+            None => {
+                let url = &raw.database.url;
+                tokio_postgres::Config::from_str(url.get_ref()).map_err(|e| {
+                    source.invalid(
+                        format!("`database.url` is not a valid PostgreSQL URL: {e}"),
+                        url.span(),
+                        "this URL",
+                        Some("e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\""),
+                    )
+                })?;
+                url.get_ref().clone()
+            }
+        };
+
+        if raw.listeners.is_empty() {
+            return Err(source.invalid(
+                "`listeners` is empty: nothing to serve".into(),
+                0..0,
+                "no [[listeners]] entry",
+                Some(LISTENER_EXAMPLE),
+            ));
+        }
+        let mut listeners = Vec::with_capacity(raw.listeners.len());
+        let mut seen: HashMap<SocketAddr, std::ops::Range<usize>> = HashMap::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            let bind = source.bind(&format!("listeners[{i}].bind"), &l.bind)?;
+            // Port 0 asks the OS for any free port: two of them never clash.
+            let clash = if bind.port() == 0 {
+                None
+            } else {
+                seen.insert(bind, l.bind.span())
+            };
+            if let Some(first) = clash {
+                return Err(ConfigError::DuplicateBind {
+                    bind,
+                    src: source.named(),
+                    first: first.into(),
+                    second: l.bind.span().into(),
+                });
+            }
+            let protocol = match l.protocol.as_ref() {
+                None => Protocol::Http,
+                Some(p) => match p.get_ref().as_str() {
+                    "http" => Protocol::Http,
+                    "tcp" => Protocol::Tcp,
+                    other => {
+                        return Err(source.invalid(
+                            format!("`listeners[{i}].protocol` must be \"http\" or \"tcp\", not {other:?}"),
+                            p.span(),
+                            "unknown protocol",
+                            Some("protocol = \"http\" balances each request; \"tcp\" each connection"),
+                        ));
+                    }
+                },
+            };
+            let pool = match l.pool.as_ref() {
+                None => "default".to_string(),
+                Some(p) if p.get_ref().is_empty() || p.get_ref().len() > 200 => {
+                    return Err(source.invalid(
+                        format!("`listeners[{i}].pool` must be 1 to 200 characters"),
+                        p.span(),
+                        "bad pool name",
+                        Some("it names the rows of workers whose `pool` column matches"),
+                    ));
+                }
+                Some(p) => p.get_ref().clone(),
+            };
+            let algorithm = match l.algorithm.as_ref() {
+                None => AlgorithmKind::Weighted,
+                Some(a) => AlgorithmKind::from_name(a.get_ref()).ok_or_else(|| {
+                    source.invalid(
+                        format!(
+                            "`listeners[{i}].algorithm` must be one of {}, not {:?}",
+                            AlgorithmKind::NAMES.join(", "),
+                            a.get_ref()
+                        ),
+                        a.span(),
+                        "unknown algorithm",
+                        Some("weighted (smooth weighted round robin) is the default"),
+                    )
+                })?,
+            };
+            if !algorithm.is_supported() {
+                let a = l
+                    .algorithm
+                    .as_ref()
+                    .expect("only explicit algorithms are unsupported");
+                return Err(source.invalid(
+                    format!(
+                        "`listeners[{i}].algorithm` {:?} is not yet supported",
+                        a.get_ref()
+                    ),
+                    a.span(),
+                    "not yet supported",
+                    Some("use round_robin, random or weighted"),
+                ));
+            }
+            listeners.push(ListenerConfig {
+                bind,
+                protocol,
+                pool,
+                algorithm,
+            });
+        }
+
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let bind = source.bind("admin.bind", &a.bind)?;
+                if let Some(first) = seen.get(&bind) {
+                    return Err(ConfigError::DuplicateBind {
+                        bind,
+                        src: source.named(),
+                        first: first.clone().into(),
+                        second: a.bind.span().into(),
+                    });
+                }
+                Some(AdminConfig { bind })
+            }
+        };
+
+        Ok(Config {
+            database: DatabaseConfig { url },
+            listeners,
+            admin,
+        })
+    }
+}
+
+const LISTENER_EXAMPLE: &str = "add one:\n[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"default\"\nalgorithm = \"weighted\"";
+
+/// The file being validated, for building diagnostics.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn named(&self) -> NamedSource<String> {
+        NamedSource::new(self.name, self.text.to_string())
+    }
+
+    fn invalid(
+        &self,
+        message: String,
+        span: std::ops::Range<usize>,
+        label: &str,
+        help: Option<&str>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            message,
+            src: self.named(),
+            span: span.into(),
+            label: label.to_string(),
+            help: help.map(str::to_string),
+        }
+    }
+
+    fn bind(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            self.invalid(
+                format!(
+                    "`{key}` must be an IP address and port, not {:?}",
+                    value.get_ref()
+                ),
+                value.span(),
+                "not an address",
+                Some("e.g. \"127.0.0.1:8080\", \"0.0.0.0:80\" or \"[::1]:8080\""),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[database]
+url = "postgres://postgres@127.0.0.1:5432/load_balancer"
+
+[[listeners]]
+bind = "127.0.0.1:8080"
+protocol = "http"
+pool = "default"
+algorithm = "weighted"
+
+[[listeners]]
+bind = "127.0.0.1:8081"
+
+[admin]
+bind = "127.0.0.1:9901"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("config.toml", text, None)
+    }
+
+    /// The 1-based line of the diagnostic's primary span.
+    fn line_of(text: &str, err: &ConfigError) -> usize {
+        let offset = match err {
+            ConfigError::Invalid { span, .. } => span.offset(),
+            ConfigError::DuplicateBind { second, .. } => second.offset(),
+            other => panic!("no span in {other:?}"),
+        };
+        text[..offset].matches('\n').count() + 1
+    }
+
+    #[test]
+    fn good_config_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(
+            c.listeners[1],
+            ListenerConfig {
+                bind: "127.0.0.1:8081".parse().unwrap(),
+                protocol: Protocol::Http,
+                pool: "default".into(),
+                algorithm: AlgorithmKind::Weighted,
+            }
+        );
+        assert_eq!(c.admin.unwrap().bind, "127.0.0.1:9901".parse().unwrap());
+    }
+
+    #[test]
+    fn database_url_env_overrides_file() {
+        let c = Config::parse("c", GOOD, Some("postgres://u@h:1/other".into())).unwrap();
+        assert_eq!(c.database.url, "postgres://u@h:1/other");
+        let e = Config::parse("c", GOOD, Some("postgres://h:notaport/x".into())).unwrap_err();
+        assert!(matches!(e, ConfigError::DatabaseUrlEnv { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_key_points_at_its_line() {
+        let text = GOOD.replace("pool = \"default\"", "pool = \"default\"\nweigth = 3");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("unknown field `weigth`"), "{e}");
+        assert_eq!(line_of(&text, &e), 9);
+    }
+
+    #[test]
+    fn bad_protocol_algorithm_and_bind() {
+        let text = GOOD.replace("protocol = \"http\"", "protocol = \"udp\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].protocol"), "{e}");
+        assert_eq!(line_of(&text, &e), 7);
+
+        let text = GOOD.replace("algorithm = \"weighted\"", "algorithm = \"fastest\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].algorithm"), "{e}");
+        assert_eq!(line_of(&text, &e), 9);
+
+        let text = GOOD.replace("127.0.0.1:8081", "localhost:http");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[1].bind"), "{e}");
+        assert_eq!(line_of(&text, &e), 12);
+
+        let text = GOOD.replace("127.0.0.1:9901", "nowhere");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("admin.bind"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_bind_points_at_both() {
+        let text = GOOD.replace("127.0.0.1:8081", "127.0.0.1:8080");
+        let e = parse(&text).unwrap_err();
+        assert!(matches!(e, ConfigError::DuplicateBind { .. }), "{e:?}");
+        assert_eq!(line_of(&text, &e), 12);
+        let text = GOOD.replace("127.0.0.1:9901", "127.0.0.1:8081");
+        assert!(matches!(
+            parse(&text).unwrap_err(),
+            ConfigError::DuplicateBind { .. }
+        ));
+    }
+
+    #[test]
+    fn broken_toml_and_missing_parts() {
+        let text = GOOD.replace("[admin]", "[admin");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(line_of(&text, &e), 14);
+
+        let e = parse("[database]\nurl = \"postgres://x@y/z\"\n").unwrap_err();
+        assert!(e.to_string().contains("listeners"), "{e}");
+
+        let e = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("database"), "{e}");
+
+        let text = GOOD.replace("postgres://postgres@127.0.0.1:5432", "postgres://h:port");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("database.url"), "{e}");
+        assert_eq!(line_of(&text, &e), 3);
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let e = Config::load(Path::new("/nonexistent/config.toml"), None).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn repo_config_is_valid() {
+        let text = include_str!("../config.toml");
+        parse(text).unwrap();
+    }
+}

@@ -1,0 +1,225 @@
+//! Everything that talks to PostgreSQL: connection settings, the startup checks, migrations,
+//! the snapshot query and the listener task that turns NOTIFY events into ring updates.
+//!
+//! The hot path never comes here: it only reads the ring the listener publishes.
+
+mod event;
+mod listener;
+mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
+use miette::Diagnostic;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, config::Host};
+
+use crate::ring::Row;
+
+pub use event::Event;
+pub use listener::{Listener, ListenerError};
+
+/// The NOTIFY channel the triggers of `migrations/V2__notify.sql` send on.
+pub const CHANNEL: &str = "lb_workers";
+
+/// How long to wait for a TCP connection to PostgreSQL before calling it unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Keepalive probes start after this much silence, so a dead peer is noticed in seconds.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+/// Unacknowledged data older than this kills the connection (Linux `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection settings and the pool for ordinary queries.
+#[derive(Clone)]
+pub struct Db {
+    /// Settings for the listener's own connection (never pooled: see `listener.rs`).
+    pub config: tokio_postgres::Config,
+    /// Pooled connections for queries such as the snapshot read.
+    pub pool: deadpool_postgres::Pool,
+}
+
+/// Why the proxy could not start against the database. Each says which problem it is and
+/// how to fix it.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum StartupError {
+    #[error("database {database:?} does not exist on {server}")]
+    #[diagnostic(code(database::missing))]
+    NoDatabase {
+        database: String,
+        server: String,
+        #[help]
+        fix: String,
+    },
+    #[error("PostgreSQL at {server} refused the login of user {user:?}: {message}")]
+    #[diagnostic(
+        code(database::auth),
+        help("fix the user or password in [database] url, or in DATABASE_URL")
+    )]
+    Auth {
+        server: String,
+        user: String,
+        message: String,
+    },
+    #[error("PostgreSQL at {server} does not answer: {message}")]
+    #[diagnostic(
+        code(database::unreachable),
+        help("start PostgreSQL, or fix the host and port in [database] url or DATABASE_URL")
+    )]
+    Unreachable { server: String, message: String },
+    #[error("PostgreSQL at {server} failed: {message}")]
+    #[diagnostic(code(database::error))]
+    Other { server: String, message: String },
+    #[error("database migrations failed: {0}")]
+    #[diagnostic(code(database::migrate))]
+    Migrate(String),
+}
+
+impl Db {
+    /// Parses `url`, checks that the database answers (a clear error otherwise), runs the
+    /// migrations, and returns the settings and query pool.
+    pub async fn open(url: &str) -> Result<Db, StartupError> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| StartupError::Other {
+                server: url.to_string(),
+                message: e.to_string(),
+            })?;
+        if config.get_application_name().is_none() {
+            config.application_name("load_balancer");
+        }
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
+
+        let mut client = connect(&config).await?;
+        migrate::run(&mut client)
+            .await
+            .map_err(|e| StartupError::Migrate(e.to_string()))?;
+        drop(client);
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(4)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .expect("a tokio runtime and timeouts are set");
+        Ok(Db { config, pool })
+    }
+
+    /// Reads every row of `workers`: the full state a listener resets to.
+    pub async fn snapshot(&self) -> Result<Vec<Row>, SnapshotError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, worker_address, weight, pool, version FROM workers",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let weight: i32 = r.try_get(2)?;
+                Ok(Row {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    // The CHECK constraint keeps it in 0..=10000.
+                    weight: weight.clamp(0, 10_000) as u32,
+                    pool: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("no pooled database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("snapshot query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// Opens one plain connection and drives it on a task; the error says what went wrong.
+pub async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, StartupError> {
+    match config.connect(NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "database connection closed");
+                }
+            });
+            Ok(client)
+        }
+        Err(e) => Err(classify(config, &e)),
+    }
+}
+
+/// Turns a connection error into the one-line reason and fix a user needs.
+fn classify(config: &tokio_postgres::Config, e: &tokio_postgres::Error) -> StartupError {
+    let server = describe_server(config);
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| {
+            // Walk the source chain: the interesting part ("Connection refused") is inside.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        });
+    let user = config.get_user().unwrap_or("(default)").to_string();
+    match e.code() {
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            let database = config.get_dbname().unwrap_or(&user).to_string();
+            let (host, port) = host_port(config);
+            StartupError::NoDatabase {
+                fix: format!("create it: createdb -h {host} -p {port} -U {user} {database}"),
+                database,
+                server,
+            }
+        }
+        Some(c)
+            if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            StartupError::Auth {
+                server,
+                user,
+                message,
+            }
+        }
+        Some(_) => StartupError::Other { server, message },
+        None => StartupError::Unreachable { server, message },
+    }
+}
+
+fn host_port(config: &tokio_postgres::Config) -> (String, u16) {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+fn describe_server(config: &tokio_postgres::Config) -> String {
+    let (host, port) = host_port(config);
+    format!("{host}:{port}")
+}

@@ -1,0 +1,138 @@
+//! load_balancer: an HTTP and TCP load balancer whose backends are the rows of a PostgreSQL
+//! table, changed live with plain SQL.
+//!
+//! Data flows one way: [`config`] → [`db`] (migrations, snapshot, the listener task) →
+//! [`ring`] (one published snapshot) → [`proxy`] (picks a worker per request or connection).
+//! [`admin`] reads the same snapshot; [`shutdown`] stops it all gracefully. [`start`] wires
+//! these together; `main.rs` only adds the command line, logging and signals.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod db;
+pub mod proxy;
+pub mod ring;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use miette::Diagnostic;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use config::{Config, Protocol};
+use db::{Db, Listener, ListenerError};
+use proxy::Balancer;
+use proxy::http::HttpProxy;
+use proxy::tcp::TcpProxy;
+use ring::{Membership, Ring};
+use shutdown::Shutdown;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    #[diagnostic(
+        code(startup::bind),
+        help("another process may hold this address; change `bind` in config.toml")
+    )]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Database(#[from] db::StartupError),
+    #[error("cannot read the workers table: {0}")]
+    #[diagnostic(code(startup::sync))]
+    Sync(#[source] ListenerError),
+}
+
+/// A started proxy: its bound addresses and the handles to stop it.
+pub struct Running {
+    pub ring: Arc<Ring>,
+    /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
+    pub listeners: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    shutdown: Shutdown,
+    listener_task: JoinHandle<()>,
+}
+
+/// Binds every address, migrates the database, syncs the ring once, and starts serving.
+/// Addresses are bound first, so a taken port is reported before the database is touched.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        bound.push(bind(l.bind).await?);
+    }
+    let admin_listener = match &config.admin {
+        Some(a) => Some(bind(a.bind).await?),
+        None => None,
+    };
+
+    let db = Db::open(&config.database.url).await?;
+    let pools: Vec<String> = config.listeners.iter().map(|l| l.pool.clone()).collect();
+    let ring = Ring::new(&pools);
+    let shutdown = Shutdown::new();
+    let mut listener = Listener::new(db, Membership::new(ring.clone()), shutdown.drain.clone());
+    let session = listener
+        .connect("startup")
+        .await
+        .map_err(StartError::Sync)?;
+    let listener_task = tokio::spawn(listener.run(Some(session)));
+
+    let mut listeners = Vec::with_capacity(bound.len());
+    for (l, tcp) in config.listeners.iter().zip(bound) {
+        let address = tcp.local_addr().map_err(|source| StartError::Bind {
+            address: l.bind,
+            source,
+        })?;
+        listeners.push(address);
+        let balancer = Balancer::new(ring.clone(), &l.pool, l.algorithm.build());
+        match l.protocol {
+            Protocol::Http => {
+                tokio::spawn(Arc::new(HttpProxy::new(balancer)).serve(tcp, shutdown.clone()))
+            }
+            Protocol::Tcp => {
+                tokio::spawn(Arc::new(TcpProxy::new(balancer)).serve(tcp, shutdown.clone()))
+            }
+        };
+        tracing::info!(%address, protocol = ?l.protocol, pool = %l.pool,
+            algorithm = l.algorithm.name(), "listening");
+    }
+    let admin = match admin_listener {
+        Some(tcp) => {
+            let address = tcp.local_addr().ok();
+            tokio::spawn(admin::serve(tcp, ring.clone(), shutdown.clone()));
+            tracing::info!(address = ?address, "admin endpoint listening (GET /status)");
+            address
+        }
+        None => None,
+    };
+    Ok(Running {
+        ring,
+        listeners,
+        admin,
+        shutdown,
+        listener_task,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
+    /// and closes the database listener. Returns whether everything finished in time.
+    pub async fn stop(self, grace: Duration) -> bool {
+        let clean = self.shutdown.run(grace).await;
+        let _ = self.listener_task.await;
+        clean
+    }
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind { address, source })
+}

@@ -1,0 +1,90 @@
+//! The `load_balancer` binary: command line, logging and signals around `load_balancer::start`.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use load_balancer::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// HTTP and TCP load balancer whose backends are the rows of a PostgreSQL table.
+///
+/// Backends are changed live with SQL on the `workers` table, e.g.
+/// `UPDATE workers SET weight = 0 WHERE worker_address = '10.0.0.7:8000'` drains one.
+/// Logs go to stderr; RUST_LOG sets their level (default: info).
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Path of the configuration file.
+    #[arg(long, default_value = "config.toml")]
+    config: PathBuf,
+
+    /// PostgreSQL URL; when set it overrides `[database] url` of the configuration file.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let database_url = cli.database_url.filter(|u| !u.is_empty());
+    let config = match Config::load(&cli.config, database_url) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let running = match load_balancer::start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{:?}", miette::Report::new(e));
+                return ExitCode::FAILURE;
+            }
+        };
+        let signal = wait_for_signal().await;
+        tracing::info!(
+            signal,
+            grace_s = SHUTDOWN_GRACE.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        if running.stop(SHUTDOWN_GRACE).await {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!("shutdown deadline passed; remaining connections were cut");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}

@@ -1,0 +1,178 @@
+//! Keep-alive connections to one backend.
+//!
+//! Each worker's [`ConnPool`] holds idle HTTP/1.1 connections in a lock-free queue. A request
+//! takes one (or dials a new one), and the response body hands it back when the backend has
+//! sent the last byte ([`PooledBody`]); a connection whose response was not read to the end
+//! is dropped, never reused. Keyed by worker id (it lives in `WorkerState`), so a reweight
+//! keeps the warm connections.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use super::{ConnectError, dial};
+use crate::ring::{Address, InFlight, Worker};
+
+/// A handle that sends requests on one backend connection.
+pub type Sender = http1::SendRequest<Incoming>;
+
+/// Idle connections kept per backend; more are closed when returned.
+const MAX_IDLE: usize = 256;
+
+pub struct ConnPool {
+    idle: ArrayQueue<Sender>,
+}
+
+impl Default for ConnPool {
+    fn default() -> Self {
+        ConnPool {
+            idle: ArrayQueue::new(MAX_IDLE),
+        }
+    }
+}
+
+impl fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnPool")
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+impl ConnPool {
+    /// An idle connection that is still open. The caller awaits `ready()` on it: a
+    /// connection whose last response just ended may need a moment to turn idle.
+    pub fn take(&self) -> Option<Sender> {
+        while let Some(s) = self.idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection for reuse; a closed one, or one beyond the cap, is dropped.
+    pub fn put(&self, s: Sender) {
+        if !s.is_closed() {
+            let _ = self.idle.push(s);
+        }
+    }
+
+    /// Closes every idle connection (the backend was removed or drained).
+    pub fn clear(&self) {
+        while self.idle.pop().is_some() {}
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Dials a new HTTP/1.1 connection to `address` and starts driving it.
+pub async fn connect(address: &Address, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = dial(address, timeout).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(address.text.clone(), e))?;
+    let text = address.text.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(backend = %text, error = %e, "backend connection closed");
+        }
+    });
+    Ok(sender)
+}
+
+/// A backend's response body on its way to the client. It owns the request's claim on the
+/// worker: the in-flight count drops, and the connection goes back to the pool, only when
+/// the body has ended (or the client went away, in which case the connection is dropped).
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+/// A request's hold on a worker and, while the response streams, on its connection.
+pub struct Lease {
+    in_flight: InFlight,
+    sender: Option<Sender>,
+}
+
+impl Lease {
+    pub fn new(in_flight: InFlight) -> Lease {
+        Lease {
+            in_flight,
+            sender: None,
+        }
+    }
+
+    pub fn worker(&self) -> &Arc<Worker> {
+        self.in_flight.worker()
+    }
+
+    /// Keeps `sender` to return to the pool when the response is complete.
+    pub fn hold(&mut self, sender: Sender) {
+        self.sender = Some(sender);
+    }
+
+    /// The response ended cleanly: the connection can serve another request.
+    fn release(mut self) {
+        if let Some(s) = self.sender.take() {
+            self.worker().state.conns.put(s);
+        }
+    }
+}
+
+impl PooledBody {
+    pub fn new(inner: Incoming, lease: Lease) -> PooledBody {
+        let mut body = PooledBody {
+            inner,
+            lease: Some(lease),
+        };
+        // A bodiless response (204, 304, HEAD, Content-Length: 0) is already complete.
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,362 @@
+//! Membership: turns table rows and change events into published snapshots.
+//!
+//! Owned by the listener task, the ring's only publisher. It keeps the last known version of
+//! every row, applies changes idempotently (a change whose version is not newer than the
+//! known one is dropped, which makes the overlap between LISTEN and the snapshot harmless),
+//! rebuilds only the pools a batch touched and publishes them all as one snapshot. A full
+//! [`Membership::reset`] from a fresh table read is the recovery path for anything unexpected.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{Address, Pool, Ring, Worker, WorkerState};
+
+/// A row of `workers` as read from the table or carried by a change event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub id: i64,
+    pub address: String,
+    pub weight: u32,
+    pub pool: String,
+    pub version: i64,
+}
+
+/// One change to the table, from a NOTIFY payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// INSERT or UPDATE: the row as it is now.
+    Upsert(Row),
+    /// DELETE: the row as it was.
+    Delete(Row),
+}
+
+impl Change {
+    pub fn row(&self) -> &Row {
+        match self {
+            Change::Upsert(r) | Change::Delete(r) => r,
+        }
+    }
+}
+
+/// What a batch or reset did, for the log line.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Changes that were newer than what was known and went into the ring.
+    pub changes: Vec<Change>,
+    /// Changes dropped as not newer than the known row version.
+    pub stale: usize,
+    /// The generation published, if anything changed.
+    pub generation: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Membership {
+    ring: Arc<Ring>,
+    /// Every known row, by id.
+    workers: HashMap<i64, Arc<Worker>>,
+    /// Pool name → ids of its workers, and the highest version applied to the pool.
+    pools: BTreeMap<Arc<str>, PoolMembers>,
+}
+
+#[derive(Debug, Default)]
+struct PoolMembers {
+    ids: HashSet<i64>,
+    version: i64,
+    /// Whether the pool changed since it was last published.
+    dirty: bool,
+}
+
+impl Membership {
+    pub fn new(ring: Arc<Ring>) -> Membership {
+        let pools = ring
+            .configured_pools()
+            .iter()
+            .map(|n| (n.clone(), PoolMembers::default()))
+            .collect();
+        Membership {
+            ring,
+            workers: HashMap::new(),
+            pools,
+        }
+    }
+
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+
+    /// Applies a batch of changes and publishes one snapshot if any of them was new.
+    pub fn apply(&mut self, changes: Vec<Change>) -> Applied {
+        let mut applied = Applied::default();
+        for change in changes {
+            let known = self.workers.get(&change.row().id).map(|w| w.version);
+            let fresh = match (&change, known) {
+                (Change::Upsert(r), Some(v)) => r.version > v,
+                (Change::Upsert(_), None) => true,
+                (Change::Delete(r), Some(v)) => r.version >= v,
+                (Change::Delete(_), None) => false,
+            };
+            if !fresh {
+                applied.stale += 1;
+                continue;
+            }
+            match &change {
+                Change::Upsert(row) => self.upsert(row),
+                Change::Delete(row) => self.remove(row.id, row.version),
+            }
+            applied.changes.push(change);
+        }
+        if !applied.changes.is_empty() {
+            applied.generation = Some(self.publish());
+        }
+        applied
+    }
+
+    /// Replaces everything with `rows` (a full table read) and publishes; per-worker state
+    /// is kept for every id whose address did not change. Publishes when anything differs
+    /// or nothing was ever published.
+    pub fn reset(&mut self, rows: Vec<Row>) -> Applied {
+        let mut applied = Applied::default();
+        let incoming: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let gone: Vec<Arc<Worker>> = self
+            .workers
+            .values()
+            .filter(|w| !incoming.contains(&w.id))
+            .cloned()
+            .collect();
+        for w in gone {
+            self.remove(w.id, w.version);
+            applied.changes.push(Change::Delete(row_of(&w)));
+        }
+        for row in rows {
+            let same = self.workers.get(&row.id).is_some_and(|w| row_of(w) == row);
+            if !same {
+                self.upsert(&row);
+                applied.changes.push(Change::Upsert(row));
+            }
+        }
+        if !applied.changes.is_empty() || self.ring.load().generation == 0 {
+            applied.generation = Some(self.publish());
+        }
+        applied
+    }
+
+    fn upsert(&mut self, row: &Row) {
+        let old = self.workers.get(&row.id).cloned();
+        // Same id and address: the same backend, so health, counters and pooled
+        // connections carry over. A new address is a new backend.
+        let state = match &old {
+            Some(w) if *w.address.text == *row.address => w.state.clone(),
+            _ => Arc::new(WorkerState::default()),
+        };
+        if row.weight == 0 {
+            // Drained: nothing new will use its idle connections.
+            state.conns.clear();
+        }
+        if let Some(old) = &old
+            && *old.pool != *row.pool
+        {
+            self.leave_pool(old.id, &old.pool, row.version);
+        }
+        let members = self.pools.entry(row.pool.as_str().into()).or_default();
+        members.ids.insert(row.id);
+        members.version = members.version.max(row.version);
+        members.dirty = true;
+        let pool = self
+            .pools
+            .get_key_value(row.pool.as_str())
+            .expect("just inserted")
+            .0
+            .clone();
+        self.workers.insert(
+            row.id,
+            Arc::new(Worker {
+                id: row.id,
+                address: Address::new(&row.address),
+                weight: row.weight,
+                pool,
+                version: row.version,
+                state,
+            }),
+        );
+    }
+
+    fn remove(&mut self, id: i64, version: i64) {
+        if let Some(old) = self.workers.remove(&id) {
+            self.leave_pool(id, &old.pool, version);
+            // Idle keep-alive connections to a removed backend are closed now; requests in
+            // flight hold their own connection and finish.
+            old.state.conns.clear();
+        }
+    }
+
+    fn leave_pool(&mut self, id: i64, pool: &str, version: i64) {
+        if let Some(members) = self.pools.get_mut(pool) {
+            members.ids.remove(&id);
+            members.version = members.version.max(version);
+            members.dirty = true;
+        }
+    }
+
+    /// Builds the dirty pools, reuses the others, and publishes one snapshot.
+    fn publish(&mut self) -> u64 {
+        let current = self.ring.load_full();
+        let configured = self.ring.configured_pools();
+        // Pools nobody serves and no row uses any more are forgotten.
+        self.pools
+            .retain(|name, m| !m.ids.is_empty() || configured.contains(name));
+        let order = configured.iter().cloned().chain(
+            self.pools
+                .keys()
+                .filter(|n| !configured.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let mut pools = Vec::with_capacity(self.pools.len());
+        for name in order {
+            let members = self
+                .pools
+                .get_mut(&name)
+                .expect("configured pools are kept");
+            let previous = current.pools.iter().find(|p| p.name == name);
+            let pool = match previous {
+                Some(p) if !members.dirty => p.clone(),
+                _ => {
+                    let workers = members.ids.iter().map(|id| self.workers[id].clone());
+                    Arc::new(Pool::new(name, members.version, workers.collect()))
+                }
+            };
+            members.dirty = false;
+            pools.push(pool);
+        }
+        self.ring.publish(pools)
+    }
+}
+
+fn row_of(w: &Worker) -> Row {
+    Row {
+        id: w.id,
+        address: w.address.text.to_string(),
+        weight: w.weight,
+        pool: w.pool.to_string(),
+        version: w.version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn row(id: i64, address: &str, weight: u32, pool: &str, version: i64) -> Row {
+        Row {
+            id,
+            address: address.into(),
+            weight,
+            pool: pool.into(),
+            version,
+        }
+    }
+
+    fn weights(m: &Membership, pool: &str) -> Vec<(i64, u32)> {
+        let snap = m.ring().load();
+        snap.pool_named(pool)
+            .map(|p| p.workers.iter().map(|w| (w.id, w.weight)).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn reset_then_changes_publish_once_per_batch() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        let a = m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 10)]);
+        assert_eq!(a.generation, Some(1));
+        let a = m.apply(vec![
+            Change::Upsert(row(2, "127.0.0.1:2", 3, "default", 11)),
+            Change::Upsert(row(1, "127.0.0.1:1", 5, "default", 12)),
+        ]);
+        assert_eq!(a.generation, Some(2));
+        assert_eq!(weights(&m, "default"), vec![(1, 5), (2, 3)]);
+        assert_eq!(m.ring().load().pool(0).version, 12);
+    }
+
+    #[test]
+    fn stale_and_duplicate_events_are_dropped() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset(vec![row(1, "127.0.0.1:1", 2, "default", 10)]);
+        // Committed before the snapshot, delivered after it: already known.
+        let a = m.apply(vec![
+            Change::Upsert(row(1, "127.0.0.1:1", 7, "default", 9)),
+            Change::Upsert(row(1, "127.0.0.1:1", 2, "default", 10)),
+            Change::Delete(row(5, "127.0.0.1:5", 1, "default", 8)),
+        ]);
+        assert_eq!((a.stale, a.generation), (3, None));
+        assert_eq!(weights(&m, "default"), vec![(1, 2)]);
+    }
+
+    #[test]
+    fn reweight_keeps_state_new_address_does_not() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 1)]);
+        let state = m.ring().load().pool(0).workers[0].state.clone();
+        state.in_flight.store(7, Ordering::Relaxed);
+        m.apply(vec![Change::Upsert(row(1, "127.0.0.1:1", 9, "default", 2))]);
+        assert!(Arc::ptr_eq(
+            &state,
+            &m.ring().load().pool(0).workers[0].state
+        ));
+        m.apply(vec![Change::Upsert(row(1, "127.0.0.1:2", 9, "default", 3))]);
+        assert!(!Arc::ptr_eq(
+            &state,
+            &m.ring().load().pool(0).workers[0].state
+        ));
+    }
+
+    #[test]
+    fn moves_between_pools_and_untouched_pools_are_reused() {
+        let mut m = Membership::new(Ring::new(&["a".into(), "b".into()]));
+        m.reset(vec![
+            row(1, "127.0.0.1:1", 1, "a", 1),
+            row(2, "127.0.0.1:2", 1, "b", 2),
+        ]);
+        let b_before = m.ring().load().pools[1].clone();
+        m.apply(vec![Change::Upsert(row(1, "127.0.0.1:1", 1, "c", 3))]);
+        let snap = m.ring().load();
+        assert!(
+            snap.pool(0).workers.is_empty(),
+            "configured pool stays, empty"
+        );
+        assert!(
+            Arc::ptr_eq(&b_before, &snap.pools[1]),
+            "untouched pool reused"
+        );
+        assert_eq!(weights(&m, "c"), vec![(1, 1)]);
+        drop(snap);
+        // An unconfigured pool that empties is forgotten.
+        m.apply(vec![Change::Delete(row(1, "127.0.0.1:1", 1, "c", 3))]);
+        assert!(m.ring().load().pool_named("c").is_none());
+    }
+
+    #[test]
+    fn reset_diffs_and_skips_publish_when_nothing_changed() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        let rows = vec![
+            row(1, "127.0.0.1:1", 1, "default", 1),
+            row(2, "127.0.0.1:2", 1, "default", 2),
+        ];
+        assert_eq!(m.reset(rows.clone()).generation, Some(1));
+        assert_eq!(m.reset(rows).generation, None);
+        let a = m.reset(vec![row(2, "127.0.0.1:2", 4, "default", 5)]);
+        assert_eq!((a.changes.len(), a.generation), (2, Some(2)));
+        assert_eq!(weights(&m, "default"), vec![(2, 4)]);
+    }
+
+    #[test]
+    fn deleted_then_reinserted_is_a_new_worker() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 1)]);
+        m.apply(vec![
+            Change::Delete(row(1, "127.0.0.1:1", 1, "default", 1)),
+            Change::Upsert(row(2, "127.0.0.1:1", 1, "default", 2)),
+        ]);
+        assert_eq!(weights(&m, "default"), vec![(2, 1)]);
+    }
+}

@@ -1,0 +1,214 @@
+//! The in-memory ring: what the proxy picks backends from.
+//!
+//! One immutable [`Snapshot`] holds every pool; it is published through one `ArcSwap` by the
+//! listener task alone and read by the hot path with one atomic load: no lock, no await,
+//! no database I/O. Per-backend state that must outlive a snapshot (in-flight counters, the
+//! keep-alive connection pool) lives in [`WorkerState`], shared by `Arc` between successive
+//! snapshots and keyed by `workers.id`, so a reweight never resets it.
+
+mod algorithm;
+mod membership;
+mod schedule;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+pub use algorithm::{Algorithm, AlgorithmKind, RandomSource, ThreadRandom};
+pub use membership::{Applied, Change, Membership, Row};
+
+use crate::proxy::pool::ConnPool;
+
+/// One backend as the ring sees it: a row of `workers`, plus its long-lived state.
+#[derive(Debug)]
+pub struct Worker {
+    pub id: i64,
+    pub address: Address,
+    pub weight: u32,
+    pub pool: Arc<str>,
+    /// The row's version when this value was built; events not newer than it are stale.
+    pub version: i64,
+    pub state: Arc<WorkerState>,
+}
+
+/// A backend address as written in `worker_address`: resolved once if it is a literal IP,
+/// otherwise looked up on each new connection (e.g. `backend-1:8000` in Docker Compose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub text: Arc<str>,
+    pub ip: Option<SocketAddr>,
+}
+
+impl Address {
+    pub fn new(text: &str) -> Address {
+        Address {
+            text: text.into(),
+            ip: text.parse().ok(),
+        }
+    }
+}
+
+/// State that belongs to one backend for as long as its id and address stay the same.
+#[derive(Debug, Default)]
+pub struct WorkerState {
+    /// Requests (HTTP) or connections (TCP) currently being served by this backend.
+    pub in_flight: AtomicU64,
+    /// Idle keep-alive connections to this backend, reused across requests.
+    pub conns: ConnPool,
+}
+
+/// Counts one request (HTTP) or connection (TCP) in flight on a worker until dropped. It
+/// holds the worker itself, so a request outlives its worker's removal from the ring: that
+/// is how a drain lets in-flight work finish.
+#[derive(Debug)]
+pub struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    pub fn new(worker: Arc<Worker>) -> InFlight {
+        worker.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(worker)
+    }
+
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One pool's workers and the tables the algorithms pick from, built once per change.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    /// Highest row version applied to this pool (monotonic: versions come from one sequence).
+    pub version: i64,
+    /// All workers of the pool, by id, including drained ones (weight 0).
+    pub workers: Vec<Arc<Worker>>,
+    /// Indices into `workers` of those that take new traffic (weight > 0).
+    pub active: Box<[u32]>,
+    /// Smooth weighted round-robin order of indices into `workers` (see `schedule.rs`).
+    pub schedule: Box<[u32]>,
+}
+
+impl Pool {
+    pub fn new(name: Arc<str>, version: i64, mut workers: Vec<Arc<Worker>>) -> Pool {
+        workers.sort_by_key(|w| w.id);
+        let active = (0..workers.len() as u32)
+            .filter(|&i| workers[i as usize].weight > 0)
+            .collect();
+        let weights: Vec<u32> = workers.iter().map(|w| w.weight).collect();
+        Pool {
+            name,
+            version,
+            schedule: schedule::smooth_weighted(&weights).into(),
+            active,
+            workers,
+        }
+    }
+
+    pub fn empty(name: Arc<str>) -> Pool {
+        Pool::new(name, 0, Vec::new())
+    }
+}
+
+/// Every pool at one instant. Immutable once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Counts publishes: 0 is the empty ring before the first sync.
+    pub generation: u64,
+    /// Pools in a stable order: the configured pools first, at the indices
+    /// [`Ring::pool_index`] handed out, then any other pool found in the table.
+    pub pools: Vec<Arc<Pool>>,
+}
+
+impl Snapshot {
+    pub fn pool(&self, index: usize) -> &Pool {
+        &self.pools[index]
+    }
+
+    pub fn pool_named(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| &*p.name == name).map(|p| &**p)
+    }
+}
+
+/// The shared handle: the listener publishes, everyone else loads.
+#[derive(Debug)]
+pub struct Ring {
+    current: ArcSwap<Snapshot>,
+    /// Pool names whose index in every snapshot is fixed, so the hot path indexes a Vec
+    /// instead of hashing a string.
+    configured: Vec<Arc<str>>,
+    /// Tells waiters (tests, startup) that a new generation was published.
+    published: watch::Sender<u64>,
+}
+
+impl Ring {
+    /// A ring with an empty snapshot in which `configured` pools exist (empty) at fixed indices.
+    pub fn new(configured: &[String]) -> Arc<Ring> {
+        let mut names: Vec<Arc<str>> = Vec::new();
+        for n in configured {
+            if !names.iter().any(|m| **m == **n) {
+                names.push(n.as_str().into());
+            }
+        }
+        let pools = names
+            .iter()
+            .map(|n| Arc::new(Pool::empty(n.clone())))
+            .collect();
+        Arc::new(Ring {
+            current: ArcSwap::from_pointee(Snapshot {
+                generation: 0,
+                pools,
+            }),
+            configured: names,
+            published: watch::channel(0).0,
+        })
+    }
+
+    /// The fixed index of a configured pool in every snapshot.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.configured.iter().position(|n| &**n == name)
+    }
+
+    pub fn configured_pools(&self) -> &[Arc<str>] {
+        &self.configured
+    }
+
+    /// The current snapshot: one atomic load, no lock. Do not hold it across an await.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// An owned reference to the current snapshot, for code that awaits while using it.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes `pools` as the next generation. Only the listener task calls this.
+    pub fn publish(&self, pools: Vec<Arc<Pool>>) -> u64 {
+        debug_assert!(
+            self.configured
+                .iter()
+                .enumerate()
+                .all(|(i, n)| pools.get(i).is_some_and(|p| p.name == *n)),
+            "configured pools must keep their indices"
+        );
+        let generation = self.current.load().generation + 1;
+        self.current.store(Arc::new(Snapshot { generation, pools }));
+        self.published.send_replace(generation);
+        generation
+    }
+
+    /// Receives the generation number after each publish.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+}
