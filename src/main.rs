@@ -39,6 +39,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
+    // Unwrapped lines keep a suggested command (e.g. `createdb ...`) copy-pasteable.
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
+    }));
+
     let database_url = cli.database_url.filter(|u| !u.is_empty());
     let config = match Config::load(&cli.config, database_url) {
         Ok(c) => c,

@@ -25,8 +25,13 @@ use crate::ring::{Applied, Change, Membership};
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A heartbeat unanswered for this long means the server is gone.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a batch waits for its END marker (or for a quiet moment) before it is published.
+/// A batch is published at the first END marker (statement boundary) at which no further
+/// event is queued, or, under a steady stream of statements, at the first END after it has
+/// waited this long. Batches are never split inside a statement.
 const MAX_BATCH_DELAY: Duration = Duration::from_millis(20);
+/// Safety net for row events without an END marker (a trigger disabled by hand): publish
+/// after this much quiet.
+const QUIET_FLUSH: Duration = Duration::from_millis(100);
 /// Reconnect delays grow from the first to the cap, each one jittered down by up to half.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
@@ -162,21 +167,22 @@ impl Listener {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Batch::default();
         loop {
-            let deadline = batch.first.map(|t| (t + MAX_BATCH_DELAY).into());
+            let quiet = batch.last.map(|t| (t + QUIET_FLUSH).into());
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => {
                     session.close().await;
                     return Ok(());
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => self.publish(&mut batch),
                 message = session.messages.recv() => match message {
                     Some(Message::Notification { payload, at }) => match Event::parse(&payload) {
                         Ok(Event::Change(change)) => batch.push(change, at),
-                        // One statement's events are complete; more may already be queued
-                        // (several statements in one transaction): take them into this batch.
+                        // One statement's events are complete. More may already be queued
+                        // (the next statements of its transaction): take them into this batch
+                        // unless it has waited long enough.
                         Ok(Event::End) => {
-                            if session.messages.is_empty() {
+                            let waited = batch.first.is_some_and(|t| t.elapsed() >= MAX_BATCH_DELAY);
+                            if session.messages.is_empty() || waited {
                                 self.publish(&mut batch);
                             }
                         }
@@ -193,6 +199,11 @@ impl Listener {
                     Some(Message::Closed(reason)) => return Err(ListenerError::Lost(reason)),
                     None => return Err(ListenerError::Lost("driver stopped".into())),
                 },
+                _ = sleep_until(quiet), if quiet.is_some() => {
+                    tracing::warn!(changes = batch.changes.len(),
+                        "row events without an END marker; is the workers_notify_statement trigger disabled?");
+                    self.publish(&mut batch);
+                }
                 _ = heartbeat.tick() => {
                     match tokio::time::timeout(HEARTBEAT_TIMEOUT, session.client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
@@ -205,7 +216,7 @@ impl Listener {
     }
 
     fn publish(&mut self, batch: &mut Batch) {
-        let Batch { changes, first } = std::mem::take(batch);
+        let Batch { changes, first, .. } = std::mem::take(batch);
         if changes.is_empty() {
             return;
         }
@@ -230,11 +241,14 @@ struct Batch {
     changes: Vec<Change>,
     /// When the first of them arrived: the start of the NOTIFY → publish latency.
     first: Option<Instant>,
+    /// When the latest arrived, for the quiet-time safety net.
+    last: Option<Instant>,
 }
 
 impl Batch {
     fn push(&mut self, change: Change, at: Instant) {
         self.first.get_or_insert(at);
+        self.last = Some(at);
         self.changes.push(change);
     }
 }

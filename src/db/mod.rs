@@ -105,7 +105,9 @@ impl Db {
             config.clone(),
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // Checked with a query on checkout: snapshots are rare, and a connection the
+                // server dropped meanwhile must not fail a resync.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = deadpool_postgres::Pool::builder(manager)

@@ -1,0 +1,223 @@
+//! The binary's edges: every config mistake and every startup database problem exits
+//! non-zero with a diagnostic that says what is wrong, where, and how to fix it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::TestDb;
+
+const GOOD: &str = r#"[database]
+url = "postgres://postgres@127.0.0.1:5432/load_balancer"
+
+[[listeners]]
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "default"
+algorithm = "weighted"
+
+[admin]
+bind = "127.0.0.1:0"
+"#;
+
+fn write_config(text: &str) -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Runs the binary on `text` as its config file, without DATABASE_URL.
+fn run(text: &str) -> Output {
+    let (_dir, path) = write_config(text);
+    Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// Asserts a failed run whose stderr names `key` and points at `line` of config.toml.
+fn assert_config_error(text: &str, key: &str, line: usize) {
+    let out = run(text);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail:\n{text}");
+    assert!(
+        stderr.contains(key),
+        "stderr does not name {key:?}:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("config.toml:{line}:")),
+        "stderr does not point at line {line}:\n{stderr}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key_and_line() {
+    assert_config_error(
+        &GOOD.replace("pool = \"default\"", "pool = \"default\"\nweigth = 2"),
+        "weigth",
+        8,
+    );
+    assert_config_error(
+        &GOOD.replace("\"http\"", "\"udp\""),
+        "listeners[0].protocol",
+        6,
+    );
+    assert_config_error(
+        &GOOD.replace("\"weighted\"", "\"fastest\""),
+        "listeners[0].algorithm",
+        8,
+    );
+    assert_config_error(
+        &GOOD.replace(
+            "bind = \"127.0.0.1:0\"\nprotocol",
+            "bind = \"localhost\"\nprotocol",
+        ),
+        "listeners[0].bind",
+        5,
+    );
+    assert_config_error(&GOOD.replace("[admin]", "[admin"), "admin", 10);
+    let two = GOOD.replace("127.0.0.1:0", "127.0.0.1:18080")
+        + "\n[[listeners]]\nbind = \"127.0.0.1:18080\"\n";
+    assert_config_error(&two, "127.0.0.1:18080", 14);
+}
+
+#[test]
+fn missing_config_file_is_reported() {
+    let out = Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .args(["--config", "/nonexistent/lb.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("/nonexistent/lb.toml"), "{stderr}");
+    assert!(stderr.contains("--config"), "{stderr}");
+}
+
+#[test]
+fn help_explains_config_and_database_url() {
+    let out = Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("--config"), "{stdout}");
+    assert!(stdout.contains("DATABASE_URL"), "{stdout}");
+}
+
+#[test]
+fn missing_database_says_how_to_create_it() {
+    let out = run(&GOOD.replace("/load_balancer\"", "/lb_no_such_db_here\""));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("\"lb_no_such_db_here\" does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("createdb -h 127.0.0.1 -p 5432 -U postgres lb_no_such_db_here"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn refused_login_is_reported() {
+    let out = run(&GOOD.replace("postgres://postgres@", "postgres://lb_no_such_role@"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refused the login of user \"lb_no_such_role\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn silent_server_is_reported() {
+    // A port that was just free: nothing answers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run(&GOOD.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port} does not answer")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn database_url_overrides_the_file_and_serves() {
+    let db = TestDb::new().await;
+    let (_dir, path) = write_config(&GOOD.replace("/load_balancer\"", "/lb_no_such_db_here\""));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // It migrates the database named by DATABASE_URL, then logs that it listens.
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(common::WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("admin endpoint listening") {
+                return;
+            }
+        }
+        panic!("exited before listening");
+    })
+    .await
+    .expect("starts within the wait");
+    let n: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM workers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // SIGTERM: a clean exit.
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(common::WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// A temporary directory removed on drop (std has none, and one small type beats a crate).
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new() -> Dir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "lb-cli-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Shared test fixtures: a database of the test's own on the local PostgreSQL, real HTTP
+//! backends on 127.0.0.1:0, the real proxy started in-process, and a plain HTTP client.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use load_balancer::config::{AdminConfig, Config, DatabaseConfig, ListenerConfig, Protocol};
+use load_balancer::ring::AlgorithmKind;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// The server every test database lives on; `TEST_PG` overrides it.
+pub fn server_url() -> String {
+    std::env::var("TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Upper bound for anything the tests wait on; a failure says what did not happen.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A database created for one test and dropped (with its connections) when it ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "lb_test_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand_suffix()
+        );
+        let admin = connect(&format!("{}/postgres", server_url())).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDb {
+            url: format!("{}/{name}", server_url()),
+            name,
+        }
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    /// Runs SQL on a fresh connection (autocommit: each statement commits on its own).
+    pub async fn exec(&self, sql: &str) {
+        self.client()
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime we may block: use a thread with its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin = connect(&format!("{}/postgres", server_url())).await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A real HTTP backend on 127.0.0.1:0. It answers `GET /` with its name, `/headers` with
+/// the request headers it received (one `name: value` per line), `/hold` only when the test
+/// calls `release`, and `POST /echo` with the request body streamed back.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    gate: Arc<Notify>,
+    /// Requests currently parked on `/hold`.
+    pub holding: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Notify::new());
+        let holding = Arc::new(AtomicUsize::new(0));
+        let (h, g, n, hold) = (
+            hits.clone(),
+            gate.clone(),
+            name.to_string(),
+            holding.clone(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (h, g, n, hold) = (h.clone(), g.clone(), n.clone(), hold.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (h, g, n, hold) = (h.clone(), g.clone(), n.clone(), hold.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::SeqCst);
+                            Ok::<_, Infallible>(backend_response(req, &n, &g, &hold).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            gate,
+            holding,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Lets every request parked on `/hold` answer.
+    pub fn release(&self) {
+        self.gate.notify_waiters();
+    }
+
+    /// Stops accepting; the port is refused from now on.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn backend_response(
+    req: Request<Incoming>,
+    name: &str,
+    gate: &Notify,
+    holding: &AtomicUsize,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>> {
+    let full = |s: String| Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed();
+    match req.uri().path() {
+        "/headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(text))
+        }
+        "/hold" => {
+            let released = gate.notified();
+            holding.fetch_add(1, Ordering::SeqCst);
+            released.await;
+            holding.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full(name.to_string()))
+        }
+        "/echo" => Response::new(req.into_body().boxed()),
+        _ => Response::new(full(name.to_string())),
+    }
+}
+
+/// A config with one listener on 127.0.0.1:0 for `pool` and an admin endpoint.
+pub fn config(db: &TestDb, protocol: Protocol, algorithm: AlgorithmKind) -> Config {
+    Config {
+        database: DatabaseConfig {
+            url: db.url.clone(),
+        },
+        listeners: vec![ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            protocol,
+            pool: "default".into(),
+            algorithm,
+        }],
+        admin: Some(AdminConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+        }),
+    }
+}
+
+pub async fn start_http(db: &TestDb, algorithm: AlgorithmKind) -> load_balancer::Running {
+    load_balancer::start(&config(db, Protocol::Http, algorithm))
+        .await
+        .expect("proxy starts")
+}
+
+/// Waits until the ring publishes a generation after `after`; panics with `what` if not.
+pub async fn wait_publish(running: &load_balancer::Running, after: u64, what: &str) -> u64 {
+    let mut rx = running.ring.subscribe();
+    let g = tokio::time::timeout(WAIT, rx.wait_for(|g| *g > after))
+        .await
+        .unwrap_or_else(|_| panic!("no publish after generation {after} within {WAIT:?}: {what}"))
+        .expect("ring alive");
+    *g
+}
+
+/// Runs `sql` and waits for the ring to publish it.
+pub async fn change(db: &TestDb, running: &load_balancer::Running, sql: &str) -> u64 {
+    let before = running.ring.load().generation;
+    db.exec(sql).await;
+    wait_publish(running, before, sql).await
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET `path` through the proxy: status and body text.
+pub async fn get(client: &HttpClient, proxy: SocketAddr, path: &str) -> (u16, String) {
+    let uri: hyper::Uri = format!("http://{proxy}{path}").parse().unwrap();
+    let res = tokio::time::timeout(WAIT, client.get(uri))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends `n` GETs to `/` and counts responses by body (backend name, or the status).
+pub async fn tally(client: &HttpClient, proxy: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = get(client, proxy, "/").await;
+        let key = if status == 200 {
+            body
+        } else {
+            status.to_string()
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The admin `/status` document.
+pub async fn status(running: &load_balancer::Running) -> serde_json::Value {
+    let (code, body) = get(&client(), running.admin.unwrap(), "/status").await;
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).unwrap()
+}
