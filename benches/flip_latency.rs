@@ -21,10 +21,14 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(200);
-    let server = std::env::var("TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server =
+        std::env::var("TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("lb_bench_flip_{}", std::process::id());
     let admin = connect(&format!("{server}/postgres")).await;
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
     let url = format!("{server}/{name}");
 
     let config = Config {
@@ -56,7 +60,14 @@ async fn main() {
     let served_by = |client: &Client<_, Empty<Bytes>>| {
         let fut = client.get(uri.clone());
         async move {
-            let body = fut.await.unwrap().into_body().collect().await.unwrap().to_bytes();
+            let body = fut
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
             String::from_utf8_lossy(&body).into_owned()
         }
     };
@@ -68,14 +79,21 @@ async fn main() {
 
     let (mut from_send, mut from_commit) = (Vec::new(), Vec::new());
     for flip in 0..flips {
-        let (target, name) = if flip % 2 == 0 { (&backends[1], "b") } else { (&backends[0], "a") };
+        let (target, name) = if flip % 2 == 0 {
+            (&backends[1], "b")
+        } else {
+            (&backends[0], "a")
+        };
         let address = target.to_string();
         let sent = Instant::now();
         db.execute(&update, &[&address]).await.unwrap();
         let committed = Instant::now();
         let deadline = committed + Duration::from_secs(5);
         while served_by(&client).await != name {
-            assert!(Instant::now() < deadline, "flip {flip} never routed to {name}");
+            assert!(
+                Instant::now() < deadline,
+                "flip {flip} never routed to {name}"
+            );
         }
         from_send.push(sent.elapsed());
         from_commit.push(committed.elapsed());
@@ -88,8 +106,14 @@ async fn main() {
         .unwrap();
 
     println!("flips: {flips}");
-    report("UPDATE sent -> first request on new backend", &mut from_send);
-    report("commit acked -> first request on new backend", &mut from_commit);
+    report(
+        "UPDATE sent -> first request on new backend",
+        &mut from_send,
+    );
+    report(
+        "commit acked -> first request on new backend",
+        &mut from_commit,
+    );
 }
 
 fn report(what: &str, samples: &mut [Duration]) {
@@ -104,7 +128,9 @@ fn report(what: &str, samples: &mut [Duration]) {
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     client
 }

@@ -35,8 +35,25 @@ fn ring_with(n: usize) -> (Arc<Ring>, Membership) {
 fn picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     for (n, kinds) in [
-        (3, &[AlgorithmKind::RoundRobin, AlgorithmKind::Weighted, AlgorithmKind::Random, AlgorithmKind::LeastConnections, AlgorithmKind::PowerOfTwo][..]),
-        (10_000, &[AlgorithmKind::RoundRobin, AlgorithmKind::Weighted, AlgorithmKind::Random, AlgorithmKind::PowerOfTwo][..]),
+        (
+            3,
+            &[
+                AlgorithmKind::RoundRobin,
+                AlgorithmKind::Weighted,
+                AlgorithmKind::Random,
+                AlgorithmKind::LeastConnections,
+                AlgorithmKind::PowerOfTwo,
+            ][..],
+        ),
+        (
+            10_000,
+            &[
+                AlgorithmKind::RoundRobin,
+                AlgorithmKind::Weighted,
+                AlgorithmKind::Random,
+                AlgorithmKind::PowerOfTwo,
+            ][..],
+        ),
     ] {
         let (ring, _membership) = ring_with(n);
         for &kind in kinds {
