@@ -32,7 +32,7 @@ async fn main() {
     let url = format!("{server}/{name}");
 
     let config = Config {
-        database: DatabaseConfig { url: url.clone() },
+        database: DatabaseConfig::new(url.clone()),
         listeners: vec![ListenerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
             protocol: Protocol::Http,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use load_balancer::proxy::Balancer;
-use load_balancer::ring::{AlgorithmKind, Membership, Ring, Row};
+use load_balancer::ring::{AlgorithmKind, Change, Membership, Ring, Row};
 
 fn rows(n: usize) -> Vec<Row> {
     (0..n)
@@ -23,6 +23,20 @@ fn rows(n: usize) -> Vec<Row> {
             version: i as i64 + 1,
         })
         .collect()
+}
+
+/// Worker 1 gets a new weight, as an UPDATE event with `version` would carry.
+fn reweight(version: i64) -> Change {
+    Change::Update {
+        row: Row {
+            id: 1,
+            address: "10.0.0.0:80".into(),
+            weight: 1 + (version % 5) as u32,
+            pool: "default".into(),
+            version,
+        },
+        prev: version - 1,
+    }
 }
 
 fn ring_with(n: usize) -> (Arc<Ring>, Membership) {
@@ -80,13 +94,7 @@ fn picks_while_publishing(c: &mut Criterion) {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     version += 1;
-                    membership.apply(vec![load_balancer::ring::Change::Upsert(Row {
-                        id: 1,
-                        address: "10.0.0.0:80".into(),
-                        weight: 1 + (version % 5) as u32,
-                        pool: "default".into(),
-                        version,
-                    })]);
+                    membership.apply(vec![reweight(version)]);
                     next += Duration::from_millis(1);
                     if let Some(wait) = next.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
@@ -115,13 +123,7 @@ fn updates(c: &mut Criterion) {
     group.bench_function("reweight_one/10000", |b| {
         b.iter(|| {
             version += 1;
-            membership.apply(vec![load_balancer::ring::Change::Upsert(Row {
-                id: 1,
-                address: "10.0.0.0:80".into(),
-                weight: 1 + (version % 5) as u32,
-                pool: "default".into(),
-                version,
-            })])
+            membership.apply(vec![reweight(version)])
         })
     });
     group.bench_function("reset/10000", |b| {

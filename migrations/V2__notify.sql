@@ -2,6 +2,7 @@
 --
 -- Channel `lb_workers`, one JSON payload per event:
 --   {"op":"INSERT"|"UPDATE"|"DELETE","id":..,"version":..,"address":..,"weight":..,"pool":..}
+--     UPDATE adds "prev": the version before; a listener that knows an older one lost an event
 --   {"op":"END","seq":..}       after each statement: the listener publishes one ring per batch
 --   {"op":"TRUNCATE","seq":..}  TRUNCATE fires no row trigger: listeners resync from the table
 -- Payloads differ (id + version, or seq) because PostgreSQL merges identical payloads sent in
@@ -22,11 +23,16 @@ CREATE TRIGGER workers_bump_version
 CREATE FUNCTION workers_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     r workers;
+    payload jsonb;
 BEGIN
     IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
-    PERFORM pg_notify('lb_workers', json_build_object(
+    payload := jsonb_build_object(
         'op', TG_OP, 'id', r.id, 'version', r.version,
-        'address', r.worker_address, 'weight', r.weight, 'pool', r.pool)::text);
+        'address', r.worker_address, 'weight', r.weight, 'pool', r.pool);
+    IF TG_OP = 'UPDATE' THEN
+        payload := payload || jsonb_build_object('prev', OLD.version);
+    END IF;
+    PERFORM pg_notify('lb_workers', payload::text);
     RETURN NULL;
 END $$;
 

@@ -1,4 +1,5 @@
-//! The admin endpoint: `GET /status`, a JSON view of the ring every listener reads.
+//! The admin endpoint: `GET /status`, a JSON view of the ring every listener reads and of
+//! the database listener that feeds it.
 //!
 //! It loads the same snapshot as the proxy and reads the per-worker counters beside it, so
 //! what it shows is what the hot path sees.
@@ -6,6 +7,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,6 +18,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::db::{SyncState, SyncStatus};
 use crate::proxy::{accept_loop, serve_http1};
 use crate::ring::{Ring, Snapshot};
 use crate::shutdown::Shutdown;
@@ -23,6 +26,7 @@ use crate::shutdown::Shutdown;
 #[derive(Serialize)]
 struct Status<'a> {
     generation: u64,
+    listener: SyncState,
     pools: Vec<PoolStatus<'a>>,
 }
 
@@ -31,6 +35,9 @@ struct PoolStatus<'a> {
     name: &'a str,
     /// Highest `workers.version` applied to this pool.
     version: i64,
+    worker_count: usize,
+    /// When the last change to this pool was applied (Unix milliseconds).
+    last_event_unix_ms: u64,
     workers: Vec<WorkerStatus<'a>>,
 }
 
@@ -43,16 +50,22 @@ struct WorkerStatus<'a> {
     idle_connections: usize,
 }
 
-/// The `/status` document for `snapshot`.
-pub fn status_json(snapshot: &Snapshot) -> String {
+/// The `/status` document for `snapshot` and the listener's state.
+pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
     let status = Status {
         generation: snapshot.generation,
+        listener,
         pools: snapshot
             .pools
             .iter()
             .map(|p| PoolStatus {
                 name: &p.name,
                 version: p.version,
+                worker_count: p.workers.len(),
+                last_event_unix_ms: p
+                    .changed_at
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
                 workers: p
                     .workers
                     .iter()
@@ -71,15 +84,20 @@ pub fn status_json(snapshot: &Snapshot) -> String {
 }
 
 /// Serves the admin endpoint from `listener` until the shutdown drains it.
-pub async fn serve(listener: TcpListener, ring: Arc<Ring>, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    ring: Arc<Ring>,
+    sync: Arc<SyncStatus>,
+    shutdown: Shutdown,
+) {
     let sd = shutdown.clone();
     accept_loop(listener, shutdown, move |stream, _peer| {
-        let ring = ring.clone();
+        let (ring, sync) = (ring.clone(), sync.clone());
         let shutdown = sd.clone();
         async move {
             let service = service_fn(move |request| {
-                let ring = ring.clone();
-                async move { Ok::<_, Infallible>(respond(&ring, &request)) }
+                let (ring, sync) = (ring.clone(), sync.clone());
+                async move { Ok::<_, Infallible>(respond(&ring, &sync, &request)) }
             });
             let _ = serve_http1(stream, service, &shutdown).await;
         }
@@ -87,12 +105,12 @@ pub async fn serve(listener: TcpListener, ring: Arc<Ring>, shutdown: Shutdown) {
     .await
 }
 
-fn respond(ring: &Ring, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(ring: &Ring, sync: &SyncStatus, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/status") => (
             StatusCode::OK,
             "application/json",
-            status_json(&ring.load_full()) + "\n",
+            status_json(&ring.load_full(), sync.get()) + "\n",
         ),
         (_, "/status") => (
             StatusCode::METHOD_NOT_ALLOWED,

@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use serde::Deserialize;
@@ -31,6 +32,26 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// A libpq-style URL; `DATABASE_URL` replaces the file's value when set.
     pub url: String,
+    /// Where the last published ring is kept, so the proxy can start while PostgreSQL is
+    /// down. `None`: no cache; without the database the proxy answers 503 until it is back.
+    pub cache_path: Option<PathBuf>,
+    /// How often the listener proves its connection alive with a query.
+    pub heartbeat_interval: Duration,
+    /// How often the ring is compared with the table (count and sums of ids and versions
+    /// per pool), to heal from any lost event.
+    pub anti_entropy_interval: Duration,
+}
+
+impl DatabaseConfig {
+    /// `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> DatabaseConfig {
+        DatabaseConfig {
+            url: url.into(),
+            cache_path: None,
+            heartbeat_interval: Duration::from_secs(5),
+            anti_entropy_interval: Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +139,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Spanned<String>,
+    cache_path: Option<String>,
+    heartbeat_interval: Option<Spanned<String>>,
+    anti_entropy_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -292,11 +316,53 @@ impl Config {
             }
         };
 
+        let mut database = DatabaseConfig::new(url);
+        database.cache_path = raw.database.cache_path.as_ref().map(PathBuf::from);
+        for (key, value, slot) in [
+            (
+                "heartbeat_interval",
+                &raw.database.heartbeat_interval,
+                &mut database.heartbeat_interval,
+            ),
+            (
+                "anti_entropy_interval",
+                &raw.database.anti_entropy_interval,
+                &mut database.anti_entropy_interval,
+            ),
+        ] {
+            if let Some(v) = value {
+                *slot = parse_duration(v.get_ref())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        source.invalid(
+                            format!("`database.{key}` must be a duration such as \"500ms\", \"5s\" or \"1m\", not {:?}", v.get_ref()),
+                            v.span(),
+                            "not a duration",
+                            None,
+                        )
+                    })?;
+            }
+        }
+
         Ok(Config {
-            database: DatabaseConfig { url },
+            database,
             listeners,
             admin,
         })
+    }
+}
+
+/// Parses "250ms", "5s", "2m" (a positive integer and a unit).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        _ => None,
     }
 }
 
@@ -462,6 +528,37 @@ bind = "127.0.0.1:9901"
         let e = parse(&text).unwrap_err();
         assert!(e.to_string().contains("database.url"), "{e}");
         assert_eq!(line_of(&text, &e), 3);
+    }
+
+    #[test]
+    fn database_tuning_keys() {
+        let text = GOOD.replacen(
+            "[[listeners]]",
+            "cache_path = \"/var/lib/lb/ring.json\"\nheartbeat_interval = \"500ms\"\nanti_entropy_interval = \"1m\"\n\n[[listeners]]",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.database.cache_path.unwrap(),
+            PathBuf::from("/var/lib/lb/ring.json")
+        );
+        assert_eq!(c.database.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.database.anti_entropy_interval, Duration::from_secs(60));
+        assert_eq!(
+            parse(GOOD).unwrap().database.anti_entropy_interval,
+            Duration::from_secs(15)
+        );
+
+        for bad in ["\"5\"", "\"0s\"", "\"soon\"", "\"5h\""] {
+            let text = GOOD.replacen(
+                "[[listeners]]",
+                &format!("heartbeat_interval = {bad}\n[[listeners]]"),
+                1,
+            );
+            let e = parse(&text).unwrap_err();
+            assert!(e.to_string().contains("database.heartbeat_interval"), "{e}");
+            assert_eq!(line_of(&text, &e), 5);
+        }
     }
 
     #[test]

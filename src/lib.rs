@@ -24,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use config::{Config, Protocol};
-use db::{Db, Listener, ListenerError};
+use db::listener::Timing;
+use db::{Db, Listener, ListenerError, SyncStatus};
 use proxy::Balancer;
 use proxy::http::HttpProxy;
 use proxy::tcp::TcpProxy;
@@ -54,6 +55,8 @@ pub enum StartError {
 /// A started proxy: its bound addresses and the handles to stop it.
 pub struct Running {
     pub ring: Arc<Ring>,
+    /// The listener's connection state, as `/status` shows it.
+    pub sync: Arc<SyncStatus>,
     /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
@@ -73,16 +76,42 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
 
-    let db = Db::open(&config.database.url).await?;
+    let db = Db::new(&config.database.url)?;
     let pools: Vec<String> = config.listeners.iter().map(|l| l.pool.clone()).collect();
     let ring = Ring::new(&pools);
     let shutdown = Shutdown::new();
-    let mut listener = Listener::new(db, Membership::new(ring.clone()), shutdown.drain.clone());
-    let session = listener
-        .connect("startup")
-        .await
-        .map_err(StartError::Sync)?;
-    let listener_task = tokio::spawn(listener.run(Some(session)));
+    let sync = Arc::new(SyncStatus::default());
+    let timing = Timing {
+        heartbeat: config.database.heartbeat_interval,
+        anti_entropy: config.database.anti_entropy_interval,
+    };
+    let mut listener = Listener::new(
+        db,
+        Membership::new(ring.clone()),
+        shutdown.drain.clone(),
+        sync.clone(),
+        timing,
+    );
+    let session = match listener.connect("startup").await {
+        Ok(session) => Some(session),
+        Err(e) if e.is_transient() => {
+            // The proxy must be able to start while its database is down: serve the cached
+            // ring (or 503) and keep trying in the background.
+            tracing::warn!(error = %e, "PostgreSQL does not answer; starting without it and retrying");
+            restore_cache(&mut listener, config.database.cache_path.as_deref());
+            None
+        }
+        Err(ListenerError::Prepare(e)) => return Err(e.into()),
+        Err(e) => return Err(StartError::Sync(e)),
+    };
+    let listener_task = tokio::spawn(listener.run(session));
+    if let Some(path) = &config.database.cache_path {
+        tokio::spawn(db::cache::writer(
+            path.clone(),
+            ring.clone(),
+            shutdown.drain.clone(),
+        ));
+    }
 
     let mut listeners = Vec::with_capacity(bound.len());
     for (l, tcp) in config.listeners.iter().zip(bound) {
@@ -106,7 +135,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let admin = match admin_listener {
         Some(tcp) => {
             let address = tcp.local_addr().ok();
-            tokio::spawn(admin::serve(tcp, ring.clone(), shutdown.clone()));
+            tokio::spawn(admin::serve(
+                tcp,
+                ring.clone(),
+                sync.clone(),
+                shutdown.clone(),
+            ));
             tracing::info!(address = ?address, "admin endpoint listening (GET /status)");
             address
         }
@@ -114,11 +148,27 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     Ok(Running {
         ring,
+        sync,
         listeners,
         admin,
         shutdown,
         listener_task,
     })
+}
+
+/// Seeds the ring from the cache file, if there is a usable one; says why not otherwise.
+fn restore_cache(listener: &mut Listener, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("no [database] cache_path: answering 503 until the database answers");
+        return;
+    };
+    match db::cache::load(path) {
+        Ok(Some(rows)) => listener.restore(rows),
+        Ok(None) => tracing::warn!(path = %path.display(),
+            "no ring cache yet: answering 503 until the database answers"),
+        Err(e) => tracing::error!(error = %e,
+            "ignoring the ring cache: answering 503 until the database answers"),
+    }
 }
 
 impl Running {

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A closed stderr (a log collector that died) must not take the proxy down: by
+        // default a failed log write is reported with eprintln!, which panics.
+        .log_internal_errors(false)
         .init();
 
     // Unwrapped lines keep a suggested command (e.g. `createdb ...`) copy-pasteable.

@@ -28,10 +28,12 @@ fn write_config(text: &str) -> (tempdir::Dir, PathBuf) {
     (dir, path)
 }
 
-/// Runs the binary on `text` as its config file, without DATABASE_URL.
+/// Runs the binary on `text` as its config file, without DATABASE_URL; one that does not
+/// exit within 20 s is killed (exit 124), so a regression fails instead of hanging.
 fn run(text: &str) -> Output {
     let (_dir, path) = write_config(text);
-    Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+    Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_load_balancer")])
         .arg("--config")
         .arg(&path)
         .env_remove("DATABASE_URL")
@@ -136,49 +138,95 @@ fn refused_login_is_reported() {
     );
 }
 
-#[test]
-fn silent_server_is_reported() {
+#[tokio::test]
+async fn unreachable_server_is_reported_and_retried_while_serving_503() {
     // A port that was just free: nothing answers there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = run(&GOOD.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}")));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let text = GOOD.replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    let (_dir, path) = write_config(&text);
+    let mut child = spawn(&path, None);
+    let lines = read_until(&mut child, &["does not answer", "listening"]).await;
     assert!(
-        stderr.contains(&format!("127.0.0.1:{port} does not answer")),
-        "{stderr}"
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("127.0.0.1:{port} does not answer"))),
+        "{lines:#?}"
     );
+    assert!(
+        lines.iter().any(|l| l.contains("answering 503")),
+        "{lines:#?}"
+    );
+    stop(child).await;
+}
+
+/// Starts the binary on `path` with RUST_LOG=info; `database_url` sets DATABASE_URL.
+fn spawn(path: &std::path::Path, database_url: Option<&str>) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_load_balancer"));
+    command
+        .arg("--config")
+        .arg(path)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    command.spawn().unwrap()
+}
+
+/// Reads the child's log until a line contains each of `wanted` in turn; returns the lines.
+async fn read_until(child: &mut tokio::process::Child, wanted: &[&str]) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut next = 0;
+    tokio::time::timeout(common::WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(wanted[next]) {
+                next += 1;
+            }
+            seen.push(line);
+            if next == wanted.len() {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("log never showed {:?}: {seen:#?}", &wanted[next..]));
+    assert_eq!(
+        next,
+        wanted.len(),
+        "exited before logging {:?}: {seen:#?}",
+        &wanted[next..]
+    );
+    seen
+}
+
+/// SIGTERM, then a clean exit within the wait. The log pipe is closed by now (`read_until`
+/// dropped its reader): the shutdown's log lines must not crash the process.
+async fn stop(mut child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(common::WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
 async fn database_url_overrides_the_file_and_serves() {
     let db = TestDb::new().await;
     let (_dir, path) = write_config(&GOOD.replace("/load_balancer\"", "/lb_no_such_db_here\""));
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_load_balancer"))
-        .arg("--config")
-        .arg(&path)
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&path, Some(&db.url));
     // It migrates the database named by DATABASE_URL, then logs that it listens.
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(common::WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("admin endpoint listening") {
-                return;
-            }
-        }
-        panic!("exited before listening");
-    })
-    .await
-    .expect("starts within the wait");
+    read_until(&mut child, &["admin endpoint listening"]).await;
     let n: i64 = db
         .client()
         .await
@@ -187,14 +235,7 @@ async fn database_url_overrides_the_file_and_serves() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
-    // SIGTERM: a clean exit.
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = tokio::time::timeout(common::WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stop(child).await;
 }
 
 /// A temporary directory removed on drop (std has none, and one small type beats a crate).

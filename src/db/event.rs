@@ -23,6 +23,7 @@ struct Payload {
     address: Option<String>,
     weight: Option<i64>,
     pool: Option<String>,
+    prev: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ impl Event {
             payload: payload.to_string(),
         };
         let p: Payload = serde_json::from_str(payload).map_err(|e| bad(&e.to_string()))?;
+        let prev = p.prev;
         let row = |p: Payload| -> Result<Row, BadPayload> {
             let weight = p.weight.ok_or_else(|| bad("no weight"))?;
             Ok(Row {
@@ -53,7 +55,11 @@ impl Event {
             })
         };
         match p.op.as_str() {
-            "INSERT" | "UPDATE" => Ok(Event::Change(Change::Upsert(row(p)?))),
+            "INSERT" => Ok(Event::Change(Change::Insert(row(p)?))),
+            "UPDATE" => Ok(Event::Change(Change::Update {
+                prev: prev.ok_or_else(|| bad("no prev"))?,
+                row: row(p)?,
+            })),
             "DELETE" => Ok(Event::Change(Change::Delete(row(p)?))),
             "END" => Ok(Event::End),
             "TRUNCATE" => Ok(Event::Truncate),
@@ -69,19 +75,28 @@ mod tests {
     #[test]
     fn parses_trigger_payloads() {
         let e = Event::parse(
-            r#"{"op" : "UPDATE", "id" : 2, "version" : 8, "address" : "[::1]:8000", "weight" : 2, "pool" : "default"}"#,
+            r#"{"op" : "UPDATE", "id" : 2, "version" : 8, "address" : "[::1]:8000", "weight" : 2, "pool" : "default", "prev" : 5}"#,
         )
         .unwrap();
         assert_eq!(
             e,
-            Event::Change(Change::Upsert(Row {
-                id: 2,
-                address: "[::1]:8000".into(),
-                weight: 2,
-                pool: "default".into(),
-                version: 8
-            }))
+            Event::Change(Change::Update {
+                row: Row {
+                    id: 2,
+                    address: "[::1]:8000".into(),
+                    weight: 2,
+                    pool: "default".into(),
+                    version: 8
+                },
+                prev: 5
+            })
         );
+        assert!(matches!(
+            Event::parse(
+                r#"{"op":"INSERT","id":1,"version":3,"address":"a:1","weight":0,"pool":"p"}"#
+            ),
+            Ok(Event::Change(Change::Insert(_)))
+        ));
         assert!(matches!(
             Event::parse(
                 r#"{"op":"DELETE","id":1,"version":3,"address":"a:1","weight":0,"pool":"p"}"#
@@ -101,8 +116,9 @@ mod tests {
             "",
             "not json",
             r#"{"op":"UPSERT","id":1}"#,
-            r#"{"op":"UPDATE","id":1,"version":2,"address":"a:1","pool":"p"}"#,
-            r#"{"op":"UPDATE","id":1,"version":2,"address":"a:1","weight":-1,"pool":"p"}"#,
+            r#"{"op":"UPDATE","id":1,"version":2,"address":"a:1","pool":"p","prev":1}"#,
+            r#"{"op":"UPDATE","id":1,"version":2,"address":"a:1","weight":1,"pool":"p"}"#,
+            r#"{"op":"UPDATE","id":1,"version":2,"address":"a:1","weight":-1,"pool":"p","prev":1}"#,
             r#"{"op":"INSERT","id":"x","version":2,"address":"a:1","weight":1,"pool":"p"}"#,
         ] {
             assert!(Event::parse(bad).is_err(), "{bad}");

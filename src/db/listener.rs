@@ -6,11 +6,17 @@
 //! idempotently, so nothing committed in between is lost. Row events are collected until the
 //! statement's END marker and published as one snapshot. A lost connection is retried with
 //! capped exponential backoff and jitter while the proxy keeps serving the last ring.
+//! Anti-entropy compares the ring with the table now and then and resyncs on a difference,
+//! so even an event lost for a reason nobody foresaw heals on its own. Its state is shown
+//! by `/status` through [`SyncStatus`].
 
+use std::collections::BTreeSet;
 use std::future::poll_fn;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
+use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -21,10 +27,11 @@ use super::event::Event;
 use super::{CHANNEL, Db, SnapshotError};
 use crate::ring::{Applied, Change, Membership};
 
-/// How often an idle listener proves its connection alive with a query.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A heartbeat unanswered for this long means the server is gone.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A heartbeat or anti-entropy query unanswered this long (at most) means the server is gone.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a fingerprint mismatch, look again this soon: events in flight during the first
+/// look can explain it, a second mismatch cannot.
+const RECHECK: Duration = Duration::from_secs(1);
 /// A batch is published at the first END marker (statement boundary) at which no further
 /// event is queued, or, under a steady stream of statements, at the first END after it has
 /// waited this long. Batches are never split inside a statement.
@@ -40,9 +47,11 @@ const LOG_EACH_UP_TO: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
+    #[error(transparent)]
+    Prepare(#[from] super::StartupError),
     #[error("connect: {0}")]
     Connect(#[source] tokio_postgres::Error),
-    #[error("LISTEN: {0}")]
+    #[error("LISTEN failed (a read replica, or a transaction-mode pooler, cannot LISTEN): {0}")]
     Listen(#[source] tokio_postgres::Error),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -52,10 +61,104 @@ pub enum ListenerError {
     Heartbeat(Duration),
 }
 
+impl ListenerError {
+    /// Whether retrying may help; otherwise an operator must act (wrong database, refused
+    /// login, a server that cannot LISTEN). Only startup tells the two apart: once running,
+    /// the listener retries everything, as the proxy must outlive a database in trouble.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ListenerError::Prepare(e) => e.is_transient(),
+            ListenerError::Listen(_) => false,
+            _ => true,
+        }
+    }
+}
+
+/// What `/status` shows of the listener. Written by the listener task, read by admin
+/// requests; never touched by the hot path, so a mutex is fine.
+#[derive(Debug, Default)]
+pub struct SyncStatus(Mutex<SyncState>);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncState {
+    /// "starting", "connected" or "reconnecting".
+    pub state: &'static str,
+    /// When the current state began (Unix milliseconds).
+    pub since_unix_ms: u64,
+    /// Why the connection was lost, while reconnecting.
+    pub last_error: Option<String>,
+    /// Full rereads of the table since start (startup and reconnects included).
+    pub resyncs: u64,
+    pub last_resync_reason: Option<String>,
+    pub last_resync_unix_ms: Option<u64>,
+    /// Where the ring came from: "database", "cache" (startup without the database), or
+    /// "none" (nothing yet: every request gets 503).
+    pub ring_source: &'static str,
+}
+
+impl Default for SyncState {
+    fn default() -> Self {
+        SyncState {
+            state: "starting",
+            since_unix_ms: unix_ms(),
+            last_error: None,
+            resyncs: 0,
+            last_resync_reason: None,
+            last_resync_unix_ms: None,
+            ring_source: "none",
+        }
+    }
+}
+
+impl SyncStatus {
+    pub fn get(&self) -> SyncState {
+        self.0
+            .lock()
+            .expect("never poisoned: no panics while held")
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SyncState)) {
+        f(&mut self.0.lock().expect("never poisoned: no panics while held"));
+    }
+
+    fn set_state(&self, state: &'static str, error: Option<String>) {
+        self.update(|s| {
+            if s.state != state {
+                s.state = state;
+                s.since_unix_ms = unix_ms();
+            }
+            s.last_error = error;
+        });
+    }
+
+    pub fn set_source(&self, source: &'static str) {
+        self.update(|s| s.ring_source = source);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Timings of the listener, from `[database]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub anti_entropy: Duration,
+}
+
 pub struct Listener {
     db: Db,
     membership: Membership,
     shutdown: CancellationToken,
+    status: Arc<SyncStatus>,
+    timing: Timing,
+    /// Migrations run on the first successful connection, which may come long after
+    /// startup if the proxy started without its database.
+    migrated: bool,
 }
 
 /// One live connection with LISTEN active.
@@ -72,16 +175,41 @@ enum Message {
 }
 
 impl Listener {
-    pub fn new(db: Db, membership: Membership, shutdown: CancellationToken) -> Listener {
+    pub fn new(
+        db: Db,
+        membership: Membership,
+        shutdown: CancellationToken,
+        status: Arc<SyncStatus>,
+        timing: Timing,
+    ) -> Listener {
         Listener {
             db,
             membership,
             shutdown,
+            status,
+            timing,
+            migrated: false,
         }
     }
 
-    /// Connects, LISTENs, and resets the ring from a fresh snapshot.
+    /// Seeds the ring from cached rows, for serving while the database is unreachable.
+    pub fn restore(&mut self, rows: Vec<crate::ring::Row>) {
+        let count = rows.len();
+        self.membership.reset(rows);
+        self.status.set_source("cache");
+        tracing::warn!(
+            workers = count,
+            "serving the cached ring until the database answers"
+        );
+    }
+
+    /// Migrates (first time only), connects, LISTENs, and resets the ring from a fresh
+    /// snapshot.
     pub async fn connect(&mut self, reason: &str) -> Result<Session, ListenerError> {
+        if !self.migrated {
+            self.db.migrate().await?;
+            self.migrated = true;
+        }
         let (client, connection) = self
             .db
             .config
@@ -101,6 +229,7 @@ impl Listener {
             .await
             .map_err(ListenerError::Listen)?;
         self.resync(reason).await?;
+        self.status.set_state("connected", None);
         Ok(session)
     }
 
@@ -110,6 +239,12 @@ impl Listener {
         let rows = self.db.snapshot().await?;
         let count = rows.len();
         let applied = self.membership.reset(rows);
+        self.status.update(|s| {
+            s.resyncs += 1;
+            s.last_resync_reason = Some(reason.to_string());
+            s.last_resync_unix_ms = Some(unix_ms());
+            s.ring_source = "database";
+        });
         tracing::info!(
             reason,
             rows = count,
@@ -136,6 +271,7 @@ impl Listener {
                     }
                     Err(e) => {
                         let wait = jitter(delay);
+                        self.status.set_state("reconnecting", Some(e.to_string()));
                         tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
                             "database listener cannot reconnect; serving the last ring");
                         delay = (delay * 2).min(BACKOFF_CAP);
@@ -149,6 +285,7 @@ impl Listener {
             match self.follow(live).await {
                 Ok(()) => return,
                 Err(e) => {
+                    self.status.set_state("reconnecting", Some(e.to_string()));
                     tracing::warn!(error = %e,
                         "database listener lost its connection; serving the last ring while reconnecting");
                     tokio::select! {
@@ -162,9 +299,15 @@ impl Listener {
 
     /// Applies events from one session until shutdown (`Ok`) or the connection fails.
     async fn follow(&mut self, mut session: Session) -> Result<(), ListenerError> {
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = |d: Duration| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        };
+        let mut heartbeat = every(self.timing.heartbeat);
+        let mut anti_entropy = every(self.timing.anti_entropy);
+        // Set after a fingerprint mismatch: when to look again before resyncing.
+        let mut recheck: Option<tokio::time::Instant> = None;
         let mut batch = Batch::default();
         loop {
             let quiet = batch.last.map(|t| (t + QUIET_FLUSH).into());
@@ -174,56 +317,119 @@ impl Listener {
                     session.close().await;
                     return Ok(());
                 }
-                message = session.messages.recv() => match message {
-                    Some(Message::Notification { payload, at }) => match Event::parse(&payload) {
-                        Ok(Event::Change(change)) => batch.push(change, at),
-                        // One statement's events are complete. More may already be queued
-                        // (the next statements of its transaction): take them into this batch
-                        // unless it has waited long enough.
-                        Ok(Event::End) => {
-                            let waited = batch.first.is_some_and(|t| t.elapsed() >= MAX_BATCH_DELAY);
-                            if session.messages.is_empty() || waited {
-                                self.publish(&mut batch);
-                            }
-                        }
-                        Ok(Event::Truncate) => {
-                            batch = Batch::default();
-                            self.resync("truncate").await?;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "resyncing after a payload it cannot use");
-                            batch = Batch::default();
-                            self.resync("unparsable payload").await?;
-                        }
-                    },
-                    Some(Message::Closed(reason)) => return Err(ListenerError::Lost(reason)),
-                    None => return Err(ListenerError::Lost("driver stopped".into())),
-                },
+                message = session.messages.recv() => {
+                    let message = message.unwrap_or(Message::Closed("driver stopped".into()));
+                    let more = !session.messages.is_empty();
+                    self.on_message(message, &mut batch, more).await?;
+                }
                 _ = sleep_until(quiet), if quiet.is_some() => {
                     tracing::warn!(changes = batch.changes.len(),
                         "row events without an END marker; is the workers_notify_statement trigger disabled?");
-                    self.publish(&mut batch);
+                    self.publish(&mut batch).await?;
                 }
                 _ = heartbeat.tick() => {
-                    match tokio::time::timeout(HEARTBEAT_TIMEOUT, session.client.simple_query("SELECT 1")).await {
+                    let limit = self.timing.heartbeat.min(QUERY_TIMEOUT);
+                    match tokio::time::timeout(limit, session.client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(ListenerError::Lost(e.to_string())),
-                        Err(_) => return Err(ListenerError::Heartbeat(HEARTBEAT_TIMEOUT)),
+                        Err(_) => return Err(ListenerError::Heartbeat(limit)),
+                    }
+                }
+                _ = anti_entropy.tick(), if recheck.is_none() => {
+                    if let Some(pool) = self.drifted(&mut session, &mut batch).await? {
+                        tracing::info!(pool, "ring differs from the table; looking again shortly");
+                        recheck = Some(tokio::time::Instant::now() + RECHECK);
+                    }
+                }
+                _ = sleep_until(recheck), if recheck.is_some() => {
+                    recheck = None;
+                    if let Some(pool) = self.drifted(&mut session, &mut batch).await? {
+                        tracing::warn!(pool, "ring still differs from the table: an event was lost; resyncing");
+                        batch = Batch::default();
+                        self.resync("anti-entropy").await?;
                     }
                 }
             }
         }
     }
 
-    fn publish(&mut self, batch: &mut Batch) {
+    /// Handles one message of the session; `more` says whether others are already queued.
+    async fn on_message(
+        &mut self,
+        message: Message,
+        batch: &mut Batch,
+        more: bool,
+    ) -> Result<(), ListenerError> {
+        let (payload, at) = match message {
+            Message::Notification { payload, at } => (payload, at),
+            Message::Closed(reason) => return Err(ListenerError::Lost(reason)),
+        };
+        match Event::parse(&payload) {
+            Ok(Event::Change(change)) => batch.push(change, at),
+            // One statement's events are complete. More may already be queued (the next
+            // statements of its transaction): take them into this batch unless it has
+            // waited long enough.
+            Ok(Event::End) => {
+                let waited = batch.first.is_some_and(|t| t.elapsed() >= MAX_BATCH_DELAY);
+                if !more || waited {
+                    self.publish(batch).await?;
+                }
+            }
+            Ok(Event::Truncate) => {
+                *batch = Batch::default();
+                self.resync("truncate").await?;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "resyncing after a payload it cannot use");
+                *batch = Batch::default();
+                self.resync("unparsable payload").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the ring with the table; returns a pool that differs, if any. Events the
+    /// query's answer overtook are applied first: PostgreSQL sends the notifications of
+    /// everything committed before the query ahead of its result, so they are queued.
+    async fn drifted(
+        &mut self,
+        session: &mut Session,
+        batch: &mut Batch,
+    ) -> Result<Option<String>, ListenerError> {
+        let table =
+            match tokio::time::timeout(QUERY_TIMEOUT, Db::fingerprints(&session.client)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return Err(ListenerError::Lost(e.to_string())),
+                Err(_) => return Err(ListenerError::Heartbeat(QUERY_TIMEOUT)),
+            };
+        while let Ok(message) = session.messages.try_recv() {
+            let more = !session.messages.is_empty();
+            self.on_message(message, batch, more).await?;
+        }
+        self.publish(batch).await?;
+        let ring = self.membership.fingerprints();
+        let pools: BTreeSet<&String> = table.keys().chain(ring.keys()).collect();
+        Ok(pools
+            .into_iter()
+            .find(|p| table.get(*p) != ring.get(*p))
+            .cloned())
+    }
+
+    /// Applies and publishes the batch; resyncs if it revealed a lost event.
+    async fn publish(&mut self, batch: &mut Batch) -> Result<(), ListenerError> {
         let Batch { changes, first, .. } = std::mem::take(batch);
         if changes.is_empty() {
-            return;
+            return Ok(());
         }
         let received = changes.len();
         let applied = self.membership.apply(changes);
         let latency_us = first.map_or(0, |t| t.elapsed().as_micros() as u64);
         log_applied(&applied, received, latency_us);
+        if applied.gap {
+            tracing::warn!("an update skipped a version this ring never saw: resyncing");
+            self.resync("version gap").await?;
+        }
+        Ok(())
     }
 }
 
@@ -307,10 +513,7 @@ fn log_applied(applied: &Applied, received: usize, latency_us: u64) {
     };
     let each = applied.changes.len() <= LOG_EACH_UP_TO;
     for change in &applied.changes {
-        let (op, row) = match change {
-            Change::Upsert(r) => ("upsert", r),
-            Change::Delete(r) => ("delete", r),
-        };
+        let (op, row) = (change.op(), change.row());
         if each {
             tracing::info!(pool = %row.pool, op, worker = row.id, address = %row.address,
                 weight = row.weight, version = row.version, generation,

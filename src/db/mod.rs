@@ -3,10 +3,12 @@
 //!
 //! The hot path never comes here: it only reads the ring the listener publishes.
 
+pub mod cache;
 mod event;
-mod listener;
+pub mod listener;
 mod migrate;
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,10 +17,10 @@ use miette::Diagnostic;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, config::Host};
 
-use crate::ring::Row;
+use crate::ring::{Fingerprint, Row};
 
 pub use event::Event;
-pub use listener::{Listener, ListenerError};
+pub use listener::{Listener, ListenerError, SyncState, SyncStatus};
 
 /// The NOTIFY channel the triggers of `migrations/V2__notify.sql` send on.
 pub const CHANNEL: &str = "lb_workers";
@@ -75,13 +77,22 @@ pub enum StartupError {
     Migrate(String),
 }
 
+impl StartupError {
+    /// Whether waiting may fix it (the server is down or cut off), as opposed to a problem
+    /// an operator must fix (no such database, refused login, failed migration).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StartupError::Unreachable { .. })
+    }
+}
+
 impl Db {
-    /// Parses `url`, checks that the database answers (a clear error otherwise), runs the
-    /// migrations, and returns the settings and query pool.
-    pub async fn open(url: &str) -> Result<Db, StartupError> {
+    /// Parses `url` into connection settings and a query pool. No I/O: nothing is
+    /// connected until it is used.
+    pub fn new(url: &str) -> Result<Db, StartupError> {
         let mut config =
             tokio_postgres::Config::from_str(url).map_err(|e| StartupError::Other {
-                server: url.to_string(),
+                // Not the URL itself: it may hold a password.
+                server: "the configured URL".to_string(),
                 message: e.to_string(),
             })?;
         if config.get_application_name().is_none() {
@@ -94,12 +105,6 @@ impl Db {
             .keepalives_interval(Duration::from_secs(2))
             .keepalives_retries(3)
             .tcp_user_timeout(TCP_USER_TIMEOUT);
-
-        let mut client = connect(&config).await?;
-        migrate::run(&mut client)
-            .await
-            .map_err(|e| StartupError::Migrate(e.to_string()))?;
-        drop(client);
 
         let manager = Manager::from_config(
             config.clone(),
@@ -118,6 +123,43 @@ impl Db {
             .build()
             .expect("a tokio runtime and timeouts are set");
         Ok(Db { config, pool })
+    }
+
+    /// Connects (a clear error if that fails) and runs the pending migrations.
+    pub async fn migrate(&self) -> Result<(), StartupError> {
+        let mut client = connect(&self.config).await?;
+        migrate::run(&mut client)
+            .await
+            .map_err(|e| StartupError::Migrate(e.to_string()))
+    }
+
+    /// Per pool: how many rows, and the sums of their ids and versions. Every change bumps
+    /// a row's version from one increasing sequence, so a ring that missed an insert,
+    /// update or delete differs from the table here. Cheap: one scan, a few numbers back.
+    pub async fn fingerprints(
+        client: &tokio_postgres::Client,
+    ) -> Result<BTreeMap<String, Fingerprint>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT pool, count(*), sum(id)::text, sum(version)::text FROM workers GROUP BY pool",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let sum = |i: usize| r.get::<_, String>(i).parse::<i128>().unwrap_or(-1);
+                let count: i64 = r.get(1);
+                (
+                    r.get::<_, String>(0),
+                    Fingerprint {
+                        count: count as u64,
+                        id_sum: sum(2),
+                        version_sum: sum(3),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// Reads every row of `workers`: the full state a listener resets to.

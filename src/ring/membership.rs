@@ -21,19 +21,30 @@ pub struct Row {
     pub version: i64,
 }
 
-/// One change to the table, from a NOTIFY payload.
+/// One change to the table, from a NOTIFY payload (or from a resync's diff).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// INSERT or UPDATE: the row as it is now.
-    Upsert(Row),
-    /// DELETE: the row as it was.
+    /// The row as inserted.
+    Insert(Row),
+    /// The row as it is now, and the version it had before: a known row whose version is
+    /// older than `prev` missed a change, which is evidence that events were lost.
+    Update { row: Row, prev: i64 },
+    /// The row as it was.
     Delete(Row),
 }
 
 impl Change {
     pub fn row(&self) -> &Row {
         match self {
-            Change::Upsert(r) | Change::Delete(r) => r,
+            Change::Insert(r) | Change::Update { row: r, .. } | Change::Delete(r) => r,
+        }
+    }
+
+    pub fn op(&self) -> &'static str {
+        match self {
+            Change::Insert(_) => "insert",
+            Change::Update { .. } => "update",
+            Change::Delete(_) => "delete",
         }
     }
 }
@@ -45,8 +56,19 @@ pub struct Applied {
     pub changes: Vec<Change>,
     /// Changes dropped as not newer than the known row version.
     pub stale: usize,
+    /// An update arrived for a row whose known version is older than the update's previous
+    /// version: some event was lost, and the table should be reread.
+    pub gap: bool,
     /// The generation published, if anything changed.
     pub generation: Option<u64>,
+}
+
+/// A cheap summary of a pool's rows, compared with the table's to detect drift.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub count: u64,
+    pub id_sum: i128,
+    pub version_sum: i128,
 }
 
 #[derive(Debug)]
@@ -89,19 +111,22 @@ impl Membership {
         let mut applied = Applied::default();
         for change in changes {
             let known = self.workers.get(&change.row().id).map(|w| w.version);
+            if let (Change::Update { prev, .. }, Some(v)) = (&change, known) {
+                applied.gap |= v < *prev;
+            }
             let fresh = match (&change, known) {
-                (Change::Upsert(r), Some(v)) => r.version > v,
-                (Change::Upsert(_), None) => true,
                 (Change::Delete(r), Some(v)) => r.version >= v,
                 (Change::Delete(_), None) => false,
+                (upsert, Some(v)) => upsert.row().version > v,
+                (_, None) => true,
             };
             if !fresh {
                 applied.stale += 1;
                 continue;
             }
             match &change {
-                Change::Upsert(row) => self.upsert(row),
                 Change::Delete(row) => self.remove(row.id, row.version),
+                Change::Insert(row) | Change::Update { row, .. } => self.upsert(row),
             }
             applied.changes.push(change);
         }
@@ -128,16 +153,34 @@ impl Membership {
             applied.changes.push(Change::Delete(row_of(&w)));
         }
         for row in rows {
-            let same = self.workers.get(&row.id).is_some_and(|w| row_of(w) == row);
-            if !same {
-                self.upsert(&row);
-                applied.changes.push(Change::Upsert(row));
-            }
+            let change = match self.workers.get(&row.id) {
+                Some(w) if row_of(w) == row => continue,
+                Some(w) => Change::Update {
+                    prev: w.version,
+                    row,
+                },
+                None => Change::Insert(row),
+            };
+            self.upsert(change.row());
+            applied.changes.push(change);
         }
         if !applied.changes.is_empty() || self.ring.load().generation == 0 {
             applied.generation = Some(self.publish());
         }
         applied
+    }
+
+    /// The fingerprint of every pool that has rows, as [`crate::db::Db::fingerprints`]
+    /// computes it from the table.
+    pub fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
+        let mut out: BTreeMap<String, Fingerprint> = BTreeMap::new();
+        for w in self.workers.values() {
+            let f = out.entry(w.pool.to_string()).or_default();
+            f.count += 1;
+            f.id_sum += i128::from(w.id);
+            f.version_sum += i128::from(w.version);
+        }
+        out
     }
 
     fn upsert(&mut self, row: &Row) {
@@ -270,8 +313,8 @@ mod tests {
         let a = m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 10)]);
         assert_eq!(a.generation, Some(1));
         let a = m.apply(vec![
-            Change::Upsert(row(2, "127.0.0.1:2", 3, "default", 11)),
-            Change::Upsert(row(1, "127.0.0.1:1", 5, "default", 12)),
+            Change::Insert(row(2, "127.0.0.1:2", 3, "default", 11)),
+            Change::Insert(row(1, "127.0.0.1:1", 5, "default", 12)),
         ]);
         assert_eq!(a.generation, Some(2));
         assert_eq!(weights(&m, "default"), vec![(1, 5), (2, 3)]);
@@ -284,8 +327,8 @@ mod tests {
         m.reset(vec![row(1, "127.0.0.1:1", 2, "default", 10)]);
         // Committed before the snapshot, delivered after it: already known.
         let a = m.apply(vec![
-            Change::Upsert(row(1, "127.0.0.1:1", 7, "default", 9)),
-            Change::Upsert(row(1, "127.0.0.1:1", 2, "default", 10)),
+            Change::Insert(row(1, "127.0.0.1:1", 7, "default", 9)),
+            Change::Insert(row(1, "127.0.0.1:1", 2, "default", 10)),
             Change::Delete(row(5, "127.0.0.1:5", 1, "default", 8)),
         ]);
         assert_eq!((a.stale, a.generation), (3, None));
@@ -298,12 +341,12 @@ mod tests {
         m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 1)]);
         let state = m.ring().load().pool(0).workers[0].state.clone();
         state.in_flight.store(7, Ordering::Relaxed);
-        m.apply(vec![Change::Upsert(row(1, "127.0.0.1:1", 9, "default", 2))]);
+        m.apply(vec![Change::Insert(row(1, "127.0.0.1:1", 9, "default", 2))]);
         assert!(Arc::ptr_eq(
             &state,
             &m.ring().load().pool(0).workers[0].state
         ));
-        m.apply(vec![Change::Upsert(row(1, "127.0.0.1:2", 9, "default", 3))]);
+        m.apply(vec![Change::Insert(row(1, "127.0.0.1:2", 9, "default", 3))]);
         assert!(!Arc::ptr_eq(
             &state,
             &m.ring().load().pool(0).workers[0].state
@@ -318,7 +361,7 @@ mod tests {
             row(2, "127.0.0.1:2", 1, "b", 2),
         ]);
         let b_before = m.ring().load().pools[1].clone();
-        m.apply(vec![Change::Upsert(row(1, "127.0.0.1:1", 1, "c", 3))]);
+        m.apply(vec![Change::Insert(row(1, "127.0.0.1:1", 1, "c", 3))]);
         let snap = m.ring().load();
         assert!(
             snap.pool(0).workers.is_empty(),
@@ -350,12 +393,36 @@ mod tests {
     }
 
     #[test]
+    fn an_update_past_a_missed_version_reports_a_gap() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 5)]);
+        let in_order = m.apply(vec![Change::Update {
+            row: row(1, "127.0.0.1:1", 2, "default", 6),
+            prev: 5,
+        }]);
+        assert!(!in_order.gap);
+        // Version 7 (prev of 8) was never seen: something was lost. The row is still applied.
+        let skipped = m.apply(vec![Change::Update {
+            row: row(1, "127.0.0.1:1", 3, "default", 8),
+            prev: 7,
+        }]);
+        assert!(skipped.gap);
+        assert_eq!(weights(&m, "default"), vec![(1, 3)]);
+        // An old update (prev below what is known) is stale, not a gap.
+        let stale = m.apply(vec![Change::Update {
+            row: row(1, "127.0.0.1:1", 9, "default", 6),
+            prev: 5,
+        }]);
+        assert!(!stale.gap && stale.stale == 1);
+    }
+
+    #[test]
     fn deleted_then_reinserted_is_a_new_worker() {
         let mut m = Membership::new(Ring::new(&["default".into()]));
         m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 1)]);
         m.apply(vec![
             Change::Delete(row(1, "127.0.0.1:1", 1, "default", 1)),
-            Change::Upsert(row(2, "127.0.0.1:1", 1, "default", 2)),
+            Change::Insert(row(2, "127.0.0.1:1", 1, "default", 2)),
         ]);
         assert_eq!(weights(&m, "default"), vec![(2, 1)]);
     }

@@ -13,12 +13,13 @@ mod schedule;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use algorithm::{Algorithm, AlgorithmKind, RandomSource, ThreadRandom};
-pub use membership::{Applied, Change, Membership, Row};
+pub use membership::{Applied, Change, Fingerprint, Membership, Row};
 
 use crate::proxy::pool::ConnPool;
 
@@ -95,6 +96,8 @@ pub struct Pool {
     pub active: Box<[u32]>,
     /// Smooth weighted round-robin order of indices into `workers` (see `schedule.rs`).
     pub schedule: Box<[u32]>,
+    /// When this pool last changed (it is rebuilt only when it changes).
+    pub changed_at: SystemTime,
 }
 
 impl Pool {
@@ -110,6 +113,7 @@ impl Pool {
             schedule: schedule::smooth_weighted(&weights).into(),
             active,
             workers,
+            changed_at: SystemTime::now(),
         }
     }
 

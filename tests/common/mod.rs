@@ -205,9 +205,7 @@ async fn backend_response(
 /// A config with one listener on 127.0.0.1:0 for `pool` and an admin endpoint.
 pub fn config(db: &TestDb, protocol: Protocol, algorithm: AlgorithmKind) -> Config {
     Config {
-        database: DatabaseConfig {
-            url: db.url.clone(),
-        },
+        database: DatabaseConfig::new(db.url.clone()),
         listeners: vec![ListenerConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
             protocol,
