@@ -66,6 +66,19 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Registered before starting, so a SIGTERM that arrives during startup is not lost
+        // to the default action (instant death) once "listening" has been logged.
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("cannot handle SIGTERM/SIGINT: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let running = match load_balancer::start(&config).await {
             Ok(r) => r,
             Err(e) => {
@@ -73,7 +86,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signal = wait_for_signal().await;
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
         tracing::info!(
             signal,
             grace_s = SHUTDOWN_GRACE.as_secs(),
@@ -86,13 +102,4 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
-}
-
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
 }

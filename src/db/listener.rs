@@ -407,7 +407,7 @@ impl Listener {
             self.on_message(message, batch, more).await?;
         }
         self.publish(batch).await?;
-        let ring = self.membership.fingerprints();
+        let ring = self.membership.ring().load().fingerprints();
         let pools: BTreeSet<&String> = table.keys().chain(ring.keys()).collect();
         Ok(pools
             .into_iter()

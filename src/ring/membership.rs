@@ -63,14 +63,6 @@ pub struct Applied {
     pub generation: Option<u64>,
 }
 
-/// A cheap summary of a pool's rows, compared with the table's to detect drift.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Fingerprint {
-    pub count: u64,
-    pub id_sum: i128,
-    pub version_sum: i128,
-}
-
 #[derive(Debug)]
 pub struct Membership {
     ring: Arc<Ring>,
@@ -168,19 +160,6 @@ impl Membership {
             applied.generation = Some(self.publish());
         }
         applied
-    }
-
-    /// The fingerprint of every pool that has rows, as [`crate::db::Db::fingerprints`]
-    /// computes it from the table.
-    pub fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
-        let mut out: BTreeMap<String, Fingerprint> = BTreeMap::new();
-        for w in self.workers.values() {
-            let f = out.entry(w.pool.to_string()).or_default();
-            f.count += 1;
-            f.id_sum += i128::from(w.id);
-            f.version_sum += i128::from(w.version);
-        }
-        out
     }
 
     fn upsert(&mut self, row: &Row) {

@@ -10,6 +10,7 @@ mod algorithm;
 mod membership;
 mod schedule;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use algorithm::{Algorithm, AlgorithmKind, RandomSource, ThreadRandom};
-pub use membership::{Applied, Change, Fingerprint, Membership, Row};
+pub use membership::{Applied, Change, Membership, Row};
 
 use crate::proxy::pool::ConnPool;
 
@@ -140,6 +141,41 @@ impl Snapshot {
     pub fn pool_named(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| &*p.name == name).map(|p| &**p)
     }
+
+    /// The fingerprint of every pool that has workers, comparable with
+    /// [`crate::db::Db::fingerprints`] of the table.
+    pub fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
+        use md5::Digest;
+        self.pools
+            .iter()
+            .filter(|p| !p.workers.is_empty())
+            .map(|p| {
+                // Workers are sorted by id, as the SQL's ORDER BY id.
+                let mut md5 = md5::Md5::new();
+                for (i, w) in p.workers.iter().enumerate() {
+                    if i > 0 {
+                        md5.update(b";");
+                    }
+                    md5.update(format!(
+                        "{}:{}:{}:{}",
+                        w.id, w.version, w.weight, w.address.text
+                    ));
+                }
+                let digest = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                let count = p.workers.len() as u64;
+                (p.name.to_string(), Fingerprint { count, digest })
+            })
+            .collect()
+    }
+}
+
+/// A summary of a pool's rows, compared with the table's to detect drift: the row count and
+/// the MD5 of every row's id, version, weight and address in id order. Any difference in
+/// content shows, even a change made with the triggers bypassed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub count: u64,
+    pub digest: String,
 }
 
 /// The shared handle: the listener publishes, everyone else loads.

@@ -280,3 +280,108 @@ pub async fn status(running: &load_balancer::Running) -> serde_json::Value {
     assert_eq!(code, 200);
     serde_json::from_str(&body).unwrap()
 }
+
+/// What a [`Relay`] does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forwards both ways.
+    Pass,
+    /// Closes every connection and every new one at once: a stopped server or a kill.
+    Cut,
+    /// Holds every connection open and forwards nothing: a server or path that vanished
+    /// without closing anything.
+    Blackhole,
+}
+
+/// A TCP relay between the proxy and PostgreSQL that the test controls: outages without
+/// touching the shared server.
+pub struct Relay {
+    pub addr: SocketAddr,
+    mode: tokio::sync::watch::Sender<Mode>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// A relay to the PostgreSQL server of [`server_url`].
+    pub async fn to_postgres() -> Relay {
+        let url: tokio_postgres::Config = server_url().parse().unwrap();
+        let host = match &url.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            other => panic!("TEST_PG must be a TCP address, not {other:?}"),
+        };
+        let port = url.get_ports().first().copied().unwrap_or(5432);
+        let upstream: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        Relay::start(upstream).await
+    }
+
+    pub async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, _) = tokio::sync::watch::channel(Mode::Pass);
+        let modes = mode.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut rx = modes.subscribe();
+                tokio::spawn(async move {
+                    let current = *rx.borrow_and_update();
+                    match current {
+                        Mode::Cut => {}
+                        Mode::Blackhole => {
+                            let _held = client;
+                            let _ = rx.wait_for(|m| *m != Mode::Blackhole).await;
+                        }
+                        Mode::Pass => {
+                            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                                return;
+                            };
+                            let (mut client, mut server) = (client, server);
+                            let after = tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                                m = rx.wait_for(|m| *m != Mode::Pass) => m.map(|m| *m),
+                            };
+                            if matches!(after, Ok(Mode::Blackhole)) {
+                                let _ = rx.wait_for(|m| *m != Mode::Blackhole).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Relay { addr, mode, task }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
+    }
+
+    /// The URL of `db` through this relay.
+    pub fn url(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@{}/{}", self.addr, db.name)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.mode.send_replace(Mode::Cut);
+    }
+}
+
+/// Polls `check` (cheap, in-process) until it holds; panics with `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {WAIT:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
