@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,22 +27,17 @@ pub type Sender = http1::SendRequest<Incoming>;
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 256;
 
+/// Allocated on the first returned connection: a queue is a few kilobytes, and a pool of
+/// 10,000 workers (most never used by a given instance) must not cost tens of megabytes.
+#[derive(Default)]
 pub struct ConnPool {
-    idle: ArrayQueue<Sender>,
-}
-
-impl Default for ConnPool {
-    fn default() -> Self {
-        ConnPool {
-            idle: ArrayQueue::new(MAX_IDLE),
-        }
-    }
+    idle: OnceLock<ArrayQueue<Sender>>,
 }
 
 impl fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnPool")
-            .field("idle", &self.idle.len())
+            .field("idle", &self.idle())
             .finish()
     }
 }
@@ -51,7 +46,8 @@ impl ConnPool {
     /// An idle connection that is still open. The caller awaits `ready()` on it: a
     /// connection whose last response just ended may need a moment to turn idle.
     pub fn take(&self) -> Option<Sender> {
-        while let Some(s) = self.idle.pop() {
+        let idle = self.idle.get()?;
+        while let Some(s) = idle.pop() {
             if !s.is_closed() {
                 return Some(s);
             }
@@ -62,17 +58,19 @@ impl ConnPool {
     /// Returns a connection for reuse; a closed one, or one beyond the cap, is dropped.
     pub fn put(&self, s: Sender) {
         if !s.is_closed() {
-            let _ = self.idle.push(s);
+            let _ = self.idle.get_or_init(|| ArrayQueue::new(MAX_IDLE)).push(s);
         }
     }
 
     /// Closes every idle connection (the backend was removed or drained).
     pub fn clear(&self) {
-        while self.idle.pop().is_some() {}
+        if let Some(idle) = self.idle.get() {
+            while idle.pop().is_some() {}
+        }
     }
 
     pub fn idle(&self) -> usize {
-        self.idle.len()
+        self.idle.get().map_or(0, ArrayQueue::len)
     }
 }
 
