@@ -33,13 +33,14 @@ async fn main() {
 
     let config = Config {
         database: DatabaseConfig::new(url.clone()),
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            protocol: Protocol::Http,
-            pool: "default".into(),
-            algorithm: AlgorithmKind::Weighted,
-        }],
+        listeners: vec![ListenerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            Protocol::Http,
+            "default",
+            AlgorithmKind::Weighted,
+        )],
         admin: None,
+        pools: Default::default(),
     };
     let lb = load_balancer::start(&config).await.expect("proxy starts");
     let backends = [backend("a").await, backend("b").await];

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use load_balancer::config::PoolConfig;
 use load_balancer::proxy::Balancer;
 use load_balancer::ring::{AlgorithmKind, Change, Membership, Ring, Row};
 
@@ -71,9 +72,10 @@ fn picks(c: &mut Criterion) {
     ] {
         let (ring, _membership) = ring_with(n);
         for &kind in kinds {
-            let balancer = Balancer::new(ring.clone(), "default", kind.build());
+            let balancer =
+                Balancer::new(ring.clone(), "default", kind.build(), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
-                b.iter(|| black_box(balancer.pick(None)))
+                b.iter(|| black_box(balancer.pick(&[])))
             });
         }
     }
@@ -103,9 +105,10 @@ fn picks_while_publishing(c: &mut Criterion) {
             })
         };
         for kind in [AlgorithmKind::RoundRobin, AlgorithmKind::Weighted] {
-            let balancer = Balancer::new(ring.clone(), "default", kind.build());
+            let balancer =
+                Balancer::new(ring.clone(), "default", kind.build(), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
-                b.iter(|| black_box(balancer.pick(None)))
+                b.iter(|| black_box(balancer.pick(&[])))
             });
         }
         stop.store(true, Ordering::Relaxed);

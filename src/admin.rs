@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::db::{SyncState, SyncStatus};
-use crate::proxy::{accept_loop, serve_http1};
+use crate::proxy::{ClientLimits, accept_loop, serve_http};
 use crate::ring::{Ring, Snapshot};
 use crate::shutdown::Shutdown;
 
@@ -48,6 +48,10 @@ struct WorkerStatus<'a> {
     weight: u32,
     in_flight: u64,
     idle_connections: usize,
+    /// Active health checks' verdict (true without checks).
+    healthy: bool,
+    /// Passively ejected after consecutive failures.
+    ejected: bool,
 }
 
 /// The `/status` document for `snapshot` and the listener's state.
@@ -75,6 +79,8 @@ pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
                         weight: w.weight,
                         in_flight: w.state.in_flight.load(Ordering::Relaxed),
                         idle_connections: w.state.conns.idle(),
+                        healthy: w.state.health.is_healthy(),
+                        ejected: w.state.ejection.is_ejected(),
                     })
                     .collect(),
             })
@@ -91,7 +97,7 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let sd = shutdown.clone();
-    accept_loop(listener, shutdown, move |stream, _peer| {
+    accept_loop(listener, shutdown, None, move |stream, _peer| {
         let (ring, sync) = (ring.clone(), sync.clone());
         let shutdown = sd.clone();
         async move {
@@ -99,7 +105,12 @@ pub async fn serve(
                 let (ring, sync) = (ring.clone(), sync.clone());
                 async move { Ok::<_, Infallible>(respond(&ring, &sync, &request)) }
             });
-            let _ = serve_http1(stream, service, &shutdown).await;
+            let limits = ClientLimits {
+                max_connections: None,
+                header_read_timeout: Duration::from_secs(30),
+                max_header_size: 64 * 1024,
+            };
+            let _ = serve_http(stream, service, &limits, &shutdown).await;
         }
     })
     .await

@@ -26,6 +26,15 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// `None` when the file has no `[admin]` table: no admin endpoint is served.
     pub admin: Option<AdminConfig>,
+    /// `[pools.NAME]` tables; pools not listed use [`PoolConfig::default`].
+    pub pools: HashMap<String, PoolConfig>,
+}
+
+impl Config {
+    /// The settings of pool `name`.
+    pub fn pool(&self, name: &str) -> PoolConfig {
+        self.pools.get(name).cloned().unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +70,119 @@ pub struct ListenerConfig {
     /// Which rows of `workers` (by their `pool` column) serve this listener.
     pub pool: String,
     pub algorithm: AlgorithmKind,
+    /// Client connections served at once; beyond it new ones wait in the kernel's backlog.
+    pub max_connections: Option<usize>,
+    /// A client must send a request's headers within this time (slowloris protection). The
+    /// clock starts when the connection waits for a request, so it also closes a keep-alive
+    /// connection idle this long.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; beyond it: 431.
+    pub max_header_size: usize,
+}
+
+impl ListenerConfig {
+    /// A listener with every optional setting at its default.
+    pub fn new(bind: SocketAddr, protocol: Protocol, pool: &str, algorithm: AlgorithmKind) -> Self {
+        ListenerConfig {
+            bind,
+            protocol,
+            pool: pool.to_string(),
+            algorithm,
+            max_connections: None,
+            header_read_timeout: Duration::from_secs(30),
+            max_header_size: 64 * 1024,
+        }
+    }
+}
+
+/// How a pool's workers are reached and judged: `[pools.NAME]`. A pool without a table gets
+/// the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// A worker that does not accept a TCP connection this fast is skipped (retried elsewhere).
+    pub connect_timeout: Duration,
+    /// A worker that does not send response headers this fast: 504.
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections to workers older than this are closed.
+    pub idle_timeout: Duration,
+    /// Requests (HTTP) or connections (TCP) one worker serves at once; `None`: no limit.
+    pub max_connections: Option<u64>,
+    /// A new, recovered or up-weighted worker ramps to its full share over this long; zero
+    /// turns slow start off.
+    pub slow_start: Duration,
+    /// After a worker is drained (weight 0) or deleted, its in-flight requests may run this
+    /// long before their connections are cut.
+    pub drain_timeout: Duration,
+    /// Extra attempts on other workers after a failure that allows one.
+    pub retries: u32,
+    /// Retries may add at most this percentage to the requests sent (plus a few per second).
+    pub retry_budget_percent: u32,
+    pub health_check: Option<HealthCheckConfig>,
+    pub ejection: EjectionConfig,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            connect_timeout: Duration::from_secs(3),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            slow_start: Duration::ZERO,
+            drain_timeout: Duration::from_secs(30),
+            retries: 2,
+            retry_budget_percent: 20,
+            health_check: None,
+            ejection: EjectionConfig::default(),
+        }
+    }
+}
+
+/// Active health checks: `[pools.NAME.health_check]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that make an unhealthy worker healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy worker unhealthy.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// A request; the check passes on the expected status.
+    Http {
+        method: hyper::Method,
+        path: String,
+        expect_status: u16,
+    },
+    /// The check passes when a TCP connection is accepted.
+    Tcp,
+}
+
+/// Passive ejection: `[pools.NAME.ejection]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EjectionConfig {
+    /// Consecutive connect failures or 5xx that eject a worker; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each repeat adds as much again, up to `max_time`.
+    pub base_time: Duration,
+    pub max_time: Duration,
+    /// At most this percentage of a pool's workers is ejected at once.
+    pub max_percent: u32,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        EjectionConfig {
+            consecutive_failures: 5,
+            base_time: Duration::from_secs(10),
+            max_time: Duration::from_secs(300),
+            max_percent: 50,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +255,48 @@ struct RawConfig {
     database: RawDatabase,
     listeners: Vec<RawListener>,
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    pools: HashMap<String, RawPool>,
+}
+
+type Dur = Option<Spanned<String>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    connect_timeout: Dur,
+    response_timeout: Dur,
+    idle_timeout: Dur,
+    max_connections: Option<u64>,
+    slow_start: Dur,
+    drain_timeout: Dur,
+    retries: Option<u32>,
+    retry_budget_percent: Option<Spanned<u32>>,
+    health_check: Option<RawHealthCheck>,
+    ejection: Option<RawEjection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    expect_status: Option<Spanned<u16>>,
+    interval: Dur,
+    timeout: Dur,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEjection {
+    consecutive_failures: Option<u32>,
+    base_time: Dur,
+    max_time: Dur,
+    max_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -140,8 +304,8 @@ struct RawConfig {
 struct RawDatabase {
     url: Spanned<String>,
     cache_path: Option<String>,
-    heartbeat_interval: Option<Spanned<String>>,
-    anti_entropy_interval: Option<Spanned<String>>,
+    heartbeat_interval: Dur,
+    anti_entropy_interval: Dur,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +315,9 @@ struct RawListener {
     protocol: Option<Spanned<String>>,
     pool: Option<Spanned<String>>,
     algorithm: Option<Spanned<String>>,
+    max_connections: Option<Spanned<usize>>,
+    header_read_timeout: Dur,
+    max_header_size: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -292,12 +459,41 @@ impl Config {
                     Some("use round_robin, random or weighted"),
                 ));
             }
-            listeners.push(ListenerConfig {
-                bind,
-                protocol,
-                pool,
-                algorithm,
-            });
+            let mut listener = ListenerConfig::new(bind, protocol, &pool, algorithm);
+            let key = |k: &str| format!("listeners[{i}].{k}");
+            listener.max_connections = match &l.max_connections {
+                Some(m) if *m.get_ref() == 0 => {
+                    return Err(source.invalid(
+                        format!(
+                            "`{}` must be at least 1 (leave it out for no limit)",
+                            key("max_connections")
+                        ),
+                        m.span(),
+                        "zero",
+                        None,
+                    ));
+                }
+                m => m.as_ref().map(|m| *m.get_ref()),
+            };
+            listener.header_read_timeout = source.duration(
+                &key("header_read_timeout"),
+                &l.header_read_timeout,
+                listener.header_read_timeout,
+                false,
+            )?;
+            if let Some(m) = &l.max_header_size {
+                // hyper's read buffer cannot be smaller than 8 KiB.
+                if *m.get_ref() < 8192 {
+                    return Err(source.invalid(
+                        format!("`{}` must be at least 8192 bytes", key("max_header_size")),
+                        m.span(),
+                        "too small",
+                        None,
+                    ));
+                }
+                listener.max_header_size = *m.get_ref();
+            }
+            listeners.push(listener);
         }
 
         let admin = match &raw.admin {
@@ -318,36 +514,29 @@ impl Config {
 
         let mut database = DatabaseConfig::new(url);
         database.cache_path = raw.database.cache_path.as_ref().map(PathBuf::from);
-        for (key, value, slot) in [
-            (
-                "heartbeat_interval",
-                &raw.database.heartbeat_interval,
-                &mut database.heartbeat_interval,
-            ),
-            (
-                "anti_entropy_interval",
-                &raw.database.anti_entropy_interval,
-                &mut database.anti_entropy_interval,
-            ),
-        ] {
-            if let Some(v) = value {
-                *slot = parse_duration(v.get_ref())
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        source.invalid(
-                            format!("`database.{key}` must be a duration such as \"500ms\", \"5s\" or \"1m\", not {:?}", v.get_ref()),
-                            v.span(),
-                            "not a duration",
-                            None,
-                        )
-                    })?;
-            }
+        database.heartbeat_interval = source.duration(
+            "database.heartbeat_interval",
+            &raw.database.heartbeat_interval,
+            database.heartbeat_interval,
+            false,
+        )?;
+        database.anti_entropy_interval = source.duration(
+            "database.anti_entropy_interval",
+            &raw.database.anti_entropy_interval,
+            database.anti_entropy_interval,
+            false,
+        )?;
+
+        let mut pools = HashMap::new();
+        for (name, raw) in &raw.pools {
+            pools.insert(name.clone(), source.pool(name, raw)?);
         }
 
         Ok(Config {
             database,
             listeners,
             admin,
+            pools,
         })
     }
 }
@@ -393,6 +582,207 @@ impl Source<'_> {
             label: label.to_string(),
             help: help.map(str::to_string),
         }
+    }
+
+    /// A duration key: `default` when absent; zero refused unless `zero_ok`.
+    fn duration(
+        &self,
+        key: &str,
+        value: &Dur,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Result<Duration, ConfigError> {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        parse_duration(v.get_ref())
+            .filter(|d| zero_ok || !d.is_zero())
+            .ok_or_else(|| {
+                self.invalid(
+                    format!(
+                        "`{key}` must be a{} duration such as \"500ms\", \"5s\" or \"1m\", not {:?}",
+                        if zero_ok { "" } else { " non-zero" },
+                        v.get_ref()
+                    ),
+                    v.span(),
+                    "not a duration",
+                    None,
+                )
+            })
+    }
+
+    fn percent(
+        &self,
+        key: &str,
+        value: &Option<Spanned<u32>>,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) if *v.get_ref() <= 100 => Ok(*v.get_ref()),
+            Some(v) => Err(self.invalid(
+                format!("`{key}` is a percentage: 0 to 100"),
+                v.span(),
+                "out of range",
+                None,
+            )),
+        }
+    }
+
+    fn pool(&self, name: &str, raw: &RawPool) -> Result<PoolConfig, ConfigError> {
+        let d = PoolConfig::default();
+        let key = |k: &str| format!("pools.{name}.{k}");
+        let health_check = match &raw.health_check {
+            None => None,
+            Some(h) => Some(self.health_check(&key("health_check"), h)?),
+        };
+        let e = EjectionConfig::default();
+        let ejection = match &raw.ejection {
+            None => e,
+            Some(r) => EjectionConfig {
+                consecutive_failures: r.consecutive_failures.unwrap_or(e.consecutive_failures),
+                base_time: self.duration(
+                    &key("ejection.base_time"),
+                    &r.base_time,
+                    e.base_time,
+                    false,
+                )?,
+                max_time: self.duration(
+                    &key("ejection.max_time"),
+                    &r.max_time,
+                    e.max_time,
+                    false,
+                )?,
+                max_percent: self.percent(
+                    &key("ejection.max_percent"),
+                    &r.max_percent,
+                    e.max_percent,
+                )?,
+            },
+        };
+        Ok(PoolConfig {
+            connect_timeout: self.duration(
+                &key("connect_timeout"),
+                &raw.connect_timeout,
+                d.connect_timeout,
+                false,
+            )?,
+            response_timeout: self.duration(
+                &key("response_timeout"),
+                &raw.response_timeout,
+                d.response_timeout,
+                false,
+            )?,
+            idle_timeout: self.duration(
+                &key("idle_timeout"),
+                &raw.idle_timeout,
+                d.idle_timeout,
+                false,
+            )?,
+            max_connections: raw.max_connections.filter(|m| *m > 0),
+            slow_start: self.duration(&key("slow_start"), &raw.slow_start, d.slow_start, true)?,
+            drain_timeout: self.duration(
+                &key("drain_timeout"),
+                &raw.drain_timeout,
+                d.drain_timeout,
+                true,
+            )?,
+            retries: raw.retries.unwrap_or(d.retries),
+            retry_budget_percent: self.percent(
+                &key("retry_budget_percent"),
+                &raw.retry_budget_percent,
+                d.retry_budget_percent,
+            )?,
+            health_check,
+            ejection,
+        })
+    }
+
+    fn health_check(
+        &self,
+        key: &str,
+        raw: &RawHealthCheck,
+    ) -> Result<HealthCheckConfig, ConfigError> {
+        let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("http", _)) => HealthCheckKind::Http {
+                method: match &raw.method {
+                    None => hyper::Method::GET,
+                    Some(m) => hyper::Method::from_bytes(m.get_ref().as_bytes()).map_err(|_| {
+                        self.invalid(
+                            format!("`{key}.method` is not an HTTP method"),
+                            m.span(),
+                            "bad method",
+                            None,
+                        )
+                    })?,
+                },
+                path: match &raw.path {
+                    None => "/".to_string(),
+                    Some(p)
+                        if p.get_ref().starts_with('/')
+                            && p.get_ref().parse::<hyper::Uri>().is_ok() =>
+                    {
+                        p.get_ref().clone()
+                    }
+                    Some(p) => {
+                        return Err(self.invalid(
+                            format!("`{key}.path` must be a path starting with /"),
+                            p.span(),
+                            "bad path",
+                            None,
+                        ));
+                    }
+                },
+                expect_status: match &raw.expect_status {
+                    None => 200,
+                    Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref(),
+                    Some(s) => {
+                        return Err(self.invalid(
+                            format!("`{key}.expect_status` must be an HTTP status, 100 to 599"),
+                            s.span(),
+                            "not a status",
+                            None,
+                        ));
+                    }
+                },
+            },
+            Some(("tcp", _)) => HealthCheckKind::Tcp,
+            Some((other, span)) => {
+                return Err(self.invalid(
+                    format!("`{key}.type` must be \"http\" or \"tcp\", not {other:?}"),
+                    span,
+                    "unknown check",
+                    None,
+                ));
+            }
+        };
+        let count = |k: &str, v: &Option<Spanned<u32>>, default: u32| match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() >= 1 => Ok(*n.get_ref()),
+            Some(n) => Err(self.invalid(
+                format!("`{key}.{k}` must be at least 1"),
+                n.span(),
+                "zero",
+                None,
+            )),
+        };
+        Ok(HealthCheckConfig {
+            kind,
+            interval: self.duration(
+                &format!("{key}.interval"),
+                &raw.interval,
+                Duration::from_secs(2),
+                false,
+            )?,
+            timeout: self.duration(
+                &format!("{key}.timeout"),
+                &raw.timeout,
+                Duration::from_secs(1),
+                false,
+            )?,
+            rise: count("rise", &raw.rise, 2)?,
+            fall: count("fall", &raw.fall, 3)?,
+        })
     }
 
     fn bind(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
@@ -451,12 +841,12 @@ bind = "127.0.0.1:9901"
         assert_eq!(c.listeners.len(), 2);
         assert_eq!(
             c.listeners[1],
-            ListenerConfig {
-                bind: "127.0.0.1:8081".parse().unwrap(),
-                protocol: Protocol::Http,
-                pool: "default".into(),
-                algorithm: AlgorithmKind::Weighted,
-            }
+            ListenerConfig::new(
+                "127.0.0.1:8081".parse().unwrap(),
+                Protocol::Http,
+                "default",
+                AlgorithmKind::Weighted
+            )
         );
         assert_eq!(c.admin.unwrap().bind, "127.0.0.1:9901".parse().unwrap());
     }

@@ -26,9 +26,9 @@ use tokio::task::JoinHandle;
 use config::{Config, Protocol};
 use db::listener::Timing;
 use db::{Db, Listener, ListenerError, SyncStatus};
-use proxy::Balancer;
 use proxy::http::HttpProxy;
 use proxy::tcp::TcpProxy;
+use proxy::{Balancer, ClientLimits};
 use ring::{Membership, Ring};
 use shutdown::Shutdown;
 
@@ -105,6 +105,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Err(e) => return Err(StartError::Sync(e)),
     };
     let listener_task = tokio::spawn(listener.run(session));
+    // One checker per pool with health checks, shared by every listener of the pool.
+    for name in ring.configured_pools() {
+        if let Some(check) = config.pool(name).health_check {
+            let pool = name.to_string();
+            tokio::spawn(proxy::health::run(
+                ring.clone(),
+                pool,
+                check,
+                shutdown.drain.clone(),
+            ));
+        }
+    }
     if let Some(path) = &config.database.cache_path {
         tokio::spawn(db::cache::writer(
             path.clone(),
@@ -120,13 +132,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             source,
         })?;
         listeners.push(address);
-        let balancer = Balancer::new(ring.clone(), &l.pool, l.algorithm.build());
+        let balancer = Balancer::new(
+            ring.clone(),
+            &l.pool,
+            l.algorithm.build(),
+            config.pool(&l.pool),
+        );
         match l.protocol {
             Protocol::Http => {
-                tokio::spawn(Arc::new(HttpProxy::new(balancer)).serve(tcp, shutdown.clone()))
+                let proxy = HttpProxy::new(balancer, ClientLimits::of(l));
+                tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
             Protocol::Tcp => {
-                tokio::spawn(Arc::new(TcpProxy::new(balancer)).serve(tcp, shutdown.clone()))
+                let proxy = TcpProxy::new(balancer, l.max_connections);
+                tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
         };
         tracing::info!(%address, protocol = ?l.protocol, pool = %l.pool,

@@ -1,25 +1,30 @@
 //! The HTTP listener: per-request balancing.
 //!
-//! Each client connection is served by hyper (HTTP/1.1 keep-alive); each request picks a
-//! worker afresh from the current snapshot, takes one of that worker's pooled connections
-//! (or dials one), and streams the request and response bodies through without buffering
-//! them. A connect failure, where nothing was sent, is retried once on another worker.
+//! Each client connection is served by hyper (HTTP/1.1 keep-alive, or HTTP/2 with prior
+//! knowledge); each request picks a worker afresh from the current snapshot, takes one of
+//! that worker's pooled connections (or dials one), and streams the request and response
+//! bodies through without buffering them. Failures are retried on another worker when that
+//! is safe: always when nothing was sent (connect failure), and for idempotent bodiless
+//! requests when the worker reset or answered 502/503/504, within the retry budget, never
+//! once the response has started. WebSocket and other upgrades pass through after the
+//! backend's 101.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::headers::{add_forwarded, strip_hop_by_hop};
-use super::pool::{Lease, PooledBody, connect};
-use super::{Balancer, CONNECT_TIMEOUT, accept_loop, serve_http1};
+use super::pool::{Lease, PooledBody, RequestBody, connect};
+use super::{Balancer, ClientLimits, Pick, accept_loop, serve_http};
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::Shutdown;
 
@@ -28,28 +33,67 @@ pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 pub struct HttpProxy {
     balancer: Balancer,
+    limits: ClientLimits,
 }
 
 /// Why forwarding to one worker failed.
 enum Failed {
     /// No connection could be made: nothing was sent, so the request can go elsewhere.
     Connect {
-        request: Box<Request<Incoming>>,
+        request: Box<Request<RequestBody>>,
         error: String,
     },
     /// The backend failed after the request was (at least partly) sent.
     Backend(hyper::Error),
+    /// No response headers within the pool's `response_timeout`.
+    Timeout,
+}
+
+/// The head of a bodiless idempotent request, kept to send it again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<Incoming>) -> Option<Replay> {
+        let idempotent = matches!(
+            *request.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        // A body streams through once; only a request without one can be sent again.
+        (idempotent && request.body().is_end_stream()).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn build(&self) -> Request<RequestBody> {
+        let mut r = Request::new(Either::Right(Empty::new()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
 }
 
 impl HttpProxy {
-    pub fn new(balancer: Balancer) -> HttpProxy {
-        HttpProxy { balancer }
+    pub fn new(balancer: Balancer, limits: ClientLimits) -> HttpProxy {
+        HttpProxy { balancer, limits }
     }
 
     /// Serves clients from `listener` until the shutdown drains it.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
         let sd = shutdown.clone();
-        accept_loop(listener, shutdown, move |stream, peer| {
+        let max = self.limits.max_connections;
+        accept_loop(listener, shutdown, max, move |stream, peer| {
             self.clone().serve_connection(stream, peer, sd.clone())
         })
         .await
@@ -61,11 +105,12 @@ impl HttpProxy {
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
+        let limits = self.limits.clone();
         let service = service_fn(move |request| {
             let proxy = self.clone();
             async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
         });
-        if let Err(e) = serve_http1(stream, service, &shutdown).await {
+        if let Err(e) = serve_http(stream, service, &limits, &shutdown).await {
             tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
         }
     }
@@ -75,27 +120,87 @@ impl HttpProxy {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        prepare(&mut request, peer);
-        let Some(first) = self.balancer.pick(None) else {
-            return self.unavailable();
+        // RFC 9112 §6.1: both framings at once is how requests are smuggled. Refuse, close.
+        if request.headers().contains_key(header::TRANSFER_ENCODING)
+            && request.headers().contains_key(header::CONTENT_LENGTH)
+        {
+            let mut r = text_response(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: both Content-Length and Transfer-Encoding\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        self.balancer.count_request();
+        let upgrade = upgrade_of(&request);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let upgrading = upgrade.is_some();
+        prepare(&mut request, peer, upgrade);
+        let replay = if upgrading {
+            None
+        } else {
+            Replay::of(&request)
         };
-        let request = match self.forward(&first, request).await {
-            Ok(response) => return response,
-            Err(Failed::Backend(e)) => return bad_gateway(&first, &e.to_string()),
-            Err(Failed::Connect { request, error }) => {
-                tracing::warn!(backend = %first.address.text, worker = first.id, %error,
-                    "connect failed; retrying on another worker");
-                *request
+        let mut request = request.map(Either::Left);
+
+        let mut tried: Vec<i64> = Vec::new();
+        loop {
+            let worker = match self.balancer.pick(&tried) {
+                Pick::Worker(w) => w,
+                Pick::Empty if tried.is_empty() => {
+                    return self.unavailable("no worker with weight > 0");
+                }
+                Pick::Full => return self.unavailable("every worker is at its max_connections"),
+                Pick::Empty => return bad_gateway(),
+            };
+            tried.push(worker.id);
+            let may_retry = tried.len() <= self.balancer.settings.retries as usize;
+            match self.forward(&worker, request).await {
+                Ok(response) => {
+                    let status = response.status();
+                    self.balancer.record(&worker, !status.is_server_error());
+                    let retry_status = matches!(status.as_u16(), 502..=504);
+                    if let Some(r) = replay.as_ref().filter(|_| retry_status && may_retry)
+                        && self.balancer.take_retry()
+                    {
+                        tracing::info!(backend = %worker.address.text, %status, "retrying on another worker");
+                        request = r.build();
+                        continue;
+                    }
+                    return match (client_upgrade, status) {
+                        (Some(client), StatusCode::SWITCHING_PROTOCOLS) => tunnel(client, response),
+                        _ => response,
+                    };
+                }
+                Err(Failed::Connect { request: r, error }) => {
+                    self.balancer.record(&worker, false);
+                    tracing::warn!(backend = %worker.address.text, worker = worker.id, %error, "connect failed");
+                    // Nothing was sent: always safe to go elsewhere.
+                    if !may_retry {
+                        return bad_gateway();
+                    }
+                    request = *r;
+                }
+                Err(Failed::Backend(e)) => {
+                    self.balancer.record(&worker, false);
+                    tracing::warn!(backend = %worker.address.text, worker = worker.id, error = %e, "backend failed");
+                    match &replay {
+                        Some(r) if may_retry && self.balancer.take_retry() => request = r.build(),
+                        _ => return bad_gateway(),
+                    }
+                }
+                Err(Failed::Timeout) => {
+                    self.balancer.record(&worker, false);
+                    tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                        timeout_ms = self.balancer.settings.response_timeout.as_millis() as u64,
+                        "no response headers in time");
+                    return text_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "504 Gateway Timeout: the backend did not answer in time\n".into(),
+                    );
+                }
             }
-        };
-        let second = match self.balancer.pick(Some(first.id)) {
-            Some(w) if w.id != first.id => w,
-            _ => return bad_gateway(&first, "connect failed and no other worker is available"),
-        };
-        match self.forward(&second, request).await {
-            Ok(response) => response,
-            Err(Failed::Backend(e)) => bad_gateway(&second, &e.to_string()),
-            Err(Failed::Connect { error, .. }) => bad_gateway(&second, &error),
         }
     }
 
@@ -103,21 +208,24 @@ impl HttpProxy {
     async fn forward(
         &self,
         worker: &Arc<Worker>,
-        mut request: Request<Incoming>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, Failed> {
+        let settings = &self.balancer.settings;
         let mut lease = Lease::new(InFlight::new(worker.clone()));
         loop {
-            let (mut sender, pooled) = match worker.state.conns.take() {
+            let (mut sender, pooled) = match worker.state.conns.take(settings.idle_timeout) {
                 Some(sender) => (sender, true),
-                None => match connect(&worker.address, CONNECT_TIMEOUT).await {
-                    Ok(sender) => (sender, false),
-                    Err(e) => {
-                        return Err(Failed::Connect {
-                            request: Box::new(request),
-                            error: e.to_string(),
-                        });
+                None => {
+                    match connect(worker, settings.connect_timeout, settings.drain_timeout).await {
+                        Ok(sender) => (sender, false),
+                        Err(e) => {
+                            return Err(Failed::Connect {
+                                request: Box::new(request),
+                                error: e.to_string(),
+                            });
+                        }
                     }
-                },
+                }
             };
             if sender.ready().await.is_err() {
                 if pooled {
@@ -128,15 +236,24 @@ impl HttpProxy {
                     error: "backend closed the connection after the handshake".into(),
                 });
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    lease.hold(sender);
+            let sent =
+                tokio::time::timeout(settings.response_timeout, sender.try_send_request(request));
+            match sent.await {
+                Err(_) => return Err(Failed::Timeout),
+                Ok(Ok(response)) => {
+                    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    // An upgraded connection belongs to its tunnel, never back to the pool.
+                    if !upgraded {
+                        lease.hold(sender);
+                    }
                     let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
+                    if !upgraded {
+                        strip_hop_by_hop(&mut parts.headers);
+                    }
                     let body = Either::Left(PooledBody::new(body, lease));
                     return Ok(Response::from_parts(parts, body));
                 }
-                Err(mut e) => match e.take_message() {
+                Ok(Err(mut e)) => match e.take_message() {
                     // An idle connection the backend had just closed: the request was not
                     // sent, so it goes out again on another connection.
                     Some(r) if pooled => request = r,
@@ -152,20 +269,58 @@ impl HttpProxy {
         }
     }
 
-    fn unavailable(&self) -> Response<ProxyBody> {
+    fn unavailable(&self, why: &str) -> Response<ProxyBody> {
         let name = self.balancer.pool_name();
         text_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("503 Service Unavailable: no worker with weight > 0 in pool {name:?}\n"),
+            format!("503 Service Unavailable: {why} in pool {name:?}\n"),
         )
     }
 }
 
-/// Rewrites a client request for the backend: origin-form target, hop-by-hop fields removed,
-/// forwarding fields added. `Host` is kept as the client sent it.
-fn prepare(request: &mut Request<Incoming>, peer: SocketAddr) {
+/// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: x`).
+fn upgrade_of(request: &Request<Incoming>) -> Option<HeaderValue> {
+    let connection_upgrade = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    request.headers().get(header::UPGRADE).cloned()
+}
+
+/// Joins the client's and the backend's upgraded connections after a 101, and returns the
+/// 101 to the client (with its `Upgrade` and `Connection` fields, which make it one).
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let backend = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+    response
+}
+
+/// Rewrites a client request for the backend: origin-form target, hop-by-hop fields removed
+/// (but an upgrade's own), forwarding fields added. `Host` is kept as the client sent it.
+fn prepare(request: &mut Request<Incoming>, peer: SocketAddr, upgrade: Option<HeaderValue>) {
     // An absolute-form target (`GET http://host/path`) names the host; RFC 9112 §3.2.2 makes
-    // it replace the Host field.
+    // it replace the Host field. HTTP/2's :authority arrives the same way.
     if let Some(authority) = request.uri().authority().cloned() {
         if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
             request.headers_mut().insert(header::HOST, host);
@@ -177,16 +332,25 @@ fn prepare(request: &mut Request<Incoming>, peer: SocketAddr) {
             .to_string();
         *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
     }
-    strip_hop_by_hop(request.headers_mut());
-    add_forwarded(request.headers_mut(), peer, "http");
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    // hyper already answered `Expect: 100-continue` to the client when the body was asked
+    // for; the backend must not wait for a second one.
+    headers.remove(header::EXPECT);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    add_forwarded(headers, peer, "http");
     *request.version_mut() = Version::HTTP_11;
 }
 
-fn bad_gateway(worker: &Worker, error: &str) -> Response<ProxyBody> {
-    tracing::warn!(backend = %worker.address.text, worker = worker.id, error, "backend failed");
+/// The details (addresses, errors) are logged where the failure happened, not shown to
+/// clients.
+fn bad_gateway() -> Response<ProxyBody> {
     text_response(
         StatusCode::BAD_GATEWAY,
-        "502 Bad Gateway: the backend failed\n".to_string(),
+        "502 Bad Gateway: the backend failed\n".into(),
     )
 }
 

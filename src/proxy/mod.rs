@@ -4,6 +4,7 @@
 //! connection. Both share the accept loop and the backend dialer below.
 
 pub mod headers;
+pub mod health;
 pub mod http;
 pub mod pool;
 pub mod tcp;
@@ -11,33 +12,56 @@ pub mod tcp;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
-use crate::ring::{Address, Algorithm, Ring, Worker};
+use crate::config::{ListenerConfig, PoolConfig};
+use crate::ring::{Address, Algorithm, RandomSource, Ring, ThreadRandom, Worker};
 use crate::shutdown::Shutdown;
 
-/// A client must send its request headers within this time (slowloris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a backend may take to accept a TCP connection before we try another.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A listener's way to pick a worker: its pool in the ring and its own algorithm (whose
-/// cursor is per listener, so two listeners on one pool do not skew each other).
+/// A listener's way to pick a worker: its pool in the ring, the pool's settings, and its
+/// own algorithm (whose cursor is per listener, so two listeners on one pool do not skew
+/// each other).
 pub struct Balancer {
     ring: Arc<Ring>,
     /// Index of the pool in every snapshot (see `Ring::pool_index`).
     pool: usize,
     algorithm: Box<dyn Algorithm>,
+    pub settings: PoolConfig,
+    /// Whether picks currently ignore health because no worker is healthy (logged on change).
+    failing_open: AtomicBool,
+    /// Requests and retries so far, for the retry budget.
+    requests: AtomicU64,
+    retries: AtomicU64,
 }
 
+/// The outcome of a pick.
+pub enum Pick {
+    Worker(Arc<Worker>),
+    /// No worker with weight > 0 (or none left that was not tried already).
+    Empty,
+    /// Every candidate is at its `max_connections`.
+    Full,
+}
+
+/// Picks drawn from the algorithm before scanning the pool for any usable worker.
+const PICK_ATTEMPTS: usize = 8;
+/// Retries allowed regardless of the budget's percentage, so a quiet listener can retry.
+const RETRY_ALLOWANCE: u64 = 10;
+
 impl Balancer {
-    pub fn new(ring: Arc<Ring>, pool: &str, algorithm: Box<dyn Algorithm>) -> Balancer {
+    pub fn new(
+        ring: Arc<Ring>,
+        pool: &str,
+        algorithm: Box<dyn Algorithm>,
+        settings: PoolConfig,
+    ) -> Balancer {
         let pool = ring
             .pool_index(pool)
             .expect("listener pools are configured in the ring");
@@ -45,24 +69,155 @@ impl Balancer {
             ring,
             pool,
             algorithm,
+            settings,
+            failing_open: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
         }
     }
 
-    /// One atomic load of the snapshot and a pick (not worker `not`, when retrying). The
-    /// worker is cloned out so the snapshot is not held while the work is in flight.
-    #[inline]
-    pub fn pick(&self, not: Option<i64>) -> Option<Arc<Worker>> {
+    /// One atomic load of the snapshot and a pick, skipping workers in `tried`, unhealthy,
+    /// ejected, at their connection limit, or (by chance, in proportion to their ramp)
+    /// warming up. When no worker is healthy, health is ignored (fail open). The worker is
+    /// cloned out so the snapshot is not held while the work is in flight.
+    pub fn pick(&self, tried: &[i64]) -> Pick {
         let snapshot = self.ring.load();
         let pool = snapshot.pool(self.pool);
-        match not {
-            None => self.algorithm.pick(pool).cloned(),
-            Some(id) => self.algorithm.pick_other(pool, id).cloned(),
+        let mut cold: Option<&Arc<Worker>> = None;
+        for _ in 0..pool.active.len().min(PICK_ATTEMPTS) {
+            let Some(w) = self.algorithm.pick_other(pool, tried) else {
+                break;
+            };
+            if tried.contains(&w.id) {
+                break;
+            }
+            match self.judge(w) {
+                Verdict::Usable => return self.found(w),
+                Verdict::Cold => cold = cold.or(Some(w)),
+                Verdict::Down | Verdict::Full => {}
+            }
         }
+        if let Some(w) = cold {
+            return self.found(w);
+        }
+        // The draws found nothing: look at every candidate once.
+        let candidates = || {
+            pool.active
+                .iter()
+                .map(|&i| &pool.workers[i as usize])
+                .filter(|w| !tried.contains(&w.id))
+        };
+        let mut any = false;
+        let mut open = None;
+        for w in candidates() {
+            any = true;
+            match self.judge(w) {
+                Verdict::Usable | Verdict::Cold => return self.found(w),
+                Verdict::Down => open = open.or(Some(w)),
+                Verdict::Full => {}
+            }
+        }
+        match open {
+            Some(w) => {
+                if !self.failing_open.swap(true, Ordering::Relaxed) {
+                    tracing::error!(pool = %pool.name,
+                        "no worker is healthy: failing open, sending traffic to all of them");
+                }
+                Pick::Worker(w.clone())
+            }
+            None if any => Pick::Full,
+            None => Pick::Empty,
+        }
+    }
+
+    fn found(&self, w: &Arc<Worker>) -> Pick {
+        if self.failing_open.load(Ordering::Relaxed)
+            && self.failing_open.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(pool = %self.pool_name(), "healthy workers again: no longer failing open");
+        }
+        Pick::Worker(w.clone())
+    }
+
+    #[inline]
+    fn judge(&self, w: &Worker) -> Verdict {
+        let state = &w.state;
+        if !state.health.is_healthy() || state.ejection.is_ejected() {
+            return Verdict::Down;
+        }
+        if let Some(max) = self.settings.max_connections
+            && state.in_flight.load(Ordering::Relaxed) >= max
+        {
+            return Verdict::Full;
+        }
+        let share = state.ramp.share(self.settings.slow_start);
+        if share < 1.0 && ThreadRandom.below(1000) as f64 >= share * 1000.0 {
+            return Verdict::Cold;
+        }
+        Verdict::Usable
+    }
+
+    /// Real traffic to `w` succeeded (`ok`) or failed (connect failure or 5xx): passive
+    /// ejection after enough consecutive failures, unless that would eject more than the
+    /// pool's `max_percent`.
+    pub fn record(&self, w: &Worker, ok: bool) {
+        if ok {
+            w.state.ejection.success();
+            return;
+        }
+        let cfg = &self.settings.ejection;
+        if !w.state.ejection.failure(cfg.consecutive_failures) {
+            return;
+        }
+        let snapshot = self.ring.load();
+        let pool = snapshot.pool(self.pool);
+        let ejected = pool
+            .workers
+            .iter()
+            .filter(|w| w.state.ejection.is_ejected())
+            .count();
+        if (ejected + 1) * 100 > pool.workers.len() * cfg.max_percent as usize {
+            tracing::warn!(backend = %w.address.text, worker = w.id,
+                "failing, but ejecting it would exceed max_percent of the pool");
+            return;
+        }
+        let length = w.state.ejection.eject(cfg.base_time, cfg.max_time);
+        tracing::warn!(backend = %w.address.text, worker = w.id, ejected_for_s = length.as_secs(),
+            "ejected after consecutive failures");
+    }
+
+    /// Counts a request toward the retry budget.
+    #[inline]
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether one more retry fits the budget (and takes it if so).
+    pub fn take_retry(&self) -> bool {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let retries = self.retries.load(Ordering::Relaxed);
+        let allowed =
+            requests * u64::from(self.settings.retry_budget_percent) / 100 + RETRY_ALLOWANCE;
+        if retries >= allowed {
+            return false;
+        }
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     pub fn pool_name(&self) -> Arc<str> {
         self.ring.load().pool(self.pool).name.clone()
     }
+}
+
+enum Verdict {
+    Usable,
+    /// Warming up (slow start) and not chosen this time.
+    Cold,
+    /// Unhealthy or ejected.
+    Down,
+    /// At its connection limit.
+    Full,
 }
 
 /// Why a backend connection could not be made.
@@ -95,24 +250,55 @@ pub async fn dial(address: &Address, timeout: Duration) -> Result<TcpStream, Con
     }
 }
 
-/// Serves one HTTP/1.1 client connection with `service`. When the drain starts it finishes
-/// the request in progress and closes instead of keeping alive; at the cut it just closes.
-pub async fn serve_http1<S, B>(
+/// A listener's limits on its clients.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+}
+
+impl ClientLimits {
+    pub fn of(listener: &ListenerConfig) -> ClientLimits {
+        ClientLimits {
+            max_connections: listener.max_connections,
+            header_read_timeout: listener.header_read_timeout,
+            max_header_size: listener.max_header_size,
+        }
+    }
+}
+
+/// Serves one client connection with `service`: HTTP/1.1, or HTTP/2 when the client opens
+/// with the HTTP/2 preface (prior knowledge, h2c). When the drain starts it finishes the
+/// requests in progress and closes instead of keeping alive; at the cut it just closes.
+pub async fn serve_http<S, B>(
     stream: TcpStream,
     service: S,
+    limits: &ClientLimits,
     shutdown: &Shutdown,
-) -> Result<(), hyper::Error>
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + 'static,
+    S: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<B>,
+            Error = std::convert::Infallible,
+        > + Send,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_size);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_size as u32);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => result,
@@ -126,13 +312,27 @@ where
     }
 }
 
-/// Accepts connections until the drain starts, serving each on its own tracked task.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, serve: F)
-where
+/// Accepts connections until the drain starts, serving each on its own tracked task. With
+/// `max_connections`, it stops accepting while that many are open: new clients wait in the
+/// kernel's backlog rather than being refused.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: Shutdown,
+    max_connections: Option<usize>,
+    serve: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let slots = max_connections.map(|n| Arc::new(Semaphore::new(n)));
     loop {
+        let permit = match &slots {
+            Some(s) => tokio::select! {
+                _ = shutdown.drain.cancelled() => return,
+                p = s.clone().acquire_owned() => Some(p.expect("never closed")),
+            },
+            None => None,
+        };
         let accepted = tokio::select! {
             _ = shutdown.drain.cancelled() => return,
             accepted = listener.accept() => accepted,
@@ -140,7 +340,11 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                shutdown.tracker.spawn(serve(stream, peer));
+                let served = serve(stream, peer);
+                shutdown.tracker.spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // Out of file descriptors or similar: back off instead of spinning.

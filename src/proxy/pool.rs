@@ -14,15 +14,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::{ConnectError, dial};
-use crate::ring::{Address, InFlight, Worker};
+use crate::ring::availability::now_ms;
+use crate::ring::{InFlight, Worker};
+
+/// A request body on its way to a backend: the client's, streamed, or none (a retry of a
+/// bodiless request, rebuilt from its head).
+pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
 /// A handle that sends requests on one backend connection.
-pub type Sender = http1::SendRequest<Incoming>;
+pub type Sender = http1::SendRequest<RequestBody>;
+
+/// An idle connection and when it went idle (`now_ms()`).
+struct Idle(Sender, u64);
 
 /// Idle connections kept per backend; more are closed when returned.
 const MAX_IDLE: usize = 256;
@@ -31,7 +40,7 @@ const MAX_IDLE: usize = 256;
 /// 10,000 workers (most never used by a given instance) must not cost tens of megabytes.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: OnceLock<ArrayQueue<Sender>>,
+    idle: OnceLock<ArrayQueue<Idle>>,
 }
 
 impl fmt::Debug for ConnPool {
@@ -43,12 +52,14 @@ impl fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    /// An idle connection that is still open. The caller awaits `ready()` on it: a
-    /// connection whose last response just ended may need a moment to turn idle.
-    pub fn take(&self) -> Option<Sender> {
+    /// An idle connection that is still open and was idle less than `max_idle` (older
+    /// ones are closed). The caller awaits `ready()` on it: a connection whose last
+    /// response just ended may need a moment to turn idle.
+    pub fn take(&self, max_idle: Duration) -> Option<Sender> {
         let idle = self.idle.get()?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
+        let oldest = now_ms().saturating_sub(max_idle.as_millis() as u64);
+        while let Some(Idle(s, since)) = idle.pop() {
+            if !s.is_closed() && since >= oldest {
                 return Some(s);
             }
         }
@@ -58,7 +69,10 @@ impl ConnPool {
     /// Returns a connection for reuse; a closed one, or one beyond the cap, is dropped.
     pub fn put(&self, s: Sender) {
         if !s.is_closed() {
-            let _ = self.idle.get_or_init(|| ArrayQueue::new(MAX_IDLE)).push(s);
+            let _ = self
+                .idle
+                .get_or_init(|| ArrayQueue::new(MAX_IDLE))
+                .push(Idle(s, now_ms()));
         }
     }
 
@@ -74,16 +88,28 @@ impl ConnPool {
     }
 }
 
-/// Dials a new HTTP/1.1 connection to `address` and starts driving it.
-pub async fn connect(address: &Address, timeout: Duration) -> Result<Sender, ConnectError> {
+/// Dials a new HTTP/1.1 connection to `worker` and starts driving it. The connection is cut
+/// once the worker has been drained for `drain_timeout`.
+pub async fn connect(
+    worker: &Arc<Worker>,
+    timeout: Duration,
+    drain_timeout: Duration,
+) -> Result<Sender, ConnectError> {
+    let address = &worker.address;
     let stream = dial(address, timeout).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(address.text.clone(), e))?;
-    let text = address.text.clone();
+    let worker = worker.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(backend = %text, error = %e, "backend connection closed");
+        tokio::select! {
+            result = conn.with_upgrades() => if let Err(e) = result {
+                tracing::debug!(backend = %worker.address.text, error = %e, "backend connection closed");
+            },
+            _ = worker.state.drain.expired(drain_timeout) => {
+                tracing::info!(backend = %worker.address.text, worker = worker.id,
+                    "drain deadline passed: cutting a connection still in use");
+            }
         }
     });
     Ok(sender)

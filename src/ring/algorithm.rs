@@ -79,11 +79,15 @@ pub trait Algorithm: Send + Sync {
     /// A worker of `pool` with weight > 0, or `None` when there is none.
     fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>>;
 
-    /// Like `pick`, but not worker `not` (for a retry) unless it is the only one.
-    fn pick_other<'a>(&self, pool: &'a Pool, not: i64) -> Option<&'a Arc<Worker>> {
+    /// Like `pick`, but none of the workers in `not` (tried already) unless no other is
+    /// left.
+    fn pick_other<'a>(&self, pool: &'a Pool, not: &[i64]) -> Option<&'a Arc<Worker>> {
+        if not.is_empty() {
+            return self.pick(pool);
+        }
         for _ in 0..4 {
             match self.pick(pool) {
-                Some(w) if w.id != not => return Some(w),
+                Some(w) if !not.contains(&w.id) => return Some(w),
                 Some(_) => {}
                 None => return None,
             }
@@ -91,7 +95,7 @@ pub trait Algorithm: Send + Sync {
         pool.active
             .iter()
             .map(|&i| &pool.workers[i as usize])
-            .find(|w| w.id != not)
+            .find(|w| !not.contains(&w.id))
             .or_else(|| self.pick(pool))
     }
 }
@@ -313,9 +317,10 @@ mod tests {
         let p = pool(&[1, 1, 1]);
         let alg = Weighted::default();
         for _ in 0..10 {
-            assert_ne!(alg.pick_other(&p, 2).unwrap().id, 2);
+            assert_ne!(alg.pick_other(&p, &[2]).unwrap().id, 2);
+            assert_eq!(alg.pick_other(&p, &[1, 3]).unwrap().id, 2);
         }
         let single = pool(&[1]);
-        assert_eq!(alg.pick_other(&single, 1).unwrap().id, 1);
+        assert_eq!(alg.pick_other(&single, &[1]).unwrap().id, 1);
     }
 }

@@ -118,7 +118,7 @@ impl Membership {
             }
             match &change {
                 Change::Delete(row) => self.remove(row.id, row.version),
-                Change::Insert(row) | Change::Update { row, .. } => self.upsert(row),
+                Change::Insert(row) | Change::Update { row, .. } => self.upsert(row, true),
             }
             applied.changes.push(change);
         }
@@ -153,7 +153,9 @@ impl Membership {
                 },
                 None => Change::Insert(row),
             };
-            self.upsert(change.row());
+            // The first sync of a process is its starting point, not news: no slow start.
+            let news = self.ring.load().generation > 0;
+            self.upsert(change.row(), news);
             applied.changes.push(change);
         }
         if !applied.changes.is_empty() || self.ring.load().generation == 0 {
@@ -162,14 +164,28 @@ impl Membership {
         applied
     }
 
-    fn upsert(&mut self, row: &Row) {
+    /// Adds or replaces a worker. `ramp`: start slow start if it is new (or has a new
+    /// address) or its weight went up, from the share it had.
+    fn upsert(&mut self, row: &Row, ramp: bool) {
         let old = self.workers.get(&row.id).cloned();
         // Same id and address: the same backend, so health, counters and pooled
         // connections carry over. A new address is a new backend.
-        let state = match &old {
-            Some(w) if *w.address.text == *row.address => w.state.clone(),
-            _ => Arc::new(WorkerState::default()),
+        let (state, old_weight) = match &old {
+            Some(w) if *w.address.text == *row.address => (w.state.clone(), w.weight),
+            Some(w) => {
+                // The old address is drained like a deleted worker.
+                w.state.drain.set(true);
+                w.state.conns.clear();
+                (Arc::new(WorkerState::default()), 0)
+            }
+            None => (Arc::new(WorkerState::default()), 0),
         };
+        if ramp && row.weight > old_weight {
+            state
+                .ramp
+                .begin(f64::from(old_weight) / f64::from(row.weight));
+        }
+        state.drain.set(row.weight == 0);
         if row.weight == 0 {
             // Drained: nothing new will use its idle connections.
             state.conns.clear();
@@ -205,6 +221,7 @@ impl Membership {
     fn remove(&mut self, id: i64, version: i64) {
         if let Some(old) = self.workers.remove(&id) {
             self.leave_pool(id, &old.pool, version);
+            old.state.drain.set(true);
             // Idle keep-alive connections to a removed backend are closed now; requests in
             // flight hold their own connection and finish.
             old.state.conns.clear();

@@ -7,6 +7,7 @@
 //! snapshots and keyed by `workers.id`, so a reweight never resets it.
 
 mod algorithm;
+pub mod availability;
 mod membership;
 mod schedule;
 
@@ -60,6 +61,14 @@ pub struct WorkerState {
     pub in_flight: AtomicU64,
     /// Idle keep-alive connections to this backend, reused across requests.
     pub conns: ConnPool,
+    /// Active health checks' verdict.
+    pub health: availability::Health,
+    /// Passive ejection after failures of real traffic.
+    pub ejection: availability::Ejection,
+    /// Slow start after being added, recovering or getting a higher weight.
+    pub ramp: availability::Ramp,
+    /// Weight 0 or deleted: in-flight work may finish until the pool's drain timeout.
+    pub drain: availability::Drain,
 }
 
 /// Counts one request (HTTP) or connection (TCP) in flight on a worker until dropped. It

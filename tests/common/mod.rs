@@ -206,15 +206,16 @@ async fn backend_response(
 pub fn config(db: &TestDb, protocol: Protocol, algorithm: AlgorithmKind) -> Config {
     Config {
         database: DatabaseConfig::new(db.url.clone()),
-        listeners: vec![ListenerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
+        listeners: vec![ListenerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
             protocol,
-            pool: "default".into(),
+            "default",
             algorithm,
-        }],
+        )],
         admin: Some(AdminConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
         }),
+        pools: Default::default(),
     }
 }
 
