@@ -120,18 +120,10 @@ impl HttpProxy {
         mut request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        // RFC 9112 §6.1: both framings at once is how requests are smuggled. Refuse, close.
-        if request.headers().contains_key(header::TRANSFER_ENCODING)
-            && request.headers().contains_key(header::CONTENT_LENGTH)
-        {
-            let mut r = text_response(
-                StatusCode::BAD_REQUEST,
-                "400 Bad Request: both Content-Length and Transfer-Encoding\n".into(),
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
+        // Both Content-Length and Transfer-Encoding (the classic smuggling vector) never
+        // get here: hyper's parser drops Content-Length, reads the body as chunked and closes
+        // the connection after the response (RFC 9112 §6.3), and forwarding re-frames the
+        // body from what was actually read.
         self.balancer.count_request();
         let upgrade = upgrade_of(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));

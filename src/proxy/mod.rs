@@ -83,7 +83,8 @@ impl Balancer {
     pub fn pick(&self, tried: &[i64]) -> Pick {
         let snapshot = self.ring.load();
         let pool = snapshot.pool(self.pool);
-        let mut cold: Option<&Arc<Worker>> = None;
+        // The warmest of the workers slow start turned down, if no other was usable.
+        let mut cold: Option<(f64, &Arc<Worker>)> = None;
         for _ in 0..pool.active.len().min(PICK_ATTEMPTS) {
             let Some(w) = self.algorithm.pick_other(pool, tried) else {
                 break;
@@ -93,11 +94,13 @@ impl Balancer {
             }
             match self.judge(w) {
                 Verdict::Usable => return self.found(w),
-                Verdict::Cold => cold = cold.or(Some(w)),
-                Verdict::Down | Verdict::Full => {}
+                Verdict::Cold(share) if cold.is_none_or(|(s, _)| share > s) => {
+                    cold = Some((share, w))
+                }
+                Verdict::Cold(_) | Verdict::Down | Verdict::Full => {}
             }
         }
-        if let Some(w) = cold {
+        if let Some((_, w)) = cold {
             return self.found(w);
         }
         // The draws found nothing: look at every candidate once.
@@ -112,7 +115,7 @@ impl Balancer {
         for w in candidates() {
             any = true;
             match self.judge(w) {
-                Verdict::Usable | Verdict::Cold => return self.found(w),
+                Verdict::Usable | Verdict::Cold(_) => return self.found(w),
                 Verdict::Down => open = open.or(Some(w)),
                 Verdict::Full => {}
             }
@@ -152,7 +155,7 @@ impl Balancer {
         }
         let share = state.ramp.share(self.settings.slow_start);
         if share < 1.0 && ThreadRandom.below(1000) as f64 >= share * 1000.0 {
-            return Verdict::Cold;
+            return Verdict::Cold(share);
         }
         Verdict::Usable
     }
@@ -212,8 +215,8 @@ impl Balancer {
 
 enum Verdict {
     Usable,
-    /// Warming up (slow start) and not chosen this time.
-    Cold,
+    /// Warming up (slow start, at this share of its full weight) and not chosen this time.
+    Cold(f64),
     /// Unhealthy or ejected.
     Down,
     /// At its connection limit.

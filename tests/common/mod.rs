@@ -104,13 +104,18 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// A real HTTP backend on 127.0.0.1:0. It answers `GET /` with its name, `/headers` with
-/// the request headers it received (one `name: value` per line), `/hold` only when the test
-/// calls `release`, and `POST /echo` with the request body streamed back.
+/// A real HTTP backend on 127.0.0.1:0. It answers `GET /` with its name (and the status in
+/// `status`), `/health` with the status in `health`, `/headers` with the request headers it
+/// received (one `name: value` per line), `/hold` only when the test calls `release`,
+/// `POST /echo` with the request body streamed back, and `/ws` (with `Upgrade: echo`) with
+/// a 101 and an echo of every byte that follows.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// Requests served, health checks excluded.
     pub hits: Arc<AtomicUsize>,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    pub health: Arc<std::sync::atomic::AtomicU16>,
     gate: Arc<Notify>,
     /// Requests currently parked on `/hold`.
     pub holding: Arc<AtomicUsize>,
@@ -121,31 +126,29 @@ impl Backend {
     pub async fn start(name: &str) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(Notify::new());
-        let holding = Arc::new(AtomicUsize::new(0));
-        let (h, g, n, hold) = (
-            hits.clone(),
-            gate.clone(),
-            name.to_string(),
-            holding.clone(),
-        );
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            hits: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(Notify::new()),
+            holding: Arc::new(AtomicUsize::new(0)),
+            status: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            health: Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        });
+        let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (h, g, n, hold) = (h.clone(), g.clone(), n.clone(), hold.clone());
+                let s = s.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (h, g, n, hold) = (h.clone(), g.clone(), n.clone(), hold.clone());
-                        async move {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            Ok::<_, Infallible>(backend_response(req, &n, &g, &hold).await)
-                        }
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(backend_response(req, &s).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -153,9 +156,11 @@ impl Backend {
         Backend {
             name: name.to_string(),
             addr,
-            hits,
-            gate,
-            holding,
+            hits: shared.hits.clone(),
+            status: shared.status.clone(),
+            health: shared.health.clone(),
+            gate: shared.gate.clone(),
+            holding: shared.holding.clone(),
             task,
         }
     }
@@ -175,13 +180,30 @@ impl Backend {
     }
 }
 
+/// What a backend's request handlers share.
+struct Shared {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    gate: Arc<Notify>,
+    holding: Arc<AtomicUsize>,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    health: Arc<std::sync::atomic::AtomicU16>,
+}
+
 async fn backend_response(
-    req: Request<Incoming>,
-    name: &str,
-    gate: &Notify,
-    holding: &AtomicUsize,
+    mut req: Request<Incoming>,
+    s: &Shared,
 ) -> Response<http_body_util::combinators::BoxBody<Bytes, hyper::Error>> {
-    let full = |s: String| Full::new(Bytes::from(s)).map_err(|e| match e {}).boxed();
+    let full = |t: String| Full::new(Bytes::from(t)).map_err(|e| match e {}).boxed();
+    let with_status = |code: u16, t: String| {
+        let mut r = Response::new(full(t));
+        *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+        r
+    };
+    if req.uri().path() == "/health" {
+        return with_status(s.health.load(Ordering::SeqCst), String::new());
+    }
+    s.hits.fetch_add(1, Ordering::SeqCst);
     match req.uri().path() {
         "/headers" => {
             let mut text = String::new();
@@ -191,14 +213,28 @@ async fn backend_response(
             Response::new(full(text))
         }
         "/hold" => {
-            let released = gate.notified();
-            holding.fetch_add(1, Ordering::SeqCst);
+            let released = s.gate.notified();
+            s.holding.fetch_add(1, Ordering::SeqCst);
             released.await;
-            holding.fetch_sub(1, Ordering::SeqCst);
-            Response::new(full(name.to_string()))
+            s.holding.fetch_sub(1, Ordering::SeqCst);
+            Response::new(full(s.name.clone()))
         }
         "/echo" => Response::new(req.into_body().boxed()),
-        _ => Response::new(full(name.to_string())),
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = upgrade.await {
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let mut r = with_status(101, String::new());
+            r.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            r.headers_mut().insert("upgrade", "echo".parse().unwrap());
+            r
+        }
+        _ => with_status(s.status.load(Ordering::SeqCst), s.name.clone()),
     }
 }
 
