@@ -358,6 +358,66 @@ async fn drain_under_load_fails_no_request() {
 }
 
 #[tokio::test]
+async fn backend_killed_under_load_fails_no_idempotent_request() {
+    let db = TestDb::new().await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    let lb = start(&with_pool(
+        &db,
+        AlgorithmKind::RoundRobin,
+        PoolConfig::default(),
+    ))
+    .await;
+    add(&db, &lb, &[&a, &b, &c]).await;
+    let proxy = lb.listeners[0];
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                match get(&c, proxy, "/").await.0 {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    eventually("load reaches b", || b.hits() > 50).await;
+    b.kill();
+    // Keep the load on for a while after the kill, on the two survivors.
+    let served = a.hits() + c.hits();
+    eventually("traffic continues after the kill", || {
+        a.hits() + c.hits() > served + 300
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for l in load {
+        let (o, f) = l.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed around the kill",
+        ok + failed
+    );
+    assert!(
+        worker_flag(&status(&lb).await, &b.addr.to_string(), "ejected"),
+        "b was ejected"
+    );
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn drain_deadline_cuts_what_is_still_running() {
     let db = TestDb::new().await;
     let a = Backend::start("a").await;
@@ -545,6 +605,43 @@ async fn request_hygiene() {
         "{reply}"
     );
     assert!(reply.ends_with("hello"), "{reply}");
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn slow_clients_are_disconnected() {
+    let db = TestDb::new().await;
+    let a = Backend::start("a").await;
+    let mut cfg = config(&db, Protocol::Http, AlgorithmKind::Weighted);
+    cfg.listeners[0].header_read_timeout = Duration::from_millis(200);
+    let lb = start(&cfg).await;
+    add(&db, &lb, &[&a]).await;
+    // Slowloris: a head that never ends. The proxy closes the connection.
+    let mut s = tokio::net::TcpStream::connect(lb.listeners[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("the proxy closes a slow client")
+        .ok();
+    // An idle keep-alive connection is closed the same way.
+    let mut s = tokio::net::TcpStream::connect(lb.listeners[0])
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut all))
+        .await
+        .expect("the proxy closes an idle keep-alive connection")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+    assert_eq!(a.hits(), 1, "the slow request never reached the backend");
     lb.stop(Duration::from_secs(5)).await;
 }
 

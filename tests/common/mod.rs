@@ -119,6 +119,7 @@ pub struct Backend {
     gate: Arc<Notify>,
     /// Requests currently parked on `/hold`.
     pub holding: Arc<AtomicUsize>,
+    killed: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -128,6 +129,7 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             name: name.to_string(),
+            killed: tokio_util::sync::CancellationToken::new(),
             hits: Arc::new(AtomicUsize::new(0)),
             gate: Arc::new(Notify::new()),
             holding: Arc::new(AtomicUsize::new(0)),
@@ -142,14 +144,18 @@ impl Backend {
                 };
                 let s = s.clone();
                 tokio::spawn(async move {
+                    let killed = s.killed.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(backend_response(req, &s).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                        .with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.cancelled() => {}
+                    }
                 });
             }
         });
@@ -161,6 +167,7 @@ impl Backend {
             health: shared.health.clone(),
             gate: shared.gate.clone(),
             holding: shared.holding.clone(),
+            killed: shared.killed.clone(),
             task,
         }
     }
@@ -178,11 +185,19 @@ impl Backend {
     pub fn stop(&self) {
         self.task.abort();
     }
+
+    /// Dies: stops accepting and closes every open connection, mid-request or idle.
+    pub fn kill(&self) {
+        self.task.abort();
+        self.killed.cancel();
+    }
 }
 
 /// What a backend's request handlers share.
 struct Shared {
     name: String,
+    /// Cancelled by `kill`: every open connection closes at once.
+    killed: tokio_util::sync::CancellationToken,
     hits: Arc<AtomicUsize>,
     gate: Arc<Notify>,
     holding: Arc<AtomicUsize>,
