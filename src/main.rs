@@ -10,6 +10,11 @@ use clap::Parser;
 use load_balancer::config::Config;
 use tracing_subscriber::EnvFilter;
 
+// mimalloc: the hot path allocates small, short-lived buffers and headers on every
+// request; glibc's malloc/free cost ~5% of the proxy's CPU in a profile, mimalloc less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -55,10 +60,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core, the single-threaded scheduler does the same work without the
+    // work-stealing machinery.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

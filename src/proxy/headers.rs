@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::header::{self, HeaderName, HeaderValue};
 
@@ -38,43 +39,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`.
+/// Runs on every request: each value is written once into its own buffer, which the header
+/// value then owns (no intermediate strings).
 pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: &'static str) {
+    use std::io::Write;
     let ip = client.ip().to_canonical();
-    let xff = match headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prior) if !prior.is_empty() => {
-            let mut v = Vec::with_capacity(prior.len() + 48);
-            v.extend_from_slice(prior);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip.to_string().as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        }
-        _ => HeaderValue::from_str(&ip.to_string()).ok(),
-    };
-    if let Some(xff) = xff {
-        headers.insert(X_FORWARDED_FOR, xff);
+
+    let prior = headers
+        .get(X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|p| !p.is_empty());
+    let mut xff = Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prior {
+        xff.extend_from_slice(p);
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{ip}");
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 
-    // RFC 7239: IPv6 addresses are bracketed and quoted.
-    let node = match ip {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-    };
-    let mut element = format!("{node};proto={proto}");
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        element.push_str(";host=\"");
-        element.push_str(host);
-        element.push('"');
+    let prior = headers
+        .get(header::FORWARDED)
+        .map(HeaderValue::as_bytes)
+        .filter(|p| !p.is_empty());
+    let host = headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .filter(|h| {
+            h.iter()
+                .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+        });
+    let mut fwd =
+        Vec::with_capacity(prior.map_or(0, |p| p.len() + 2) + host.map_or(0, |h| h.len() + 8) + 64);
+    if let Some(p) = prior {
+        fwd.extend_from_slice(p);
+        fwd.extend_from_slice(b", ");
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {element}"),
-        _ => element,
+    // RFC 7239: IPv6 addresses are bracketed and quoted.
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(fwd, "for={v4};proto={proto}"),
+        IpAddr::V6(v6) => write!(fwd, "for=\"[{v6}]\";proto={proto}"),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(h) = host {
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend_from_slice(h);
+        fwd.push(b'"');
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
         headers.insert(header::FORWARDED, v);
     }
 }

@@ -28,6 +28,9 @@ use super::{Balancer, ClientLimits, Pick, accept_loop, serve_http};
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::Shutdown;
 
+/// Attempts per request at most, whatever `retries` says.
+const MAX_ATTEMPTS: usize = 8;
+
 /// What a response to the client carries: a backend's body, or our own short message.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
@@ -136,9 +139,12 @@ impl HttpProxy {
         };
         let mut request = request.map(Either::Left);
 
-        let mut tried: Vec<i64> = Vec::new();
+        // Workers tried so far, on the stack: no allocation per request.
+        let mut tried_ids = [0i64; MAX_ATTEMPTS];
+        let mut attempts = 0;
         loop {
-            let worker = match self.balancer.pick(&tried) {
+            let tried = &tried_ids[..attempts];
+            let worker = match self.balancer.pick(tried) {
                 Pick::Worker(w) => w,
                 Pick::Empty if tried.is_empty() => {
                     return self.unavailable("no worker with weight > 0");
@@ -146,8 +152,10 @@ impl HttpProxy {
                 Pick::Full => return self.unavailable("every worker is at its max_connections"),
                 Pick::Empty => return bad_gateway(),
             };
-            tried.push(worker.id);
-            let may_retry = tried.len() <= self.balancer.settings.retries as usize;
+            tried_ids[attempts] = worker.id;
+            attempts += 1;
+            let may_retry =
+                attempts <= (self.balancer.settings.retries as usize).min(MAX_ATTEMPTS - 1);
             match self.forward(&worker, request).await {
                 Ok(response) => {
                     let status = response.status();

@@ -97,18 +97,27 @@ pub async fn connect(
 ) -> Result<Sender, ConnectError> {
     let address = &worker.address;
     let stream = dial(address, timeout).await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ConnectError::Handshake(address.text.clone(), e))?;
+    let text = address.text.clone();
+    let mut driver = tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(backend = %text, error = %e, "backend connection closed");
+        }
+    });
+    // The drain deadline is watched beside the connection, not inside its task: that task
+    // is polled twice per request, and the watch would be polled with it.
     let worker = worker.clone();
     tokio::spawn(async move {
         tokio::select! {
-            result = conn.with_upgrades() => if let Err(e) = result {
-                tracing::debug!(backend = %worker.address.text, error = %e, "backend connection closed");
-            },
+            _ = &mut driver => {}
             _ = worker.state.drain.expired(drain_timeout) => {
                 tracing::info!(backend = %worker.address.text, worker = worker.id,
                     "drain deadline passed: cutting a connection still in use");
+                driver.abort();
             }
         }
     });
