@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Whole-proxy benchmark: load_balancer against HAProxy and nginx on loopback, HTTP mode.
+#
+# Layout (needs 2 cores): wrk and the backends on LOAD_CPU, the proxy under test alone on
+# PROXY_CPU, so every proxy gets the same single core. Backends: one nginx worker serving
+# three ports with `return 200 "ok\n"`. For each repetition, every proxy runs in turn (a
+# warm-up, then a measured wrk run); CPU per request is the proxy's user+system time over
+# the measured run divided by the requests served. Prints medians over the repetitions and
+# each figure's ratio to HAProxy.
+#
+# usage: bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"]
+# needs: wrk, haproxy, nginx (installed with apt-get if missing), PostgreSQL on
+# 127.0.0.1:5432 (user postgres), and `cargo build --release` done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPS=3 DUR=5 CONNS="64"
+while (($#)); do
+  case $1 in
+    -r) REPS=$2; shift ;;
+    -d) DUR=$2; shift ;;
+    -c) CONNS=$2; shift ;;
+    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"]" >&2; exit 2 ;;
+  esac
+  shift
+done
+PROXY_CPU=${PROXY_CPU:-1} LOAD_CPU=${LOAD_CPU:-0}
+LB=${LB:-$PWD/target/release/load_balancer}
+[ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+for tool in wrk haproxy nginx; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk haproxy nginx >/dev/null; }
+done
+
+TMP=$(mktemp -d)
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  [ -f "$TMP/be.pid" ] && kill "$(cat "$TMP/be.pid")" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+LISTEN=127.0.0.1:18080 PORTS=(19001 19002 19003)
+
+# Backends: one nginx worker, three ports.
+cat >"$TMP/be.conf" <<EOF
+worker_processes 1; daemon on; pid $TMP/be.pid; error_log $TMP/be.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 100000000; default_type text/plain;
+$(for p in "${PORTS[@]}"; do echo "  server { listen 127.0.0.1:$p backlog=4096; location / { return 200 \"ok\\n\"; } }"; done)
+}
+EOF
+taskset -c "$LOAD_CPU" nginx -c "$TMP/be.conf" -p "$TMP"
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind $LISTEN
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+$(for p in "${PORTS[@]}"; do echo "  server s$p 127.0.0.1:$p"; done)
+EOF
+
+cat >"$TMP/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $TMP/nginx.pid; error_log $TMP/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 100000000;
+  upstream backends {
+$(for p in "${PORTS[@]}"; do echo "    server 127.0.0.1:$p;"; done)
+    keepalive 64; keepalive_requests 100000000;
+  }
+  server { listen $LISTEN backlog=4096;
+    location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+EOF
+
+DB=lb_whole_proxy_bench
+psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null 2>&1
+cat >"$TMP/lb.toml" <<EOF
+[database]
+url = "postgres://postgres@127.0.0.1:5432/$DB"
+[[listeners]]
+bind = "$LISTEN"
+algorithm = "round_robin"
+EOF
+
+start() {   # start proxy $1 pinned to PROXY_CPU; sets PID
+  case $1 in
+    haproxy) taskset -c "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db & PID=$! ;;
+    nginx) taskset -c "$PROXY_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP" & PID=$! ;;
+    lb)
+      RUST_LOG=warn taskset -c "$PROXY_CPU" "$LB" --config "$TMP/lb.toml" & PID=$!
+      for _ in $(seq 100); do
+        psql -q -h 127.0.0.1 -U postgres -d $DB -tAc "SELECT 1 FROM workers LIMIT 0" >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+      psql -q -h 127.0.0.1 -U postgres -d $DB -c "TRUNCATE workers; INSERT INTO workers(worker_address) VALUES $(printf "('127.0.0.1:%s')," "${PORTS[@]}" | sed 's/,$//')" >/dev/null ;;
+  esac
+  for _ in $(seq 100); do curl -sf "http://$LISTEN/" >/dev/null && return; sleep 0.05; done
+  echo "$1 did not start" >&2; exit 1
+}
+
+cpu_ticks() {   # user+system clock ticks of PID and its child processes (nginx's worker)
+  local total=0 p
+  for p in $1 $(pgrep -P "$1"); do
+    total=$((total + $(awk '{print $14+$15}' "/proc/$p/stat")))
+  done
+  echo $total
+}
+
+RESULTS=$TMP/results
+for rep in $(seq "$REPS"); do
+  for c in $CONNS; do
+    for proxy in haproxy nginx lb; do
+      start $proxy
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2 "http://$LISTEN/" >/dev/null
+      t0=$(cpu_ticks $PID)
+      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DUR" --latency "http://$LISTEN/")
+      t1=$(cpu_ticks $PID)
+      kill $PID; wait $PID 2>/dev/null || true
+      requests=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+      p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+      errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {n += $NF} END {print n + 0}')
+      us=$(echo "($t1 - $t0) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)
+      printf "  [%s/%s] %-8s c=%-4s %9.0f req/s  p99 %-8s %6.2f us/req  errors %s\n" \
+        "$rep" "$REPS" $proxy "$c" "$rps" "$p99" "$us" "$errors"
+      echo "$proxy $c $rps $us $errors $rep" >>"$RESULTS"
+    done
+  done
+done
+
+echo
+echo "medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
+printf "%-8s %5s %10s %10s %8s %8s %7s\n" proxy conns req/s us/req "x req/s" "x us" errors
+python3 - "$RESULTS" "$CONNS" <<'EOF'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1])]
+for c in sys.argv[2].split():
+    hap = {r[5]: r for r in rows if r[0] == "haproxy" and r[1] == c}
+    for p in ["haproxy", "nginx", "lb"]:
+        mine = [r for r in rows if r[0] == p and r[1] == c]
+        rps = st.median(float(r[2]) for r in mine)
+        us = st.median(float(r[3]) for r in mine)
+        xr = st.median(float(r[2]) / float(hap[r[5]][2]) for r in mine)
+        xu = st.median(float(r[3]) / float(hap[r[5]][3]) for r in mine)
+        err = sum(int(r[4]) for r in mine)
+        print(f"{p:<8} {c:>5} {rps:10.0f} {us:10.2f} {xr:8.2f} {xu:8.2f} {err:7d}")
+EOF
+psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null
