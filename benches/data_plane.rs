@@ -37,40 +37,8 @@ async fn setup(db: &TestDb, pool: PoolConfig, n: usize) -> (load_balancer::Runni
     for i in 0..n {
         backends.push(Backend::start(&format!("b{i}")).await);
     }
-    let values: Vec<String> = backends.iter().map(|b| format!("('{}')", b.addr)).collect();
-    change(
-        db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES {}",
-            values.join(",")
-        ),
-    )
-    .await;
+    add(db, &lb, &backends.iter().collect::<Vec<_>>()).await;
     (lb, backends)
-}
-
-/// 8 clients looping GETs until `stop`; returns (ok, failed).
-fn load(
-    proxy: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
-    (0..8)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let c = client();
-                let (mut ok, mut failed) = (0, 0);
-                while !stop.load(Ordering::SeqCst) {
-                    match get(&c, proxy, "/").await.0 {
-                        200 => ok += 1,
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect()
 }
 
 async fn kill_under_load() {
@@ -98,13 +66,7 @@ async fn kill_under_load() {
             assert!(killed_at.elapsed() < WAIT, "never ejected");
         };
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        stop.store(true, Ordering::SeqCst);
-        let (mut ok, mut failed) = (0, 0);
-        for c in clients {
-            let (o, f) = c.await.unwrap();
-            ok += o;
-            failed += f;
-        }
+        let (ok, failed) = finish(&stop, clients).await;
         println!(
             "kill under load, round {round}: {failed} client-visible errors of {} requests; passive ejection {:.1} ms after the kill",
             ok + failed,

@@ -38,12 +38,7 @@ async fn killed_listener_connection_reconnects_and_catches_up() {
     let db = TestDb::new().await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
 
     // Kill every connection the proxy has, then change the table while it is away.
     let admin = db.client().await;
@@ -91,12 +86,7 @@ async fn unparsable_payload_triggers_a_resync() {
     let db = TestDb::new().await;
     let a = Backend::start("a").await;
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     // A change the triggers do not see (replica mode skips them), then a garbage payload:
     // the only way the ring learns of the change is the resync the garbage provokes.
     let before = lb.ring.load().generation;
@@ -120,12 +110,7 @@ async fn moved_renamed_and_reinserted_rows_end_in_the_right_ring() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
     let c = client();
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
 
     // Moved to another pool: gone from default.
     change(&db, &lb, "UPDATE workers SET pool = 'elsewhere'").await;
@@ -176,15 +161,7 @@ async fn tcp_listener_balances_connections() {
     let lb = load_balancer::start(&config(&db, Protocol::Tcp, AlgorithmKind::RoundRobin))
         .await
         .expect("tcp proxy starts");
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}'), ('{}')",
-            a.addr, b.addr
-        ),
-    )
-    .await;
+    add(&db, &lb, &[&a, &b]).await;
     let mut seen = Vec::new();
     for _ in 0..4 {
         // A raw HTTP/1.0 exchange over one TCP connection per request.

@@ -26,19 +26,6 @@ async fn start(config: &Config) -> load_balancer::Running {
     load_balancer::start(config).await.expect("proxy starts")
 }
 
-async fn add(db: &TestDb, lb: &load_balancer::Running, backends: &[&Backend]) {
-    let values: Vec<String> = backends.iter().map(|b| format!("('{}')", b.addr)).collect();
-    change(
-        db,
-        lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES {}",
-            values.join(", ")
-        ),
-    )
-    .await;
-}
-
 fn worker_flag(status: &serde_json::Value, address: &str, flag: &str) -> bool {
     status["pools"][0]["workers"]
         .as_array()
@@ -301,21 +288,7 @@ async fn drain_under_load_fails_no_request() {
     add(&db, &lb, &[&a, &b, &c]).await;
     let proxy = lb.listeners[0];
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..8 {
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0, 0);
-            while !stop.load(Ordering::SeqCst) {
-                match get(&c, proxy, "/").await.0 {
-                    200 => ok += 1,
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let clients = load(proxy, stop.clone());
     // Drain a, delete b, bring a back, under load.
     for sql in [
         format!(
@@ -340,13 +313,7 @@ async fn drain_under_load_fails_no_request() {
         })
         .await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, 0);
-    for l in load {
-        let (o, f) = l.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = finish(&stop, clients).await;
     assert!(ok > 200, "load ran: {ok}");
     assert_eq!(
         failed,
@@ -374,21 +341,7 @@ async fn backend_killed_under_load_fails_no_idempotent_request() {
     add(&db, &lb, &[&a, &b, &c]).await;
     let proxy = lb.listeners[0];
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..8 {
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0, 0);
-            while !stop.load(Ordering::SeqCst) {
-                match get(&c, proxy, "/").await.0 {
-                    200 => ok += 1,
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let clients = load(proxy, stop.clone());
     eventually("load reaches b", || b.hits() > 50).await;
     b.kill();
     // Keep the load on for a while after the kill, on the two survivors.
@@ -397,13 +350,7 @@ async fn backend_killed_under_load_fails_no_idempotent_request() {
         a.hits() + c.hits() > served + 300
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, 0);
-    for l in load {
-        let (o, f) = l.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed) = finish(&stop, clients).await;
     assert_eq!(
         failed,
         0,

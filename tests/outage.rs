@@ -37,15 +37,7 @@ async fn database_outage_keeps_traffic_and_catches_up_after() {
     let relay = Relay::to_postgres().await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = start(&via(&relay, &db)).await;
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}'), ('{}')",
-            a.addr, b.addr
-        ),
-    )
-    .await;
+    add(&db, &lb, &[&a, &b]).await;
     let c = client();
 
     relay.set(Mode::Cut);
@@ -84,12 +76,7 @@ async fn silent_death_is_noticed_within_seconds() {
     let relay = Relay::to_postgres().await;
     let a = Backend::start("a").await;
     let lb = start(&via(&relay, &db)).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
 
     // Packets vanish; no socket is closed. Only the heartbeat can tell.
     relay.set(Mode::Blackhole);
@@ -120,12 +107,7 @@ async fn starts_from_the_cache_while_the_database_is_down() {
     config.database.cache_path = Some(path.clone());
 
     let first = start(&config).await;
-    change(
-        &db,
-        &first,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &first, &[&a]).await;
     let addr = a.addr.to_string();
     eventually("the cache holds the ring", || {
         std::fs::read_to_string(&path).is_ok_and(|t| t.contains(&addr))
@@ -169,12 +151,7 @@ async fn without_database_or_cache_it_answers_503_until_the_database_answers() {
 
     relay.set(Mode::Pass);
     eventually("connects and migrates", || state(&lb) == "connected").await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     assert_eq!(
         get(&client(), lb.listeners[0], "/").await,
         (200, "a".to_string())
@@ -207,12 +184,7 @@ async fn a_corrupt_cache_is_ignored_then_replaced() {
 
     relay.set(Mode::Pass);
     eventually("connects", || state(&lb) == "connected").await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     let addr = a.addr.to_string();
     eventually("a good cache replaces the corrupt one", || {
         load_balancer::db::cache::load(&path)
@@ -230,12 +202,7 @@ async fn anti_entropy_heals_a_change_no_event_announced() {
     let mut config = config(&db, Protocol::Http, AlgorithmKind::Weighted);
     config.database.anti_entropy_interval = Duration::from_millis(200);
     let lb = start(&config).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
 
     // Triggers skipped (replica mode): no event is ever sent for these changes.
     let generation = lb.ring.load().generation;
@@ -263,15 +230,7 @@ async fn a_version_gap_triggers_a_resync() {
     let db = TestDb::new().await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}'), ('{}')",
-            a.addr, b.addr
-        ),
-    )
-    .await;
+    add(&db, &lb, &[&a, &b]).await;
 
     // Two silent updates (b drained, a reweighted), then an announced one to a: its event
     // shows a version this ring never saw, so everything is reread, b included.

@@ -27,20 +27,10 @@ async fn insert_update_delete_truncate_move_traffic() {
     assert!(body.contains("no worker"), "{body}");
 
     // The seed's own INSERT form: weight 1, pool default.
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     assert_eq!(tally(&c, proxy, 10).await, counts(&[("a", 10)]));
 
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", b.addr),
-    )
-    .await;
+    add(&db, &lb, &[&b]).await;
     assert_eq!(tally(&c, proxy, 10).await, counts(&[("a", 5), ("b", 5)]));
 
     change(
@@ -144,12 +134,7 @@ async fn rolled_back_update_changes_nothing() {
     let db = TestDb::new().await;
     let a = Backend::start("a").await;
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     let before = lb.ring.load().generation;
 
     db.exec("BEGIN; UPDATE workers SET weight = 0; ROLLBACK;")
@@ -220,12 +205,7 @@ async fn weight_zero_drains_while_in_flight_requests_finish() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
 
     // Three requests parked inside backend a.
     let held: Vec<_> = (0..3)
@@ -326,12 +306,7 @@ async fn headers_are_forwarded_and_hop_by_hop_stripped() {
     let db = TestDb::new().await;
     let a = Backend::start("a").await;
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
 
     let req = hyper::Request::get(format!("http://{}/headers", lb.listeners[0]))
         .header("host", "app.example")
@@ -369,12 +344,7 @@ async fn large_bodies_stream_both_ways() {
     let db = TestDb::new().await;
     let a = Backend::start("a").await;
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let req = hyper::Request::post(format!("http://{}/echo", lb.listeners[0]))
         .body(http_body_util::Full::new(bytes::Bytes::from(
@@ -400,12 +370,7 @@ async fn keep_alive_connections_to_backends_are_reused() {
     let db = TestDb::new().await;
     let a = Backend::start("a").await;
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     let c = client();
     tally(&c, lb.listeners[0], 50).await;
     let s = status(&lb).await;
@@ -423,12 +388,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let a = Backend::start("a").await;
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    add(&db, &lb, &[&a]).await;
     let held = tokio::spawn(async move { get(&client(), proxy, "/hold").await });
     tokio::time::timeout(WAIT, async {
         while a.holding.load(std::sync::atomic::Ordering::SeqCst) < 1 {

@@ -286,6 +286,54 @@ pub async fn wait_publish(running: &load_balancer::Running, after: u64, what: &s
     *g
 }
 
+/// Registers `backends` (weight 1, pool default) and waits for the ring to publish them.
+pub async fn add(db: &TestDb, running: &load_balancer::Running, backends: &[&Backend]) -> u64 {
+    let values: Vec<String> = backends.iter().map(|b| format!("('{}')", b.addr)).collect();
+    let sql = format!(
+        "INSERT INTO workers(worker_address) VALUES {}",
+        values.join(", ")
+    );
+    change(db, running, &sql).await
+}
+
+/// Eight clients sending GETs through `proxy` until `stop`; each returns (ok, failed).
+pub fn load(
+    proxy: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let (mut ok, mut failed) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    match get(&c, proxy, "/").await.0 {
+                        200 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// Stops the clients of [`load`] and sums their counts.
+pub async fn finish(
+    stop: &std::sync::atomic::AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+) -> (u64, u64) {
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    (ok, failed)
+}
+
 /// Runs `sql` and waits for the ring to publish it.
 pub async fn change(db: &TestDb, running: &load_balancer::Running, sql: &str) -> u64 {
     let before = running.ring.load().generation;
