@@ -52,6 +52,13 @@ fn main() -> ExitCode {
         Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
     }));
 
+    // Each client connection and each backend connection is a file descriptor: take all the
+    // hard limit allows (as HAProxy does) instead of a soft default that may be 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+
     let database_url = cli.database_url.filter(|u| !u.is_empty());
     let config = match Config::load(&cli.config, database_url) {
         Ok(c) => c,
