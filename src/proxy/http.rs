@@ -175,7 +175,9 @@ impl HttpProxy {
                 }
                 Err(Failed::Connect { request: r, error }) => {
                     self.balancer.record(&worker, false);
-                    tracing::warn!(backend = %worker.address.text, worker = worker.id, %error, "connect failed");
+                    if let Some(suppressed) = worker.state.log_gate.allow() {
+                        tracing::warn!(backend = %worker.address.text, worker = worker.id, %error, suppressed, "connect failed");
+                    }
                     // Nothing was sent: always safe to go elsewhere.
                     if !may_retry {
                         return bad_gateway();
@@ -184,7 +186,9 @@ impl HttpProxy {
                 }
                 Err(Failed::Backend(e)) => {
                     self.balancer.record(&worker, false);
-                    tracing::warn!(backend = %worker.address.text, worker = worker.id, error = %e, "backend failed");
+                    if let Some(suppressed) = worker.state.log_gate.allow() {
+                        tracing::warn!(backend = %worker.address.text, worker = worker.id, error = %e, suppressed, "backend failed");
+                    }
                     match &replay {
                         Some(r) if may_retry && self.balancer.take_retry() => request = r.build(),
                         _ => return bad_gateway(),
@@ -192,9 +196,11 @@ impl HttpProxy {
                 }
                 Err(Failed::Timeout) => {
                     self.balancer.record(&worker, false);
-                    tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                        timeout_ms = self.balancer.settings.response_timeout.as_millis() as u64,
-                        "no response headers in time");
+                    if let Some(suppressed) = worker.state.log_gate.allow() {
+                        tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                            timeout_ms = self.balancer.settings.response_timeout.as_millis() as u64,
+                            suppressed, "no response headers in time");
+                    }
                     return text_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         "504 Gateway Timeout: the backend did not answer in time\n".into(),

@@ -180,8 +180,10 @@ impl Balancer {
             .filter(|w| w.state.ejection.is_ejected())
             .count();
         if (ejected + 1) * 100 > pool.workers.len() * cfg.max_percent as usize {
-            tracing::warn!(backend = %w.address.text, worker = w.id,
-                "failing, but ejecting it would exceed max_percent of the pool");
+            if let Some(suppressed) = w.state.log_gate.allow() {
+                tracing::warn!(backend = %w.address.text, worker = w.id, suppressed,
+                    "failing, but ejecting it would exceed max_percent of the pool");
+            }
             return;
         }
         let length = w.state.ejection.eject(cfg.base_time, cfg.max_time);

@@ -81,8 +81,10 @@ impl TcpProxy {
                 }
                 Err(e) => {
                     self.balancer.record(&worker, false);
-                    tracing::warn!(backend = %worker.address.text, worker = worker.id, error = %e,
-                        "connect failed");
+                    if let Some(suppressed) = worker.state.log_gate.allow() {
+                        tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                            error = %e, suppressed, "connect failed");
+                    }
                 }
             }
         }

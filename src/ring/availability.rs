@@ -146,6 +146,33 @@ impl Ramp {
     }
 }
 
+/// At most one log line a second per worker for failures of single requests: a dead or
+/// overloaded backend fails thousands of requests a second, and a line each would flood the
+/// log (and cost CPU when it matters most).
+#[derive(Debug, Default)]
+pub struct LogGate {
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogGate {
+    /// `Some(n)`: log now; `n` lines were suppressed since the last one. `None`: stay quiet.
+    pub fn allow(&self) -> Option<u64> {
+        let now = now_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Drain: weight 0 or deleted. Connections to a drained worker are cut once the pool's
 /// `drain_timeout` has passed; this is what they wait on.
 #[derive(Debug)]
@@ -217,6 +244,17 @@ mod tests {
             Duration::from_secs(25)
         );
         assert!(!Ejection::default().failure(0), "threshold 0 never ejects");
+    }
+
+    #[test]
+    fn log_gate_lets_one_line_a_second_through() {
+        let g = LogGate::default();
+        assert_eq!(g.allow(), Some(0));
+        assert_eq!(g.allow(), None);
+        assert_eq!(g.allow(), None);
+        // The next line allowed reports the two it replaced.
+        g.next_ms.store(0, Ordering::Relaxed);
+        assert_eq!(g.allow(), Some(2));
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct WorkerState {
     pub ramp: availability::Ramp,
     /// Weight 0 or deleted: in-flight work may finish until the pool's drain timeout.
     pub drain: availability::Drain,
+    /// Throttles per-request failure logs about this worker.
+    pub log_gate: availability::LogGate,
 }
 
 /// Counts one request (HTTP) or connection (TCP) in flight on a worker until dropped. It
