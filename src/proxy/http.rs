@@ -130,12 +130,11 @@ impl HttpProxy {
         self.balancer.count_request();
         let upgrade = upgrade_of(&request);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let upgrading = upgrade.is_some();
         prepare(&mut request, peer, upgrade);
-        let replay = if upgrading {
-            None
-        } else {
-            Replay::of(&request)
+        // An upgrade is never replayed: its connection becomes the tunnel.
+        let replay = match client_upgrade {
+            Some(_) => None,
+            None => Replay::of(&request),
         };
         let mut request = request.map(Either::Left);
 
