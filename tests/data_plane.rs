@@ -115,6 +115,11 @@ async fn active_health_checks_skip_unhealthy_workers_and_fail_open() {
     let got = tally(&c, lb.listeners[0], 10).await;
     assert_eq!(got.values().sum::<usize>(), 10);
     assert!(!got.contains_key("503"), "fail open: {got:?}");
+    assert_eq!(
+        got.len(),
+        2,
+        "failing open spreads over all workers: {got:?}"
+    );
 
     // b recovers after `rise` passing checks and gets traffic again.
     b.health.store(200, Ordering::SeqCst);

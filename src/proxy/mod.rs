@@ -85,6 +85,9 @@ impl Balancer {
         let pool = snapshot.pool(self.pool);
         // The warmest of the workers slow start turned down, if no other was usable.
         let mut cold: Option<(f64, &Arc<Worker>)> = None;
+        // The first unhealthy or ejected worker drawn: failing open follows the algorithm's
+        // order, so traffic still spreads over all of them.
+        let mut down: Option<&Arc<Worker>> = None;
         for _ in 0..pool.active.len().min(PICK_ATTEMPTS) {
             let Some(w) = self.algorithm.pick_other(pool, tried) else {
                 break;
@@ -97,31 +100,33 @@ impl Balancer {
                 Verdict::Cold(share) if cold.is_none_or(|(s, _)| share > s) => {
                     cold = Some((share, w))
                 }
-                Verdict::Cold(_) | Verdict::Down | Verdict::Full => {}
+                Verdict::Down => down = down.or(Some(w)),
+                Verdict::Cold(_) | Verdict::Full => {}
             }
         }
         if let Some((_, w)) = cold {
             return self.found(w);
         }
         // The draws found nothing: look at every candidate once.
-        let candidates = || {
-            pool.active
-                .iter()
-                .map(|&i| &pool.workers[i as usize])
-                .filter(|w| !tried.contains(&w.id))
-        };
         let mut any = false;
-        let mut open = None;
-        for w in candidates() {
+        let candidates = pool.active.iter().map(|&i| &pool.workers[i as usize]);
+        for w in candidates.filter(|w| !tried.contains(&w.id)) {
             any = true;
             match self.judge(w) {
                 Verdict::Usable | Verdict::Cold(_) => return self.found(w),
-                Verdict::Down => open = open.or(Some(w)),
+                Verdict::Down => down = down.or(Some(w)),
                 Verdict::Full => {}
             }
         }
-        match open {
-            Some(w) => {
+        match down {
+            Some(first) => {
+                // One more draw, ignoring health: the algorithm's cursor moves on with every
+                // request, so failing open spreads over all the workers.
+                let w = self
+                    .algorithm
+                    .pick_other(pool, tried)
+                    .filter(|w| !tried.contains(&w.id) && !self.full(w))
+                    .unwrap_or(first);
                 if !self.failing_open.swap(true, Ordering::Relaxed) {
                     tracing::error!(pool = %pool.name,
                         "no worker is healthy: failing open, sending traffic to all of them");
@@ -148,9 +153,7 @@ impl Balancer {
         if !state.health.is_healthy() || state.ejection.is_ejected() {
             return Verdict::Down;
         }
-        if let Some(max) = self.settings.max_connections
-            && state.in_flight.load(Ordering::Relaxed) >= max
-        {
+        if self.full(w) {
             return Verdict::Full;
         }
         let share = state.ramp.share(self.settings.slow_start);
@@ -158,6 +161,14 @@ impl Balancer {
             return Verdict::Cold(share);
         }
         Verdict::Usable
+    }
+
+    /// At the pool's `max_connections`.
+    #[inline]
+    fn full(&self, w: &Worker) -> bool {
+        self.settings
+            .max_connections
+            .is_some_and(|max| w.state.in_flight.load(Ordering::Relaxed) >= max)
     }
 
     /// Real traffic to `w` succeeded (`ok`) or failed (connect failure or 5xx): passive
