@@ -1,90 +1,26 @@
 //! The HTTP listener: per-request balancing.
 //!
-//! Each client connection is served by hyper (HTTP/1.1 keep-alive, or HTTP/2 with prior
-//! knowledge); each request picks a worker afresh from the current snapshot, takes one of
-//! that worker's pooled connections (or dials one), and streams the request and response
-//! bodies through without buffering them. Failures are retried on another worker when that
-//! is safe: always when nothing was sent (connect failure), and for idempotent bodiless
-//! requests when the worker reset or answered 502/503/504, within the retry budget, never
-//! once the response has started. WebSocket and other upgrades pass through after the
-//! backend's 101.
+//! A client connection is served by the HTTP/1 path (`h1`), which forwards each request to a
+//! worker picked afresh; one that opens with the HTTP/2 preface (prior knowledge, h2c) is
+//! handed with the bytes read so far to hyper (`h2`).
 
-use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
-use hyper::body::{Body, Incoming};
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::headers::{add_forwarded, strip_hop_by_hop};
-use super::pool::{Lease, PooledBody, RequestBody, connect};
-use super::{Balancer, ClientLimits, Pick, accept_loop, serve_http};
-use crate::ring::{InFlight, Worker};
+use super::h1::{self, Ended};
+use super::{Balancer, ClientLimits, accept_loop, h2};
 use crate::shutdown::Shutdown;
 
-/// Attempts per request at most, whatever `retries` says.
-const MAX_ATTEMPTS: usize = 8;
-
-/// What a response to the client carries: a backend's body, or our own short message.
-pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
-
 pub struct HttpProxy {
-    balancer: Balancer,
-    limits: ClientLimits,
-}
-
-/// Why forwarding to one worker failed.
-enum Failed {
-    /// No connection could be made: nothing was sent, so the request can go elsewhere.
-    Connect {
-        request: Box<Request<RequestBody>>,
-        error: String,
-    },
-    /// The backend failed after the request was (at least partly) sent.
-    Backend(hyper::Error),
-    /// No response headers within the pool's `response_timeout`.
-    Timeout,
-}
-
-/// The head of a bodiless idempotent request, kept to send it again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(request: &Request<Incoming>) -> Option<Replay> {
-        let idempotent = matches!(
-            *request.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
-        // A body streams through once; only a request without one can be sent again.
-        (idempotent && request.body().is_end_stream()).then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-        })
-    }
-
-    fn build(&self) -> Request<RequestBody> {
-        let mut r = Request::new(Either::Right(Empty::new()));
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
+    pub(super) balancer: Balancer,
+    pub(super) limits: ClientLimits,
 }
 
 impl HttpProxy {
@@ -108,263 +44,49 @@ impl HttpProxy {
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
-        let limits = self.limits.clone();
-        let service = service_fn(move |request| {
-            let proxy = self.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
-        });
-        if let Err(e) = serve_http(stream, service, &limits, &shutdown).await {
-            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        let ended = h1::serve(&self.balancer, &self.limits, &shutdown, stream, peer).await;
+        if let Ended::Http2(stream, read) = ended {
+            h2::serve(self, Rewind { read, stream }, peer, shutdown).await;
         }
-    }
-
-    async fn handle(
-        &self,
-        mut request: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ProxyBody> {
-        // Both Content-Length and Transfer-Encoding (the classic smuggling vector) never
-        // get here: hyper's parser drops Content-Length, reads the body as chunked and closes
-        // the connection after the response (RFC 9112 §6.3), and forwarding re-frames the
-        // body from what was actually read.
-        self.balancer.count_request();
-        let upgrade = upgrade_of(&request);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        prepare(&mut request, peer, upgrade);
-        // An upgrade is never replayed: its connection becomes the tunnel.
-        let replay = match client_upgrade {
-            Some(_) => None,
-            None => Replay::of(&request),
-        };
-        let mut request = request.map(Either::Left);
-
-        // Workers tried so far, on the stack: no allocation per request.
-        let mut tried_ids = [0i64; MAX_ATTEMPTS];
-        let mut attempts = 0;
-        loop {
-            let tried = &tried_ids[..attempts];
-            let worker = match self.balancer.pick(tried) {
-                Pick::Worker(w) => w,
-                Pick::Empty if tried.is_empty() => {
-                    return self.unavailable("no worker with weight > 0");
-                }
-                Pick::Full => return self.unavailable("every worker is at its max_connections"),
-                Pick::Empty => return bad_gateway(),
-            };
-            tried_ids[attempts] = worker.id;
-            attempts += 1;
-            let may_retry =
-                attempts <= (self.balancer.settings.retries as usize).min(MAX_ATTEMPTS - 1);
-            match self.forward(&worker, request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    self.balancer.record(&worker, !status.is_server_error());
-                    let retry_status = matches!(status.as_u16(), 502..=504);
-                    if let Some(r) = replay.as_ref().filter(|_| retry_status && may_retry)
-                        && self.balancer.take_retry()
-                    {
-                        tracing::info!(backend = %worker.address.text, %status, "retrying on another worker");
-                        request = r.build();
-                        continue;
-                    }
-                    return match (client_upgrade, status) {
-                        (Some(client), StatusCode::SWITCHING_PROTOCOLS) => tunnel(client, response),
-                        _ => response,
-                    };
-                }
-                Err(Failed::Connect { request: r, error }) => {
-                    self.balancer.record(&worker, false);
-                    if let Some(suppressed) = worker.state.log_gate.allow() {
-                        tracing::warn!(backend = %worker.address.text, worker = worker.id, %error, suppressed, "connect failed");
-                    }
-                    // Nothing was sent: always safe to go elsewhere.
-                    if !may_retry {
-                        return bad_gateway();
-                    }
-                    request = *r;
-                }
-                Err(Failed::Backend(e)) => {
-                    self.balancer.record(&worker, false);
-                    if let Some(suppressed) = worker.state.log_gate.allow() {
-                        tracing::warn!(backend = %worker.address.text, worker = worker.id, error = %e, suppressed, "backend failed");
-                    }
-                    match &replay {
-                        Some(r) if may_retry && self.balancer.take_retry() => request = r.build(),
-                        _ => return bad_gateway(),
-                    }
-                }
-                Err(Failed::Timeout) => {
-                    self.balancer.record(&worker, false);
-                    if let Some(suppressed) = worker.state.log_gate.allow() {
-                        tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                            timeout_ms = self.balancer.settings.response_timeout.as_millis() as u64,
-                            suppressed, "no response headers in time");
-                    }
-                    return text_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "504 Gateway Timeout: the backend did not answer in time\n".into(),
-                    );
-                }
-            }
-        }
-    }
-
-    /// Sends `request` to `worker` on a pooled connection, or a new one.
-    async fn forward(
-        &self,
-        worker: &Arc<Worker>,
-        mut request: Request<RequestBody>,
-    ) -> Result<Response<ProxyBody>, Failed> {
-        let settings = &self.balancer.settings;
-        let mut lease = Lease::new(InFlight::new(worker.clone()));
-        loop {
-            let (mut sender, pooled) = match worker.state.conns.take(settings.idle_timeout) {
-                Some(sender) => (sender, true),
-                None => {
-                    match connect(worker, settings.connect_timeout, settings.drain_timeout).await {
-                        Ok(sender) => (sender, false),
-                        Err(e) => {
-                            return Err(Failed::Connect {
-                                request: Box::new(request),
-                                error: e.to_string(),
-                            });
-                        }
-                    }
-                }
-            };
-            if sender.ready().await.is_err() {
-                if pooled {
-                    continue;
-                }
-                return Err(Failed::Connect {
-                    request: Box::new(request),
-                    error: "backend closed the connection after the handshake".into(),
-                });
-            }
-            let sent =
-                tokio::time::timeout(settings.response_timeout, sender.try_send_request(request));
-            match sent.await {
-                Err(_) => return Err(Failed::Timeout),
-                Ok(Ok(response)) => {
-                    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    // An upgraded connection belongs to its tunnel, never back to the pool.
-                    if !upgraded {
-                        lease.hold(sender);
-                    }
-                    let (mut parts, body) = response.into_parts();
-                    if !upgraded {
-                        strip_hop_by_hop(&mut parts.headers);
-                    }
-                    let body = Either::Left(PooledBody::new(body, lease));
-                    return Ok(Response::from_parts(parts, body));
-                }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // An idle connection the backend had just closed: the request was not
-                    // sent, so it goes out again on another connection.
-                    Some(r) if pooled => request = r,
-                    Some(r) => {
-                        return Err(Failed::Connect {
-                            request: Box::new(r),
-                            error: e.into_error().to_string(),
-                        });
-                    }
-                    None => return Err(Failed::Backend(e.into_error())),
-                },
-            }
-        }
-    }
-
-    fn unavailable(&self, why: &str) -> Response<ProxyBody> {
-        let name = self.balancer.pool_name();
-        text_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("503 Service Unavailable: {why} in pool {name:?}\n"),
-        )
     }
 }
 
-/// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: x`).
-fn upgrade_of(request: &Request<Incoming>) -> Option<HeaderValue> {
-    let connection_upgrade = request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !connection_upgrade {
-        return None;
-    }
-    request.headers().get(header::UPGRADE).cloned()
+/// A client connection whose first bytes were already read: they are read again first.
+pub struct Rewind {
+    read: BytesMut,
+    stream: TcpStream,
 }
 
-/// Joins the client's and the backend's upgraded connections after a 101, and returns the
-/// 101 to the client (with its `Upgrade` and `Connection` fields, which make it one).
-fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    mut response: Response<ProxyBody>,
-) -> Response<ProxyBody> {
-    let backend = hyper::upgrade::on(&mut response);
-    tokio::spawn(async move {
-        let (client, backend) = match tokio::try_join!(client, backend) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
         }
-    });
-    response
-}
-
-/// Rewrites a client request for the backend: origin-form target, hop-by-hop fields removed
-/// (but an upgrade's own), forwarding fields added. `Host` is kept as the client sent it.
-fn prepare(request: &mut Request<Incoming>, peer: SocketAddr, upgrade: Option<HeaderValue>) {
-    // An absolute-form target (`GET http://host/path`) names the host; RFC 9112 §3.2.2 makes
-    // it replace the Host field. HTTP/2's :authority arrives the same way.
-    if let Some(authority) = request.uri().authority().cloned() {
-        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-            request.headers_mut().insert(header::HOST, host);
-        }
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
-    let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
-    // hyper already answered `Expect: 100-continue` to the client when the body was asked
-    // for; the backend must not wait for a second one.
-    headers.remove(header::EXPECT);
-    if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol);
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
-    add_forwarded(headers, peer, "http");
-    *request.version_mut() = Version::HTTP_11;
-}
 
-/// The details (addresses, errors) are logged where the failure happened, not shown to
-/// clients.
-fn bad_gateway() -> Response<ProxyBody> {
-    text_response(
-        StatusCode::BAD_GATEWAY,
-        "502 Bad Gateway: the backend failed\n".into(),
-    )
-}
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
 
-fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }

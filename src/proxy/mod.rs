@@ -3,9 +3,13 @@
 //! `http` balances each request over keep-alive connections (`pool`); `tcp` balances each
 //! connection. Both share the accept loop and the backend dialer below.
 
+pub mod chunked;
+pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod health;
 pub mod http;
+pub mod message;
 pub mod pool;
 pub mod tcp;
 
@@ -287,13 +291,14 @@ impl ClientLimits {
 /// Serves one client connection with `service`: HTTP/1.1, or HTTP/2 when the client opens
 /// with the HTTP/2 preface (prior knowledge, h2c). When the drain starts it finishes the
 /// requests in progress and closes instead of keeping alive; at the cut it just closes.
-pub async fn serve_http<S, B>(
-    stream: TcpStream,
+pub async fn serve_http<I, S, B>(
+    stream: I,
     service: S,
     limits: &ClientLimits,
     shutdown: &Shutdown,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             hyper::Request<Incoming>,
             Response = hyper::Response<B>,

@@ -1,10 +1,11 @@
 //! Keep-alive connections to one backend.
 //!
-//! Each worker's [`ConnPool`] holds idle HTTP/1.1 connections in a lock-free queue. A request
-//! takes one (or dials a new one), and the response body hands it back when the backend has
-//! sent the last byte ([`PooledBody`]); a connection whose response was not read to the end
-//! is dropped, never reused. Keyed by worker id (it lives in `WorkerState`), so a reweight
-//! keeps the warm connections.
+//! Each worker's [`ConnPool`] holds idle connections in lock-free queues: plain TCP
+//! streams ([`Upstream`]) for the HTTP/1 path, which reads and writes them itself, and
+//! hyper handles ([`Sender`]) for HTTP/2 clients. A request takes one (or dials a new one)
+//! and gives it back only once the response has ended cleanly; a connection in any other
+//! state is dropped, never reused. Keyed by worker id (it lives in `WorkerState`), so a
+//! reweight keeps the warm connections.
 
 use std::fmt;
 use std::pin::Pin;
@@ -18,6 +19,8 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::{ConnectError, dial};
 use crate::ring::availability::now_ms;
@@ -27,20 +30,88 @@ use crate::ring::{InFlight, Worker};
 /// bodiless request, rebuilt from its head).
 pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
-/// A handle that sends requests on one backend connection.
+/// A handle that sends requests on one backend connection (HTTP/2 clients' path).
 pub type Sender = http1::SendRequest<RequestBody>;
 
-/// An idle connection and when it went idle (`now_ms()`).
-struct Idle(Sender, u64);
+/// A backend connection the HTTP/1 path drives itself. Dropping it closes it.
+pub struct Upstream {
+    pub stream: TcpStream,
+    /// Dropped with the connection: tells its drain watcher to stop.
+    _closed: oneshot::Sender<()>,
+}
 
-/// Idle connections kept per backend; more are closed when returned.
+/// A connection that can tell whether its backend has closed it.
+trait Reusable {
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&self) -> bool {
+        http1::SendRequest::is_closed(self)
+    }
+}
+
+impl Reusable for Upstream {
+    /// Without a system call in the usual case: tokio knows the socket is not readable
+    /// until epoll says otherwise, and an idle connection becomes readable only when the
+    /// backend closes it (or, wrongly, sends something unasked).
+    fn is_closed(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// An idle connection and when it went idle (`now_ms()`).
+struct Idle<T>(T, u64);
+
+/// Idle connections kept per backend and kind; more are closed when returned.
 const MAX_IDLE: usize = 256;
 
-/// Allocated on the first returned connection: a queue is a few kilobytes, and a pool of
-/// 10,000 workers (most never used by a given instance) must not cost tens of megabytes.
+/// One queue of idle connections, allocated on the first one returned: a queue is a few
+/// kilobytes, and a pool of 10,000 workers (most never used by a given instance) must not
+/// cost tens of megabytes.
+struct Queue<T>(OnceLock<ArrayQueue<Idle<T>>>);
+
+impl<T: Reusable> Queue<T> {
+    fn take(&self, max_idle: Duration) -> Option<T> {
+        let idle = self.0.get()?;
+        let oldest = now_ms().saturating_sub(max_idle.as_millis() as u64);
+        while let Some(Idle(c, since)) = idle.pop() {
+            if since >= oldest && !c.is_closed() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, c: T) {
+        let _ = self
+            .0
+            .get_or_init(|| ArrayQueue::new(MAX_IDLE))
+            .push(Idle(c, now_ms()));
+    }
+
+    fn clear(&self) {
+        if let Some(idle) = self.0.get() {
+            while idle.pop().is_some() {}
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.get().map_or(0, ArrayQueue::len)
+    }
+}
+
 #[derive(Default)]
 pub struct ConnPool {
-    idle: OnceLock<ArrayQueue<Idle>>,
+    h1: Queue<Upstream>,
+    hyper: Queue<Sender>,
+}
+
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Queue(OnceLock::new())
+    }
 }
 
 impl fmt::Debug for ConnPool {
@@ -52,40 +123,69 @@ impl fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    /// An idle connection that is still open and was idle less than `max_idle` (older
-    /// ones are closed). The caller awaits `ready()` on it: a connection whose last
-    /// response just ended may need a moment to turn idle.
-    pub fn take(&self, max_idle: Duration) -> Option<Sender> {
-        let idle = self.idle.get()?;
-        let oldest = now_ms().saturating_sub(max_idle.as_millis() as u64);
-        while let Some(Idle(s, since)) = idle.pop() {
-            if !s.is_closed() && since >= oldest {
-                return Some(s);
-            }
-        }
-        None
+    /// An idle connection for the HTTP/1 path that is still open and was idle less than
+    /// `max_idle` (older ones are closed).
+    pub fn take_upstream(&self, max_idle: Duration) -> Option<Upstream> {
+        self.h1.take(max_idle)
     }
 
-    /// Returns a connection for reuse; a closed one, or one beyond the cap, is dropped.
+    /// Returns a connection whose last response ended cleanly.
+    pub fn put_upstream(&self, c: Upstream) {
+        self.h1.put(c);
+    }
+
+    /// The same for hyper's handles. The caller awaits `ready()` on it: a connection whose
+    /// last response just ended may need a moment to turn idle.
+    pub fn take(&self, max_idle: Duration) -> Option<Sender> {
+        self.hyper.take(max_idle)
+    }
+
     pub fn put(&self, s: Sender) {
         if !s.is_closed() {
-            let _ = self
-                .idle
-                .get_or_init(|| ArrayQueue::new(MAX_IDLE))
-                .push(Idle(s, now_ms()));
+            self.hyper.put(s);
         }
     }
 
     /// Closes every idle connection (the backend was removed or drained).
     pub fn clear(&self) {
-        if let Some(idle) = self.idle.get() {
-            while idle.pop().is_some() {}
-        }
+        self.h1.clear();
+        self.hyper.clear();
     }
 
     pub fn idle(&self) -> usize {
-        self.idle.get().map_or(0, ArrayQueue::len)
+        self.h1.len() + self.hyper.len()
     }
+}
+
+/// Dials a new connection to `worker` for the HTTP/1 path. It is shut down (and whatever
+/// request it carries fails) once the worker has been drained for `drain_timeout`.
+pub async fn connect_upstream(
+    worker: &Arc<Worker>,
+    timeout: Duration,
+    drain_timeout: Duration,
+) -> Result<Upstream, ConnectError> {
+    let stream = dial(&worker.address, timeout).await?;
+    // A second handle on the socket, for the watcher to shut it down under whoever is
+    // using it; costs one dup per connection, nothing per request.
+    let handle = socket2::SockRef::from(&stream)
+        .try_clone()
+        .map_err(|e| ConnectError::Io(worker.address.text.clone(), e))?;
+    let (closed, mut dropped) = oneshot::channel::<()>();
+    let worker = worker.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = &mut dropped => {}
+            _ = worker.state.drain.expired(drain_timeout) => {
+                tracing::info!(backend = %worker.address.text, worker = worker.id,
+                    "drain deadline passed: cutting a connection still in use");
+                let _ = handle.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    });
+    Ok(Upstream {
+        stream,
+        _closed: closed,
+    })
 }
 
 /// Dials a new HTTP/1.1 connection to `worker` and starts driving it. The connection is cut

@@ -1,0 +1,821 @@
+//! The HTTP/1.x path: one task per client connection reads each request, picks a worker
+//! for it afresh, forwards it on one of that worker's keep-alive connections and relays the
+//! response back.
+//!
+//! It is the hot path, so it is written for it: the task drives both sockets itself (no
+//! hand-off to a connection task), heads are parsed in place and written once straight into
+//! the buffer that goes out (`message`), bodies are relayed as they come, with their framing
+//! checked (`chunked`) but not re-encoded, and a request's head and the body bytes already
+//! read leave in one write, as does a response's. An idle client connection holds no buffer.
+//!
+//! Failures are retried on another worker when that is safe: always when nothing was sent
+//! (connect failure); for idempotent requests whose body was read whole, when the worker
+//! failed before answering or answered 502/503/504, within the retry budget; never once the
+//! response has started. An upgrade (WebSocket) becomes a tunnel after the backend's 101.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use super::chunked::{ChunkError, Chunked};
+use super::message::{
+    self, Client, Framing, Malformed, Reject, RequestHead, ResponseHead, own_response,
+};
+use super::pool::{Upstream, connect_upstream};
+use super::{Balancer, ClientLimits, Pick};
+use crate::ring::{InFlight, Worker};
+use crate::shutdown::Shutdown;
+
+/// Attempts per request at most, whatever `retries` says.
+const MAX_ATTEMPTS: usize = 8;
+/// Read sizes: a request head usually fits the first, bodies stream through the second.
+const CLIENT_READ: usize = 4096;
+const BACKEND_READ: usize = 16 * 1024;
+/// A lingering close reads at most this much, for at most this long.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4): such a client goes to hyper.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a client connection left this path.
+pub enum Ended {
+    /// Closed (cleanly or not: the reason was logged).
+    Closed,
+    /// The client opened with the HTTP/2 preface: serve it with hyper, these bytes first.
+    Http2(TcpStream, BytesMut),
+}
+
+/// Why a connection is given up.
+#[derive(Debug, thiserror::Error)]
+enum Abort {
+    #[error("client: {0}")]
+    Client(io::Error),
+    #[error("client sent a malformed chunked body")]
+    ClientBody,
+    #[error("client closed the connection mid-request")]
+    ClientGone,
+    #[error("backend {0}: {1}")]
+    Backend(Arc<str>, BackendError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BackendError {
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("closed the connection mid-response")]
+    Eof,
+    #[error("{0}")]
+    Chunk(ChunkError),
+    #[error("{0}")]
+    Malformed(Malformed),
+    #[error("no response headers in time")]
+    Timeout,
+    #[error("response head larger than the limit")]
+    TooLarge,
+}
+
+/// One client connection.
+struct Session<'a> {
+    balancer: &'a Balancer,
+    limits: &'a ClientLimits,
+    shutdown: &'a Shutdown,
+    client: TcpStream,
+    peer: Client,
+    /// Bytes from the client not yet forwarded.
+    inbuf: BytesMut,
+    /// Bytes from the backend not yet forwarded.
+    rbuf: BytesMut,
+    /// The request as it goes to the backend (kept until answered, to send it again).
+    req_out: Vec<u8>,
+    /// What goes to the client next.
+    res_out: Vec<u8>,
+    /// The header-read and the response timeouts, one at a time: moved, never re-created.
+    timer: Pin<Box<Sleep>>,
+}
+
+pub async fn serve(
+    balancer: &Balancer,
+    limits: &ClientLimits,
+    shutdown: &Shutdown,
+    client: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Ended {
+    let mut session = Session {
+        balancer,
+        limits,
+        shutdown,
+        client,
+        peer: Client::new(peer),
+        inbuf: BytesMut::new(),
+        rbuf: BytesMut::new(),
+        req_out: Vec::new(),
+        res_out: Vec::new(),
+        timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+    };
+    let result = tokio::select! {
+        biased;
+        r = session.run() => r,
+        _ = shutdown.cut.cancelled() => Ok(false),
+    };
+    match result {
+        Ok(true) => Ended::Http2(session.client, session.inbuf),
+        Ok(false) => Ended::Closed,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+            Ended::Closed
+        }
+    }
+}
+
+/// What `read_request` found.
+enum Next {
+    Request(RequestHead),
+    Http2,
+    Closed,
+}
+
+/// The outcome of trying one worker.
+enum Tried {
+    /// The response went out: the client connection continues if `true`.
+    Answered(bool),
+    /// The worker failed before answering; `retry`: another worker may be tried (within
+    /// `retries`; the retry budget was already charged when it applies).
+    Failed { retry: bool },
+    /// Our own answer instead of the backend's (504).
+    Own(u16, &'static str, &'static str),
+}
+
+/// How a response's relay ended.
+struct End {
+    /// The backend connection can serve another request.
+    reusable: bool,
+    client_close: bool,
+}
+
+/// Where relaying a response failed.
+enum Down {
+    /// No response head: nothing but interim responses reached the client.
+    Head(BackendError),
+    /// The body broke off after the head went out: the client connection must close.
+    Body(BackendError),
+    Client(io::Error),
+}
+
+impl Session<'_> {
+    /// Serves requests until the client leaves. `Ok(true)`: an HTTP/2 client, handed over.
+    async fn run(&mut self) -> Result<bool, Abort> {
+        let mut first = true;
+        loop {
+            let head = match self.read_request(first).await? {
+                Next::Request(h) => h,
+                Next::Http2 => return Ok(true),
+                Next::Closed => return Ok(false),
+            };
+            first = false;
+            if !self.exchange(head).await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads until a whole request head is in `inbuf`, within the listener's
+    /// `header_read_timeout` (which is also how long an idle keep-alive connection lasts).
+    async fn read_request(&mut self, first: bool) -> Result<Next, Abort> {
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + self.limits.header_read_timeout);
+        loop {
+            if !self.inbuf.is_empty() {
+                let start = &self.inbuf[..self.inbuf.len().min(H2_PREFACE.len())];
+                if first && H2_PREFACE.starts_with(start) {
+                    if start.len() == H2_PREFACE.len() {
+                        return Ok(Next::Http2);
+                    }
+                } else {
+                    match message::rewrite_request(&self.inbuf, &self.peer, &mut self.req_out) {
+                        Ok(Some(head)) => return Ok(Next::Request(head)),
+                        Ok(None) if self.inbuf.len() >= self.limits.max_header_size => {
+                            self.reject(Reject::TooLarge).await;
+                            return Ok(Next::Closed);
+                        }
+                        Ok(None) => {}
+                        Err(r) => {
+                            self.reject(r).await;
+                            return Ok(Next::Closed);
+                        }
+                    }
+                }
+            }
+            let idle = self.inbuf.is_empty();
+            if idle {
+                // Between requests: no buffer is held while the client thinks.
+                self.inbuf = BytesMut::new();
+            }
+            match self
+                .client
+                .try_read_buf(&mut reserved(&mut self.inbuf, CLIENT_READ))
+            {
+                Ok(0) if idle => return Ok(Next::Closed),
+                Ok(0) => return Err(Abort::ClientGone),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(Abort::Client(e)),
+            }
+            if idle {
+                self.inbuf = BytesMut::new();
+                tokio::select! {
+                    biased;
+                    r = self.client.readable() => r.map_err(Abort::Client)?,
+                    _ = self.timer.as_mut() => return Ok(Next::Closed),
+                    _ = self.shutdown.drain.cancelled() => return Ok(Next::Closed),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = self.client.readable() => r.map_err(Abort::Client)?,
+                    _ = self.timer.as_mut() => {
+                        self.send_own(408, "Request Timeout",
+                            "408 Request Timeout: the request head did not arrive in time\n", true).await;
+                        return Ok(Next::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards one request and its response. Returns whether the connection goes on.
+    async fn exchange(&mut self, head: RequestHead) -> Result<bool, Abort> {
+        self.balancer.count_request();
+        self.inbuf.advance(head.len);
+        // The body bytes already read leave with the head.
+        let mut body = BodyLeft::of(head.framing, false);
+        if body.take(&mut self.inbuf, &mut self.req_out).is_err() {
+            self.reject(Reject::BadRequest("malformed chunked body"))
+                .await;
+            return Ok(false);
+        }
+        let whole = body.done();
+
+        let mut tried_ids = [0i64; MAX_ATTEMPTS];
+        let mut attempts = 0;
+        loop {
+            let tried = &tried_ids[..attempts];
+            let worker = match self.balancer.pick(tried) {
+                Pick::Worker(w) => w,
+                Pick::Empty if tried.is_empty() => {
+                    let text = format!(
+                        "503 Service Unavailable: no worker with weight > 0 in pool {:?}\n",
+                        self.balancer.pool_name()
+                    );
+                    return Ok(self
+                        .own_after(&head, whole, 503, "Service Unavailable", &text)
+                        .await);
+                }
+                Pick::Full => {
+                    let text = format!(
+                        "503 Service Unavailable: every worker is at its max_connections in pool {:?}\n",
+                        self.balancer.pool_name()
+                    );
+                    return Ok(self
+                        .own_after(&head, whole, 503, "Service Unavailable", &text)
+                        .await);
+                }
+                Pick::Empty => return Ok(self.bad_gateway(&head, whole).await),
+            };
+            tried_ids[attempts] = worker.id;
+            attempts += 1;
+            let may_retry =
+                attempts <= (self.balancer.settings.retries as usize).min(MAX_ATTEMPTS - 1);
+            match self
+                .try_worker(&worker, &head, &mut body, whole, may_retry)
+                .await?
+            {
+                Tried::Answered(keep) => return Ok(keep),
+                Tried::Own(status, reason, text) => {
+                    return Ok(self.own_after(&head, whole, status, reason, text).await);
+                }
+                Tried::Failed { retry } if retry && may_retry => {}
+                Tried::Failed { .. } => return Ok(self.bad_gateway(&head, whole).await),
+            }
+        }
+    }
+
+    /// Sends the request to `worker` and relays its answer.
+    async fn try_worker(
+        &mut self,
+        worker: &Arc<Worker>,
+        head: &RequestHead,
+        body: &mut BodyLeft,
+        whole: bool,
+        may_retry: bool,
+    ) -> Result<Tried, Abort> {
+        let settings = &self.balancer.settings;
+        // A body that was read whole can be sent again; a streamed one cannot.
+        let replayable = whole && head.idempotent && !head.upgrade;
+        let _in_flight = InFlight::new(worker.clone());
+        loop {
+            let (mut up, pooled) = match worker.state.conns.take_upstream(settings.idle_timeout) {
+                Some(up) => (up, true),
+                None => {
+                    match connect_upstream(worker, settings.connect_timeout, settings.drain_timeout)
+                        .await
+                    {
+                        Ok(up) => (up, false),
+                        Err(error) => {
+                            self.balancer.record(worker, false);
+                            if let Some(suppressed) = worker.state.log_gate.allow() {
+                                tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                                %error, suppressed, "connect failed");
+                            }
+                            // Nothing was sent: always safe to go elsewhere.
+                            return Ok(Tried::Failed { retry: true });
+                        }
+                    }
+                }
+            };
+            let sent = up.stream.write_all(&self.req_out).await;
+            if !whole {
+                if let Err(e) = sent {
+                    self.backend_failed(worker, &BackendError::Io(e));
+                    return Ok(Tried::Failed { retry: false });
+                }
+                return self.stream_exchange(worker, up, head, body).await;
+            }
+            self.timer
+                .as_mut()
+                .reset(Instant::now() + settings.response_timeout);
+            let draining = self.shutdown.drain.is_cancelled();
+            let answer = match sent {
+                Ok(()) => {
+                    read_head(
+                        &mut up.stream,
+                        &mut self.rbuf,
+                        &mut self.client,
+                        head,
+                        draining,
+                        &mut self.res_out,
+                        self.timer.as_mut(),
+                        self.limits.max_header_size,
+                    )
+                    .await
+                }
+                Err(e) => Err(Down::Head(BackendError::Io(e))),
+            };
+            let response = match answer {
+                Ok(r) => r,
+                Err(Down::Client(e)) => return Err(Abort::Client(e)),
+                Err(Down::Head(e)) | Err(Down::Body(e)) => {
+                    let nothing = self.rbuf.is_empty();
+                    self.rbuf.clear();
+                    match e {
+                        // An idle connection the backend had just closed: nothing came
+                        // back, so the request goes out again on another connection (not
+                        // the worker's fault).
+                        BackendError::Io(_) | BackendError::Eof
+                            if pooled && nothing && replayable =>
+                        {
+                            continue;
+                        }
+                        BackendError::Timeout => {
+                            self.balancer.record(worker, false);
+                            if let Some(suppressed) = worker.state.log_gate.allow() {
+                                tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                                    timeout_ms = settings.response_timeout.as_millis() as u64,
+                                    suppressed, "no response headers in time");
+                            }
+                            return Ok(Tried::Own(
+                                504,
+                                "Gateway Timeout",
+                                "504 Gateway Timeout: the backend did not answer in time\n",
+                            ));
+                        }
+                        e => {
+                            self.backend_failed(worker, &e);
+                            let retry = replayable && self.balancer.take_retry();
+                            return Ok(Tried::Failed { retry });
+                        }
+                    }
+                }
+            };
+            let status = response.status;
+            self.balancer.record(worker, status < 500);
+            if replayable && may_retry && matches!(status, 502..=504) && self.balancer.take_retry()
+            {
+                tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
+                self.rbuf.clear();
+                return Ok(Tried::Failed { retry: true });
+            }
+            if status == 101 {
+                self.tunnel(up).await;
+                return Ok(Tried::Answered(false));
+            }
+            let relayed = relay_response(
+                &mut up.stream,
+                &mut self.rbuf,
+                &mut self.client,
+                &mut self.res_out,
+                response,
+            )
+            .await;
+            return match relayed {
+                Ok(end) => {
+                    if end.reusable {
+                        worker.state.conns.put_upstream(up);
+                    }
+                    Ok(Tried::Answered(!end.client_close))
+                }
+                Err(Down::Client(e)) => Err(Abort::Client(e)),
+                Err(Down::Head(e) | Down::Body(e)) => {
+                    self.backend_failed(worker, &e);
+                    Err(Abort::Backend(worker.address.text.clone(), e))
+                }
+            };
+        }
+    }
+
+    /// A request whose body is still arriving: it streams to the backend while the
+    /// response is read, since a backend may answer (and stop reading) before the end.
+    async fn stream_exchange(
+        &mut self,
+        worker: &Arc<Worker>,
+        mut up: Upstream,
+        head: &RequestHead,
+        body: &mut BodyLeft,
+    ) -> Result<Tried, Abort> {
+        if head.expect_continue {
+            self.client
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(Abort::Client)?;
+        }
+        self.timer
+            .as_mut()
+            .reset(Instant::now() + self.balancer.settings.response_timeout);
+        let draining = self.shutdown.drain.is_cancelled();
+        let max = self.limits.max_header_size;
+        let (uploaded, downloaded) = {
+            let (mut cr, mut cw) = self.client.split();
+            let (mut br, mut bw) = up.stream.split();
+            let mut scratch = Vec::new();
+            let upload = relay(
+                &mut cr,
+                &mut self.inbuf,
+                &mut bw,
+                &mut scratch,
+                body,
+                CLIENT_READ,
+            );
+            let rbuf = &mut self.rbuf;
+            let res_out = &mut self.res_out;
+            let timer = self.timer.as_mut();
+            let download = async {
+                let response =
+                    read_head(&mut br, rbuf, &mut cw, head, draining, res_out, timer, max).await?;
+                if response.status == 101 {
+                    return Err(Down::Head(BackendError::Malformed(
+                        Malformed::UnaskedUpgrade,
+                    )));
+                }
+                let status = response.status;
+                let end = relay_response(&mut br, rbuf, &mut cw, res_out, response).await?;
+                Ok((status, end))
+            };
+            tokio::pin!(upload, download);
+            let mut uploaded = None;
+            let downloaded = loop {
+                tokio::select! {
+                    biased;
+                    r = &mut download => break r,
+                    r = &mut upload, if uploaded.is_none() => match r {
+                        Ok(()) => uploaded = Some(true),
+                        Err(RelayError::Read(e)) => return Err(Abort::Client(e)),
+                        Err(RelayError::Eof) => return Err(Abort::ClientGone),
+                        Err(RelayError::Chunk(_)) => return Err(Abort::ClientBody),
+                        // The backend stopped reading: its answer, if any, still comes.
+                        Err(RelayError::Write(_)) => uploaded = Some(false),
+                    },
+                }
+            };
+            (uploaded, downloaded)
+        };
+        self.rbuf.clear();
+        match downloaded {
+            Ok((status, end)) => {
+                self.balancer.record(worker, status < 500);
+                // Answered before the body ended: neither connection's framing can be
+                // trusted to continue.
+                let complete = uploaded == Some(true);
+                if end.reusable && complete {
+                    worker.state.conns.put_upstream(up);
+                }
+                Ok(Tried::Answered(!end.client_close && complete))
+            }
+            Err(Down::Client(e)) => Err(Abort::Client(e)),
+            Err(Down::Head(BackendError::Timeout)) => {
+                self.balancer.record(worker, false);
+                // The rest of the body is unread: the connection closes after the 504.
+                self.send_own(
+                    504,
+                    "Gateway Timeout",
+                    "504 Gateway Timeout: the backend did not answer in time\n",
+                    true,
+                )
+                .await;
+                Ok(Tried::Answered(false))
+            }
+            Err(Down::Head(e)) => {
+                self.backend_failed(worker, &e);
+                self.send_own(
+                    502,
+                    "Bad Gateway",
+                    "502 Bad Gateway: the backend failed\n",
+                    true,
+                )
+                .await;
+                Ok(Tried::Answered(false))
+            }
+            Err(Down::Body(e)) => {
+                self.backend_failed(worker, &e);
+                Err(Abort::Backend(worker.address.text.clone(), e))
+            }
+        }
+    }
+
+    /// After the backend's 101: the head goes to the client, then both connections are
+    /// joined, with whatever either side sent early passed on first.
+    async fn tunnel(&mut self, mut up: Upstream) {
+        let res_out = std::mem::take(&mut self.res_out);
+        let result = async {
+            self.client.write_all(&res_out).await?;
+            self.client.write_all(&self.rbuf).await?;
+            up.stream.write_all(&self.inbuf).await?;
+            self.rbuf.clear();
+            self.inbuf.clear();
+            tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    }
+
+    fn backend_failed(&self, worker: &Worker, error: &BackendError) {
+        self.balancer.record(worker, false);
+        if let Some(suppressed) = worker.state.log_gate.allow() {
+            tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
+                suppressed, "backend failed");
+        }
+    }
+
+    /// Our own answer to a request whose body was read `whole` (or not: then the
+    /// connection closes, as the rest of the body cannot be told from the next request).
+    async fn own_after(
+        &mut self,
+        head: &RequestHead,
+        whole: bool,
+        status: u16,
+        reason: &str,
+        text: &str,
+    ) -> bool {
+        let keep = whole && head.keep_alive && !self.shutdown.drain.is_cancelled();
+        self.send_own(status, reason, text, !keep).await && keep
+    }
+
+    /// The details (addresses, errors) are logged where the failure happened, not shown
+    /// to clients.
+    async fn bad_gateway(&mut self, head: &RequestHead, whole: bool) -> bool {
+        self.own_after(
+            head,
+            whole,
+            502,
+            "Bad Gateway",
+            "502 Bad Gateway: the backend failed\n",
+        )
+        .await
+    }
+
+    async fn reject(&mut self, reject: Reject) {
+        let (status, reason) = reject.status();
+        if let Reject::BadRequest(why) = reject {
+            tracing::debug!(why, "bad request");
+        }
+        let text = format!("{status} {reason}\n");
+        self.send_own(status, reason, &text, true).await;
+    }
+
+    /// Writes one of our own responses; whether it went out. With `close`, the client's
+    /// unread bytes are drained for a moment after it (a lingering close): closing a socket
+    /// with unread input resets it, and the client could lose the answer.
+    async fn send_own(&mut self, status: u16, reason: &str, text: &str, close: bool) -> bool {
+        own_response(&mut self.res_out, status, reason, text, close);
+        let sent = self.client.write_all(&self.res_out).await.is_ok();
+        if sent && close {
+            let _ = self.client.shutdown().await;
+            self.inbuf.clear();
+            let linger = async {
+                let mut drained = 0;
+                while drained < LINGER_BYTES {
+                    match self
+                        .client
+                        .read_buf(reserved(&mut self.inbuf, CLIENT_READ))
+                        .await
+                    {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                    self.inbuf.clear();
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, linger).await;
+        }
+        sent
+    }
+}
+
+/// `buf` with room for a read of about `size` bytes.
+fn reserved(buf: &mut BytesMut, size: usize) -> &mut BytesMut {
+    if buf.capacity() - buf.len() < size / 4 {
+        buf.reserve(size);
+    }
+    buf
+}
+
+/// Reads a response head into `rbuf` (then holding what follows it) and writes the
+/// client's version to `out`. Interim responses (100, 103) go to the client on the way.
+#[allow(clippy::too_many_arguments)]
+async fn read_head<R, W>(
+    br: &mut R,
+    rbuf: &mut BytesMut,
+    cw: &mut W,
+    request: &RequestHead,
+    draining: bool,
+    out: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
+    max: usize,
+) -> Result<ResponseHead, Down>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if !rbuf.is_empty() {
+            match message::rewrite_response(rbuf, request, draining, out) {
+                Ok(Some(head)) if head.interim() => {
+                    rbuf.advance(head.len);
+                    cw.write_all(out).await.map_err(Down::Client)?;
+                    continue;
+                }
+                Ok(Some(head)) => {
+                    rbuf.advance(head.len);
+                    return Ok(head);
+                }
+                Ok(None) if rbuf.len() >= max => return Err(Down::Head(BackendError::TooLarge)),
+                Ok(None) => {}
+                Err(e) => return Err(Down::Head(BackendError::Malformed(e))),
+            }
+        }
+        let read = tokio::select! {
+            biased;
+            r = br.read_buf(reserved(rbuf, BACKEND_READ)) => r,
+            _ = timer.as_mut() => return Err(Down::Head(BackendError::Timeout)),
+        };
+        match read {
+            Ok(0) => return Err(Down::Head(BackendError::Eof)),
+            Ok(_) => {}
+            Err(e) => return Err(Down::Head(BackendError::Io(e))),
+        }
+    }
+}
+
+/// Sends the response head in `out` and the body after it.
+async fn relay_response<R, W>(
+    br: &mut R,
+    rbuf: &mut BytesMut,
+    cw: &mut W,
+    out: &mut Vec<u8>,
+    response: ResponseHead,
+) -> Result<End, Down>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut left = BodyLeft::of(response.framing, response.dechunk);
+    match relay(br, rbuf, cw, out, &mut left, BACKEND_READ).await {
+        Ok(()) => Ok(End {
+            // Bytes after the response were not asked for: that connection is not reused.
+            reusable: response.reusable && rbuf.is_empty(),
+            client_close: response.client_close,
+        }),
+        Err(RelayError::Write(e)) => Err(Down::Client(e)),
+        Err(RelayError::Read(e)) => Err(Down::Body(BackendError::Io(e))),
+        Err(RelayError::Eof) => Err(Down::Body(BackendError::Eof)),
+        Err(RelayError::Chunk(e)) => Err(Down::Body(BackendError::Chunk(e))),
+    }
+}
+
+/// What is left of a body to relay.
+enum BodyLeft {
+    Done,
+    Length(u64),
+    /// `dechunk`: only the data goes on (to an HTTP/1.0 client).
+    Chunked(Chunked, bool),
+    Close,
+}
+
+impl BodyLeft {
+    fn of(framing: Framing, dechunk: bool) -> BodyLeft {
+        match framing {
+            Framing::Empty => BodyLeft::Done,
+            Framing::Length(n) => BodyLeft::Length(n),
+            Framing::Chunked => BodyLeft::Chunked(Chunked::new(), dechunk),
+            Framing::Close => BodyLeft::Close,
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, BodyLeft::Done)
+    }
+
+    /// Moves the body bytes at the start of `buf` to `out`.
+    fn take(&mut self, buf: &mut BytesMut, out: &mut Vec<u8>) -> Result<(), ChunkError> {
+        match self {
+            BodyLeft::Done => {}
+            BodyLeft::Length(n) => {
+                let k = (buf.len() as u64).min(*n) as usize;
+                out.extend_from_slice(&buf[..k]);
+                buf.advance(k);
+                *n -= k as u64;
+                if *n == 0 {
+                    *self = BodyLeft::Done;
+                }
+            }
+            BodyLeft::Close => {
+                out.extend_from_slice(buf);
+                buf.clear();
+            }
+            BodyLeft::Chunked(c, dechunk) => {
+                while !buf.is_empty() && !c.is_done() {
+                    let step = c.step(buf)?;
+                    match (&step.data, *dechunk) {
+                        (Some(r), true) => out.extend_from_slice(&buf[r.clone()]),
+                        (_, true) => {}
+                        (_, false) => out.extend_from_slice(&buf[..step.consumed]),
+                    }
+                    buf.advance(step.consumed);
+                }
+                if c.is_done() {
+                    *self = BodyLeft::Done;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+enum RelayError {
+    Read(io::Error),
+    /// The sender closed before the body ended.
+    Eof,
+    Chunk(ChunkError),
+    Write(io::Error),
+}
+
+/// Sends `out` (a head, possibly empty) and then the body from `src` to `dst`.
+async fn relay<R, W>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    dst: &mut W,
+    out: &mut Vec<u8>,
+    left: &mut BodyLeft,
+    read_size: usize,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        left.take(buf, out).map_err(RelayError::Chunk)?;
+        if !out.is_empty() {
+            dst.write_all(out).await.map_err(RelayError::Write)?;
+            out.clear();
+        }
+        if left.done() {
+            return Ok(());
+        }
+        match src.read_buf(reserved(buf, read_size)).await {
+            Ok(0) if matches!(left, BodyLeft::Close) => {
+                *left = BodyLeft::Done;
+                return Ok(());
+            }
+            Ok(0) => return Err(RelayError::Eof),
+            Ok(_) => {}
+            Err(e) => return Err(RelayError::Read(e)),
+        }
+    }
+}
