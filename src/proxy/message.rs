@@ -590,3 +590,175 @@ pub fn own_response(out: &mut Vec<u8>, status: u16, reason: &str, text: &str, cl
         if close { "connection: close\r\n" } else { "" },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new("10.1.2.3:5555".parse().unwrap())
+    }
+
+    fn request(head: &str) -> Result<(RequestHead, String), Reject> {
+        let mut out = Vec::new();
+        let parsed = rewrite_request(head.as_bytes(), &client(), &mut out)?.expect("complete");
+        Ok((parsed, String::from_utf8(out).unwrap()))
+    }
+
+    #[test]
+    fn request_loses_hop_by_hop_fields_and_gains_forwarding_ones() {
+        let (head, out) = request(
+            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Session\r\n\
+             Keep-Alive: timeout=5\r\nX-Session: abc\r\nTE: trailers\r\nProxy-Authorization: x\r\n\
+             X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.7\r\n\
+             X-Forwarded-Proto: https\r\nForwarded: for=203.0.113.9\r\nX-Keep: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "GET /a?b HTTP/1.1\r\nHost: example.com\r\nX-Keep: 1\r\n\
+             X-Forwarded-For: 203.0.113.9, 198.51.100.7, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\
+             Forwarded: for=203.0.113.9, for=10.1.2.3;proto=http;host=\"example.com\"\r\n\r\n"
+        );
+        assert!(head.keep_alive && head.idempotent && !head.http10);
+        assert_eq!(head.framing, Framing::Empty);
+    }
+
+    #[test]
+    fn request_framing_and_connection() {
+        let (head, out) = request(
+            "POST /x HTTP/1.1\r\nHost: h\r\ncontent-length: 5, 5\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(!head.keep_alive && !head.idempotent);
+        assert!(out.contains("\r\nContent-Length: 5\r\n") && !out.contains("close"));
+
+        let (head, _) = request("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(head.http10 && !head.keep_alive);
+        let (head, _) = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        assert!(head.http10 && head.keep_alive);
+
+        let (head, out) = request(
+            "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        assert!(head.upgrade);
+        assert!(
+            out.contains("Connection: upgrade\r\nUpgrade: websocket\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn absolute_form_replaces_host() {
+        let (_, out) =
+            request("GET http://example.com:8080 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert!(
+            out.starts_with("GET / HTTP/1.1\r\nHost: example.com:8080\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("other"), "{out}");
+        let (_, out) = request("GET HTTP://h?q=1 HTTP/1.1\r\n\r\n").unwrap();
+        assert!(
+            out.starts_with("GET /?q=1 HTTP/1.1\r\nHost: h\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn ambiguous_requests_are_rejected() {
+        let bad = |head: &str| request(head).unwrap_err();
+        assert!(matches!(
+            bad(
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            Reject::BadRequest(_)
+        ));
+        assert!(matches!(
+            bad("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
+            Reject::BadRequest(_)
+        ));
+        assert_eq!(
+            bad(
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
+            Reject::NotImplemented
+        );
+        assert_eq!(
+            bad("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"),
+            Reject::Connect
+        );
+        assert!(matches!(
+            bad("GET / HTTP/1.1\r\n\r\n"),
+            Reject::BadRequest(_)
+        ));
+        assert!(matches!(
+            bad("GET nothing HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Reject::BadRequest(_)
+        ));
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            bad(&format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n")),
+            Reject::TooLarge
+        );
+    }
+
+    fn response(head: &str, request: &RequestHead) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let parsed = rewrite_response(head.as_bytes(), request, false, &mut out)
+            .unwrap()
+            .expect("complete");
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112_order() {
+        let (get, _) = request("GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let (head_req, _) = request("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
+            &get,
+        );
+        assert_eq!(r.framing, Framing::Length(7));
+        assert!(r.reusable && !r.client_close);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n");
+        let (r, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", &head_req);
+        assert_eq!(r.framing, Framing::Empty);
+        assert!(out.contains("Content-Length: 7"));
+        let (r, _) = response(
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &get,
+        );
+        assert_eq!(r.framing, Framing::Empty);
+        let (r, _) = response("HTTP/1.1 200 OK\r\n\r\n", &get);
+        assert_eq!(r.framing, Framing::Close);
+        assert!(!r.reusable && r.client_close);
+        let (r, _) = response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &get);
+        assert!(
+            !r.reusable,
+            "an HTTP/1.0 backend closes unless it says keep-alive"
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            rewrite_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                &get,
+                false,
+                &mut out
+            ),
+            Err(Malformed::Length)
+        );
+        assert_eq!(
+            rewrite_response(
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                &get,
+                false,
+                &mut out
+            ),
+            Err(Malformed::UnaskedUpgrade)
+        );
+    }
+}
