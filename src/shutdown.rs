@@ -4,6 +4,8 @@
 //! current request; `cut`, after the deadline, closes whatever is still open. The tracker
 //! counts connection tasks so the caller knows when the drain is complete.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,8 @@ pub struct Shutdown {
     pub cut: CancellationToken,
     /// Connection tasks still running.
     pub tracker: TaskTracker,
+    /// Set with `drain`: read once per request, where the token's lock would show.
+    draining: Arc<AtomicBool>,
 }
 
 impl Shutdown {
@@ -24,9 +28,15 @@ impl Shutdown {
         Shutdown::default()
     }
 
+    /// Whether the drain has started: a response now says `Connection: close`.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Starts the drain and waits up to `grace` for in-flight work; then cuts the rest.
     /// Returns whether everything finished within the deadline.
     pub async fn run(&self, grace: Duration) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
         self.drain.cancel();
         self.tracker.close();
         let finished = tokio::time::timeout(grace, self.tracker.wait())

@@ -21,6 +21,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::chunked::{ChunkError, Chunked};
 use super::message::{
@@ -33,9 +34,12 @@ use crate::shutdown::Shutdown;
 
 /// Attempts per request at most, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 8;
-/// Read sizes: a request head usually fits the first, bodies stream through the second.
-const CLIENT_READ: usize = 4096;
-const BACKEND_READ: usize = 16 * 1024;
+/// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
+/// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
+/// connections with a request in flight do not hold 16 KiB each.
+const CLIENT_READ: usize = 2048;
+const BACKEND_READ: usize = 4096;
+const MAX_READ: usize = 64 * 1024;
 /// A lingering close reads at most this much, for at most this long.
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -96,6 +100,8 @@ struct Session<'a> {
     res_out: Vec<u8>,
     /// The header-read and the response timeouts, one at a time: moved, never re-created.
     timer: Pin<Box<Sleep>>,
+    /// The shutdown's drain, waited on between requests; made once per connection.
+    drain: Pin<Box<WaitForCancellationFuture<'a>>>,
 }
 
 pub async fn serve(
@@ -116,6 +122,7 @@ pub async fn serve(
         req_out: Vec::new(),
         res_out: Vec::new(),
         timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
+        drain: Box::pin(shutdown.drain.cancelled()),
     };
     let result = tokio::select! {
         biased;
@@ -217,11 +224,16 @@ impl Session<'_> {
                 // keep-alive connections cost their sockets, not 200 MB of buffers.
                 self.inbuf = BytesMut::new();
                 self.rbuf = BytesMut::new();
+                for out in [&mut self.req_out, &mut self.res_out] {
+                    if out.capacity() > 4096 {
+                        *out = Vec::new();
+                    }
+                }
                 tokio::select! {
                     biased;
                     r = self.client.readable() => r.map_err(Abort::Client)?,
                     _ = self.timer.as_mut() => return Ok(Next::Closed),
-                    _ = self.shutdown.drain.cancelled() => return Ok(Next::Closed),
+                    _ = self.drain.as_mut() => return Ok(Next::Closed),
                 }
             }
             // `read_buf`, not `try_read_buf`: a short read tells tokio the socket is drained,
@@ -347,7 +359,7 @@ impl Session<'_> {
             self.timer
                 .as_mut()
                 .reset(Instant::now() + settings.response_timeout);
-            let draining = self.shutdown.drain.is_cancelled();
+            let draining = self.shutdown.is_draining();
             let answer = match sent {
                 Ok(()) => {
                     read_head(
@@ -454,7 +466,7 @@ impl Session<'_> {
         self.timer
             .as_mut()
             .reset(Instant::now() + self.balancer.settings.response_timeout);
-        let draining = self.shutdown.drain.is_cancelled();
+        let draining = self.shutdown.is_draining();
         let max = self.limits.max_header_size;
         let (uploaded, downloaded) = {
             let (mut cr, mut cw) = self.client.split();
@@ -580,7 +592,7 @@ impl Session<'_> {
         reason: &str,
         text: &str,
     ) -> bool {
-        let keep = whole && head.keep_alive && !self.shutdown.drain.is_cancelled();
+        let keep = whole && head.keep_alive && !self.shutdown.is_draining();
         self.send_own(status, reason, text, !keep).await && keep
     }
 
@@ -797,6 +809,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut read_size = read_size;
     loop {
         left.take(buf, out).map_err(RelayError::Chunk)?;
         if !out.is_empty() {
@@ -806,12 +819,15 @@ where
         if left.done() {
             return Ok(());
         }
-        match src.read_buf(reserved(buf, read_size)).await {
+        let room = reserved(buf, read_size);
+        let spare = room.capacity() - room.len();
+        match src.read_buf(room).await {
             Ok(0) if matches!(left, BodyLeft::Close) => {
                 *left = BodyLeft::Done;
                 return Ok(());
             }
             Ok(0) => return Err(RelayError::Eof),
+            Ok(n) if n == spare => read_size = (read_size * 2).min(MAX_READ),
             Ok(_) => {}
             Err(e) => return Err(RelayError::Read(e)),
         }
