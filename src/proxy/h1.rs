@@ -354,7 +354,9 @@ impl Session<'_> {
                     self.backend_failed(worker, &BackendError::Io(e));
                     return Ok(Tried::Failed { retry: false });
                 }
-                return self.stream_exchange(worker, up, head, body).await;
+                // Boxed, as is the tunnel: rare paths whose futures would otherwise make
+                // every connection's task larger.
+                return Box::pin(self.stream_exchange(worker, up, head, body)).await;
             }
             self.timer
                 .as_mut()
@@ -421,7 +423,7 @@ impl Session<'_> {
                 return Ok(Tried::Failed { retry: true });
             }
             if status == 101 {
-                self.tunnel(up).await;
+                Box::pin(self.tunnel(up)).await;
                 return Ok(Tried::Answered(false));
             }
             let relayed = relay_response(

@@ -46,7 +46,9 @@ impl HttpProxy {
     ) {
         let ended = h1::serve(&self.balancer, &self.limits, &shutdown, stream, peer).await;
         if let Ended::Http2(stream, read) = ended {
-            h2::serve(self, Rewind { read, stream }, peer, shutdown).await;
+            // Boxed: hyper's HTTP/2 connection is kilobytes, and every HTTP/1 connection
+            // task would otherwise be that large too.
+            Box::pin(h2::serve(self, Rewind { read, stream }, peer, shutdown)).await;
         }
     }
 }
