@@ -1,7 +1,9 @@
 //! The data plane: client-facing listeners that pick a backend from the ring and forward.
 //!
-//! `http` balances each request over keep-alive connections (`pool`); `tcp` balances each
-//! connection. Both share the accept loop and the backend dialer below.
+//! `http` balances each request over keep-alive connections (`pool`): HTTP/1 clients through
+//! the proxy's own forwarding path (`h1`, with `message` for heads and `chunked` for bodies),
+//! HTTP/2 clients through hyper (`h2`). `tcp` balances each connection. All share the accept
+//! loop and the backend dialer below.
 
 pub mod chunked;
 pub mod h1;
