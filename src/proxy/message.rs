@@ -8,6 +8,7 @@
 //! buffer that goes to the socket: no header map, no per-field allocation.
 
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 
 /// Fields per message head at most; more is answered 431 (a request) or 502 (a response).
@@ -213,9 +214,10 @@ pub fn rewrite_request(
     client: &Client,
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, Reject> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
+    // Left uninitialised: initialising 128 fields (4 KiB) cost more than parsing a head.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
@@ -241,8 +243,11 @@ pub fn rewrite_request(
     let mut expect_continue = false;
     let mut prior_xff = false;
     let mut prior_forwarded = false;
-    for f in req.headers.iter() {
-        match classify(f.name) {
+    // Each name is classified once; the second pass reads the kinds back.
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    for (f, kind) in req.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(f.name);
+        match *kind {
             Field::Host => {
                 hosts += 1;
                 host = Some(f.value);
@@ -307,8 +312,8 @@ pub fn rewrite_request(
     if let Some(a) = authority {
         put(out, "Host", a);
     }
-    for f in req.headers.iter() {
-        match classify(f.name) {
+    for (f, kind) in req.headers.iter().zip(kinds) {
+        match kind {
             Field::Other if !connection.lists(f.name) => put(out, f.name, f.value),
             Field::Host if authority.is_none() => put(out, f.name, f.value),
             _ => {}
@@ -316,9 +321,7 @@ pub fn rewrite_request(
     }
     match framing {
         Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            let _ = write!(out, "{n}");
-            out.extend_from_slice(b"\r\n");
+            put_length(out, n);
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Empty | Framing::Close => {}
@@ -331,12 +334,12 @@ pub fn rewrite_request(
     // only the first line: the prior values and the client go on one line.
     out.extend_from_slice(b"X-Forwarded-For: ");
     if prior_xff {
-        prior_values(out, req.headers, Field::XForwardedFor);
+        prior_values(out, req.headers, &kinds, Field::XForwardedFor);
     }
     out.extend_from_slice(client.xff.as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nForwarded: ");
     if prior_forwarded {
-        prior_values(out, req.headers, Field::Forwarded);
+        prior_values(out, req.headers, &kinds, Field::Forwarded);
     }
     out.extend_from_slice(client.forwarded.as_bytes());
     out.extend_from_slice(b";proto=http");
@@ -372,8 +375,8 @@ pub fn rewrite_request(
 }
 
 /// Writes the non-empty values of every `field` line, each followed by `, `.
-fn prior_values(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], field: Field) {
-    for f in fields.iter().filter(|f| classify(f.name) == field) {
+fn prior_values(out: &mut Vec<u8>, fields: &[httparse::Header<'_>], kinds: &[Field], field: Field) {
+    for (f, _) in fields.iter().zip(kinds).filter(|(_, k)| **k == field) {
         let v = trim(f.value);
         if !v.is_empty() {
             out.extend_from_slice(v);
@@ -406,6 +409,14 @@ fn strip_scheme(target: &str) -> Option<&str> {
     } else {
         None
     }
+}
+
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    put(
+        out,
+        "Content-Length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
 }
 
 fn put(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -458,9 +469,13 @@ pub fn rewrite_response(
     draining: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, Malformed> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut fields);
-    let len = match res.parse(buf) {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(Malformed::Head),
@@ -473,8 +488,10 @@ pub fn rewrite_response(
     let mut length: Option<u64> = None;
     let mut transfer: Option<&[u8]> = None;
     let mut connection = ConnectionTokens::default();
-    for f in res.headers.iter() {
-        match classify(f.name) {
+    let mut kinds = [Field::Other; MAX_HEADERS];
+    for (f, kind) in res.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(f.name);
+        match *kind {
             Field::ContentLength if !merge_length(&mut length, f.value) => {
                 return Err(Malformed::Length);
             }
@@ -528,11 +545,17 @@ pub fn rewrite_response(
         }));
     }
     out.extend_from_slice(b"HTTP/1.1 ");
-    let _ = write!(out, "{status:03} ");
+    // The status code is three digits (httparse checked).
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for f in res.headers.iter() {
-        match classify(f.name) {
+    for (f, kind) in res.headers.iter().zip(kinds) {
+        match kind {
             Field::Other if !connection.lists(f.name) => put(out, f.name, f.value),
             Field::Upgrade if switching => put(out, f.name, f.value),
             Field::TransferEncoding if !dechunk => put(out, f.name, f.value),
@@ -547,9 +570,7 @@ pub fn rewrite_response(
         }
     }
     if let (None, Some(n)) = (transfer, length) {
-        out.extend_from_slice(b"Content-Length: ");
-        let _ = write!(out, "{n}");
-        out.extend_from_slice(b"\r\n");
+        put_length(out, n);
     }
     if interim {
         out.extend_from_slice(b"\r\n");
