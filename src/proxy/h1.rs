@@ -21,7 +21,6 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFuture;
 
 use super::chunked::{ChunkError, Chunked};
 use super::message::{
@@ -30,7 +29,7 @@ use super::message::{
 use super::pool::{Upstream, connect_upstream};
 use super::{Balancer, ClientLimits, Pick};
 use crate::ring::{InFlight, Worker};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Signal};
 
 /// Attempts per request at most, whatever `retries` says.
 const MAX_ATTEMPTS: usize = 8;
@@ -101,7 +100,7 @@ struct Session<'a> {
     /// The header-read and the response timeouts, one at a time: moved, never re-created.
     timer: Pin<Box<Sleep>>,
     /// The shutdown's drain, waited on between requests; made once per connection.
-    drain: Pin<Box<WaitForCancellationFuture<'a>>>,
+    drain: Signal<'a>,
 }
 
 pub async fn serve(
@@ -122,12 +121,12 @@ pub async fn serve(
         req_out: Vec::new(),
         res_out: Vec::new(),
         timer: Box::pin(tokio::time::sleep(limits.header_read_timeout)),
-        drain: Box::pin(shutdown.drain.cancelled()),
+        drain: shutdown.drain_signal(),
     };
     let result = tokio::select! {
         biased;
         r = session.run() => r,
-        _ = shutdown.cut.cancelled() => Ok(false),
+        _ = shutdown.cut_signal() => Ok(false),
     };
     match result {
         Ok(true) => Ended::Http2(session.client, session.inbuf),
@@ -231,7 +230,7 @@ impl Session<'_> {
                     biased;
                     r = self.client.readable() => r.map_err(Abort::Client)?,
                     _ = self.timer.as_mut() => return Ok(Next::Closed),
-                    _ = self.drain.as_mut() => return Ok(Next::Closed),
+                    _ = &mut self.drain => return Ok(Next::Closed),
                 }
             }
             // `read_buf`, not `try_read_buf`: a short read tells tokio the socket is drained,
