@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use load_balancer::config::PoolConfig;
-use load_balancer::proxy::Balancer;
-use load_balancer::ring::{AlgorithmKind, Change, Membership, Ring, Row};
+use load_balancer::proxy::{Balancer, Pick};
+use load_balancer::ring::{AlgorithmKind, Change, InFlight, Membership, Ring, Row};
 
 fn rows(n: usize) -> Vec<Row> {
     (0..n)
@@ -82,6 +82,27 @@ fn picks(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a request does with the ring: the pick, then counting itself in flight on the
+/// worker until it is done (here at once). In a large pool both touch the picked worker's
+/// memory, which is not in cache.
+fn picks_in_flight(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick_and_count_in_flight");
+    for n in [3, 10_000] {
+        let (ring, _membership) = ring_with(n);
+        for kind in [AlgorithmKind::RoundRobin, AlgorithmKind::Weighted] {
+            let balancer =
+                Balancer::new(ring.clone(), "default", kind.build(), PoolConfig::default());
+            group.bench_function(format!("{}/{n}", kind.name()), |b| {
+                b.iter(|| match balancer.pick(&[]) {
+                    Pick::Worker(w) => black_box(InFlight::new(w)),
+                    _ => unreachable!("every worker is usable"),
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// The same picks while a publisher thread swaps in a new snapshot every millisecond
 /// (each one a real rebuild: one worker's weight changes).
 fn picks_while_publishing(c: &mut Criterion) {
@@ -142,5 +163,11 @@ fn updates(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, picks, picks_while_publishing, updates);
+criterion_group!(
+    benches,
+    picks,
+    picks_in_flight,
+    picks_while_publishing,
+    updates
+);
 criterion_main!(benches);

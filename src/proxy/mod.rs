@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::config::{ListenerConfig, PoolConfig};
-use crate::ring::{Address, Algorithm, RandomSource, Ring, ThreadRandom, Worker};
+use crate::ring::{Address, Algorithm, RandomSource, Ring, Slot, ThreadRandom, Worker};
 use crate::shutdown::Shutdown;
 
 /// A listener's way to pick a worker: its pool in the ring, the pool's settings, and its
@@ -90,10 +90,10 @@ impl Balancer {
         let snapshot = self.ring.load();
         let pool = snapshot.pool(self.pool);
         // The warmest of the workers slow start turned down, if no other was usable.
-        let mut cold: Option<(f64, &Arc<Worker>)> = None;
+        let mut cold: Option<(f64, &Slot)> = None;
         // The first unhealthy or ejected worker drawn: failing open follows the algorithm's
         // order, so traffic still spreads over all of them.
-        let mut down: Option<&Arc<Worker>> = None;
+        let mut down: Option<&Slot> = None;
         for _ in 0..pool.active.len().min(PICK_ATTEMPTS) {
             let Some(w) = self.algorithm.pick_other(pool, tried) else {
                 break;
@@ -115,7 +115,7 @@ impl Balancer {
         }
         // The draws found nothing: look at every candidate once.
         let mut any = false;
-        let candidates = pool.active.iter().map(|&i| &pool.workers[i as usize]);
+        let candidates = pool.active.iter().map(|&i| &pool.slots[i as usize]);
         for w in candidates.filter(|w| !tried.contains(&w.id)) {
             any = true;
             match self.judge(w) {
@@ -137,24 +137,25 @@ impl Balancer {
                     tracing::error!(pool = %pool.name,
                         "no worker is healthy: failing open, sending traffic to all of them");
                 }
-                Pick::Worker(w.clone())
+                Pick::Worker(w.worker.clone())
             }
             None if any => Pick::Full,
             None => Pick::Empty,
         }
     }
 
-    fn found(&self, w: &Arc<Worker>) -> Pick {
+    fn found(&self, w: &Slot) -> Pick {
         if self.failing_open.load(Ordering::Relaxed)
             && self.failing_open.swap(false, Ordering::Relaxed)
         {
             tracing::warn!(pool = %self.pool_name(), "healthy workers again: no longer failing open");
         }
-        Pick::Worker(w.clone())
+        Pick::Worker(w.worker.clone())
     }
 
-    #[inline]
-    fn judge(&self, w: &Worker) -> Verdict {
+    /// Reads only the slot and the worker's state (not the worker itself: see `Slot`).
+    #[inline(always)]
+    fn judge(&self, w: &Slot) -> Verdict {
         let state = &w.state;
         if !state.health.is_healthy() || state.ejection.is_ejected() {
             return Verdict::Down;
@@ -171,7 +172,7 @@ impl Balancer {
 
     /// At the pool's `max_connections`.
     #[inline]
-    fn full(&self, w: &Worker) -> bool {
+    fn full(&self, w: &Slot) -> bool {
         self.settings
             .max_connections
             .is_some_and(|max| w.state.in_flight.load(Ordering::Relaxed) >= max)

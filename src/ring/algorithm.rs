@@ -6,10 +6,9 @@
 //! 0 as drain: such a worker is in neither table, so it gets nothing new. Randomness comes
 //! from a [`RandomSource`] so tests are deterministic.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Pool, Worker};
+use super::{Pool, Slot};
 
 /// The `algorithm` key of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,11 +76,11 @@ impl AlgorithmKind {
 /// Picks a worker for new traffic.
 pub trait Algorithm: Send + Sync {
     /// A worker of `pool` with weight > 0, or `None` when there is none.
-    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>>;
+    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Slot>;
 
     /// Like `pick`, but none of the workers in `not` (tried already) unless no other is
     /// left.
-    fn pick_other<'a>(&self, pool: &'a Pool, not: &[i64]) -> Option<&'a Arc<Worker>> {
+    fn pick_other<'a>(&self, pool: &'a Pool, not: &[i64]) -> Option<&'a Slot> {
         if not.is_empty() {
             return self.pick(pool);
         }
@@ -94,7 +93,7 @@ pub trait Algorithm: Send + Sync {
         }
         pool.active
             .iter()
-            .map(|&i| &pool.workers[i as usize])
+            .map(|&i| &pool.slots[i as usize])
             .find(|w| !not.contains(&w.id))
             .or_else(|| self.pick(pool))
     }
@@ -125,13 +124,13 @@ pub struct RoundRobin {
 
 impl Algorithm for RoundRobin {
     #[inline]
-    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>> {
+    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Slot> {
         let n = pool.active.len();
         if n == 0 {
             return None;
         }
         let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        Some(&pool.workers[pool.active[i] as usize])
+        Some(&pool.slots[pool.active[i] as usize])
     }
 }
 
@@ -142,13 +141,13 @@ pub struct Weighted {
 
 impl Algorithm for Weighted {
     #[inline]
-    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>> {
+    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Slot> {
         let n = pool.schedule.len();
         if n == 0 {
             return None;
         }
         let i = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        Some(&pool.workers[pool.schedule[i] as usize])
+        Some(&pool.slots[pool.schedule[i] as usize])
     }
 }
 
@@ -159,12 +158,12 @@ pub struct Random<R>(pub R);
 
 impl<R: RandomSource> Algorithm for Random<R> {
     #[inline]
-    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>> {
+    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Slot> {
         let n = pool.schedule.len();
         if n == 0 {
             return None;
         }
-        Some(&pool.workers[pool.schedule[self.0.below(n)] as usize])
+        Some(&pool.slots[pool.schedule[self.0.below(n)] as usize])
     }
 }
 
@@ -176,14 +175,14 @@ pub struct LeastConnections {
 }
 
 impl Algorithm for LeastConnections {
-    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>> {
+    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Slot> {
         let n = pool.active.len();
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|k| &pool.workers[pool.active[(start + k) % n] as usize])
+            .map(|k| &pool.slots[pool.active[(start + k) % n] as usize])
             .reduce(|best, w| if less_loaded(w, best) { w } else { best })
     }
 }
@@ -192,27 +191,28 @@ impl Algorithm for LeastConnections {
 pub struct PowerOfTwo<R>(pub R);
 
 impl<R: RandomSource> Algorithm for PowerOfTwo<R> {
-    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Arc<Worker>> {
+    fn pick<'a>(&self, pool: &'a Pool) -> Option<&'a Slot> {
         let n = pool.schedule.len();
         if n == 0 {
             return None;
         }
-        let a = &pool.workers[pool.schedule[self.0.below(n)] as usize];
-        let b = &pool.workers[pool.schedule[self.0.below(n)] as usize];
+        let a = &pool.slots[pool.schedule[self.0.below(n)] as usize];
+        let b = &pool.slots[pool.schedule[self.0.below(n)] as usize];
         Some(if less_loaded(b, a) { b } else { a })
     }
 }
 
 /// `a` has strictly fewer in-flight requests per unit of weight than `b`.
-fn less_loaded(a: &Worker, b: &Worker) -> bool {
-    let load = |w: &Worker| u128::from(w.state.in_flight.load(Ordering::Relaxed));
+fn less_loaded(a: &Slot, b: &Slot) -> bool {
+    let load = |w: &Slot| u128::from(w.state.in_flight.load(Ordering::Relaxed));
     load(a) * u128::from(b.weight) < load(b) * u128::from(a.weight)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::{Address, WorkerState};
+    use crate::ring::{Address, Worker, WorkerState};
+    use std::sync::Arc;
     use std::sync::Mutex;
 
     /// Replays a fixed list of numbers, reduced modulo `n`.
