@@ -309,8 +309,12 @@ pub fn rewrite_request(
     }
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(a) = authority {
-        put(out, "Host", a);
+    match (authority, hosts) {
+        (Some(a), _) => put(out, "Host", a),
+        // An HTTP/1.0 request without one: an HTTP/1.1 request must carry Host, empty when
+        // the authority is unknown (RFC 9112 §3.2).
+        (None, 0) => out.extend_from_slice(b"Host: \r\n"),
+        (None, _) => {}
     }
     for (f, kind) in req.headers.iter().zip(kinds) {
         match kind {
@@ -655,8 +659,9 @@ mod tests {
         assert!(!head.keep_alive && !head.idempotent);
         assert!(out.contains("\r\nContent-Length: 5\r\n") && !out.contains("close"));
 
-        let (head, _) = request("GET / HTTP/1.0\r\n\r\n").unwrap();
+        let (head, out) = request("GET / HTTP/1.0\r\n\r\n").unwrap();
         assert!(head.http10 && !head.keep_alive);
+        assert!(out.starts_with("GET / HTTP/1.1\r\nHost: \r\n"), "{out}");
         let (head, _) = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
         assert!(head.http10 && head.keep_alive);
 
