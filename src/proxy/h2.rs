@@ -208,15 +208,11 @@ impl HttpProxy {
             match sent.await {
                 Err(_) => return Err(Failed::Timeout),
                 Ok(Ok(response)) => {
-                    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    // An upgraded connection belongs to its tunnel, never back to the pool.
-                    if !upgraded {
-                        lease.hold(sender);
-                    }
+                    // No upgrade is asked of the backend (HTTP/2 has none), so every
+                    // connection goes back to the pool once its response has ended.
+                    lease.hold(sender);
                     let (mut parts, body) = response.into_parts();
-                    if !upgraded {
-                        strip_hop_by_hop(&mut parts.headers);
-                    }
+                    strip_hop_by_hop(&mut parts.headers);
                     let body = Either::Left(PooledBody::new(body, lease));
                     return Ok(Response::from_parts(parts, body));
                 }
