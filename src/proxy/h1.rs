@@ -27,12 +27,10 @@ use super::message::{
     self, Client, Framing, Malformed, Reject, RequestHead, ResponseHead, own_response,
 };
 use super::pool::{Upstream, connect_upstream};
-use super::{Balancer, ClientLimits, Pick};
+use super::{Attempts, Balancer, ClientLimits, NoWorker};
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
 
-/// Attempts per request at most, whatever `retries` says.
-const MAX_ATTEMPTS: usize = 8;
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
 /// connections with a request in flight do not hold 16 KiB each.
@@ -268,36 +266,22 @@ impl Session<'_> {
         }
         let whole = body.done();
 
-        let mut tried_ids = [0i64; MAX_ATTEMPTS];
-        let mut attempts = 0;
+        let mut attempts = Attempts::default();
         loop {
-            let tried = &tried_ids[..attempts];
-            let worker = match self.balancer.pick(tried) {
-                Pick::Worker(w) => w,
-                Pick::Empty if tried.is_empty() => {
+            let (worker, may_retry) = match attempts.next(self.balancer) {
+                Ok(next) => next,
+                Err(NoWorker::Exhausted) => return Ok(self.bad_gateway(&head, whole).await),
+                Err(none) => {
                     let text = format!(
-                        "503 Service Unavailable: no worker with weight > 0 in pool {:?}\n",
+                        "503 Service Unavailable: {} in pool {:?}\n",
+                        none.reason(),
                         self.balancer.pool_name()
                     );
                     return Ok(self
                         .own_after(&head, whole, 503, "Service Unavailable", &text)
                         .await);
                 }
-                Pick::Full => {
-                    let text = format!(
-                        "503 Service Unavailable: every worker is at its max_connections in pool {:?}\n",
-                        self.balancer.pool_name()
-                    );
-                    return Ok(self
-                        .own_after(&head, whole, 503, "Service Unavailable", &text)
-                        .await);
-                }
-                Pick::Empty => return Ok(self.bad_gateway(&head, whole).await),
             };
-            tried_ids[attempts] = worker.id;
-            attempts += 1;
-            let may_retry =
-                attempts <= (self.balancer.settings.retries as usize).min(MAX_ATTEMPTS - 1);
             match self
                 .try_worker(&worker, &head, &mut body, whole, may_retry)
                 .await?

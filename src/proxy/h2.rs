@@ -21,12 +21,9 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::http::{HttpProxy, Rewind};
 use super::pool::{Lease, PooledBody, RequestBody, connect};
-use super::{Pick, serve_http};
+use super::{Attempts, NoWorker, serve_http};
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::Shutdown;
-
-/// Attempts per request at most, whatever `retries` says.
-const MAX_ATTEMPTS: usize = 8;
 
 /// What a response to the client carries: a backend's body, or our own short message.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -103,23 +100,13 @@ impl HttpProxy {
         let replay = Replay::of(&request);
         let mut request = request.map(Either::Left);
 
-        // Workers tried so far, on the stack: no allocation per request.
-        let mut tried_ids = [0i64; MAX_ATTEMPTS];
-        let mut attempts = 0;
+        let mut attempts = Attempts::default();
         loop {
-            let tried = &tried_ids[..attempts];
-            let worker = match self.balancer.pick(tried) {
-                Pick::Worker(w) => w,
-                Pick::Empty if tried.is_empty() => {
-                    return self.unavailable("no worker with weight > 0");
-                }
-                Pick::Full => return self.unavailable("every worker is at its max_connections"),
-                Pick::Empty => return bad_gateway(),
+            let (worker, may_retry) = match attempts.next(&self.balancer) {
+                Ok(next) => next,
+                Err(NoWorker::Exhausted) => return bad_gateway(),
+                Err(none) => return self.unavailable(none.reason()),
             };
-            tried_ids[attempts] = worker.id;
-            attempts += 1;
-            let may_retry =
-                attempts <= (self.balancer.settings.retries as usize).min(MAX_ATTEMPTS - 1);
             match self.forward(&worker, request).await {
                 Ok(response) => {
                     let status = response.status();

@@ -56,6 +56,56 @@ pub enum Pick {
     Full,
 }
 
+/// Attempts per request at most, whatever `retries` says.
+const MAX_ATTEMPTS: usize = 8;
+
+/// One HTTP request's way through the pool: the workers tried so far, kept on the stack (no
+/// allocation per request), so each retry goes to a worker not tried yet.
+#[derive(Default)]
+pub struct Attempts {
+    tried: [i64; MAX_ATTEMPTS],
+    count: usize,
+}
+
+/// Why a request found no worker to try.
+pub enum NoWorker {
+    /// No worker with weight > 0: 503.
+    Empty,
+    /// Every candidate is at its `max_connections`: 503.
+    Full,
+    /// Every usable worker was tried already: the last failure stands (502).
+    Exhausted,
+}
+
+impl NoWorker {
+    /// What a 503 says (with the pool's name).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NoWorker::Empty => "no worker with weight > 0",
+            NoWorker::Full => "every worker is at its max_connections",
+            NoWorker::Exhausted => "every worker failed",
+        }
+    }
+}
+
+impl Attempts {
+    /// Picks a worker not tried yet, and says whether another attempt may follow this one
+    /// (the pool's `retries`). Only called again when it may.
+    pub fn next(&mut self, balancer: &Balancer) -> Result<(Arc<Worker>, bool), NoWorker> {
+        let tried = &self.tried[..self.count];
+        let worker = match balancer.pick(tried) {
+            Pick::Worker(w) => w,
+            Pick::Empty if tried.is_empty() => return Err(NoWorker::Empty),
+            Pick::Full => return Err(NoWorker::Full),
+            Pick::Empty => return Err(NoWorker::Exhausted),
+        };
+        self.tried[self.count] = worker.id;
+        self.count += 1;
+        let may_retry = self.count <= (balancer.settings.retries as usize).min(MAX_ATTEMPTS - 1);
+        Ok((worker, may_retry))
+    }
+}
+
 /// Picks drawn from the algorithm before scanning the pool for any usable worker.
 const PICK_ATTEMPTS: usize = 8;
 /// Retries allowed regardless of the budget's percentage, so a quiet listener can retry.
