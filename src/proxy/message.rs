@@ -159,6 +159,12 @@ impl<'b> ConnectionTokens<'b> {
         }
     }
 
+    /// Whether the sender keeps the connection open after this message: HTTP/1.1 unless
+    /// it says `close`, HTTP/1.0 only if it says `keep-alive`.
+    fn keeps_open(&self, http10: bool) -> bool {
+        !self.close && (self.keep_alive || !http10)
+    }
+
     fn lists(&self, name: &str) -> bool {
         self.listed
             .iter()
@@ -358,16 +364,11 @@ pub fn rewrite_request(
     }
     out.extend_from_slice(b"\r\n\r\n");
 
-    let keep_alive = if http10 {
-        connection.keep_alive && !connection.close
-    } else {
-        !connection.close
-    };
     Ok(Some(RequestHead {
         len,
         framing,
         http10,
-        keep_alive,
+        keep_alive: connection.keeps_open(http10),
         head: method == "HEAD",
         idempotent: matches!(
             method,
@@ -525,28 +526,26 @@ pub fn rewrite_response(
             None => Framing::Close,
         }
     };
-    let backend_keep_alive = if version == 0 {
-        connection.keep_alive && !connection.close
-    } else {
-        !connection.close
-    };
     // Both framings: the body was read as chunked, but the connection is not trusted after.
-    let reusable = backend_keep_alive
+    let reusable = connection.keeps_open(version == 0)
         && framing != Framing::Close
         && !(transfer.is_some() && length.is_some());
     let dechunk = request.http10 && framing == Framing::Chunked;
-    let client_close = !request.keep_alive || draining || framing == Framing::Close || dechunk;
+    // An interim response never ends the exchange, let alone the connection.
+    let client_close =
+        !interim && (!request.keep_alive || draining || framing == Framing::Close || dechunk);
+    let head = ResponseHead {
+        len,
+        status,
+        framing,
+        reusable,
+        client_close,
+        dechunk,
+    };
 
     out.clear();
     if interim && request.http10 {
-        return Ok(Some(ResponseHead {
-            len,
-            status,
-            framing,
-            reusable,
-            client_close: false,
-            dechunk: false,
-        }));
+        return Ok(Some(head));
     }
     out.extend_from_slice(b"HTTP/1.1 ");
     // The status code is three digits (httparse checked).
@@ -578,14 +577,7 @@ pub fn rewrite_response(
     }
     if interim {
         out.extend_from_slice(b"\r\n");
-        return Ok(Some(ResponseHead {
-            len,
-            status,
-            framing,
-            reusable,
-            client_close: false,
-            dechunk: false,
-        }));
+        return Ok(Some(head));
     }
     if switching {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -595,14 +587,7 @@ pub fn rewrite_response(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Some(ResponseHead {
-        len,
-        status,
-        framing,
-        reusable,
-        client_close,
-        dechunk,
-    }))
+    Ok(Some(head))
 }
 
 /// A short response of our own (errors: 400, 431, 502, 503, 504...).
