@@ -37,18 +37,6 @@ fn worker_flag(status: &serde_json::Value, address: &str, flag: &str) -> bool {
         .unwrap()
 }
 
-/// Sends raw bytes on a new connection and reads until the proxy closes it.
-async fn raw(proxy: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut reply))
-        .await
-        .expect("the proxy answers and closes")
-        .unwrap();
-    String::from_utf8_lossy(&reply).into_owned()
-}
-
 #[tokio::test]
 async fn active_health_checks_skip_unhealthy_workers_and_fail_open() {
     let db = TestDb::new().await;

@@ -13,19 +13,7 @@ use common::*;
 use load_balancer::config::Protocol;
 use load_balancer::ring::AlgorithmKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Sends raw bytes on a new connection and reads until the proxy closes it.
-async fn raw(proxy: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut reply))
-        .await
-        .expect("the proxy answers and closes")
-        .unwrap();
-    String::from_utf8_lossy(&reply).into_owned()
-}
+use tokio::net::TcpListener;
 
 /// A backend written byte by byte: for each request head (bodies are not expected) it
 /// writes what `script` returns for the path, and closes the connection after it if told

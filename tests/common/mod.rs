@@ -485,3 +485,16 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Sends raw bytes through the proxy on a new connection and reads until it closes it.
+pub async fn raw(proxy: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut reply))
+        .await
+        .expect("the proxy answers and closes")
+        .unwrap();
+    String::from_utf8_lossy(&reply).into_owned()
+}
