@@ -8,7 +8,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use load_balancer::proxy::chunked::Chunked;
-use load_balancer::proxy::message::{Client, rewrite_request, rewrite_response};
+use load_balancer::proxy::forward::headers::Client;
+use load_balancer::proxy::http1::request::rewrite_request;
+use load_balancer::proxy::http1::response::rewrite_response;
 
 const REQUEST: &[u8] = b"GET /api/v1/items?page=2 HTTP/1.1\r\n\
 Host: shop.example.com\r\n\

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use load_balancer::balance::{AlgorithmKind, Balancer, Pick};
 use load_balancer::config::PoolConfig;
-use load_balancer::proxy::{Balancer, Pick};
-use load_balancer::ring::{AlgorithmKind, Change, InFlight, Membership, Ring, Row};
+use load_balancer::ring::{Change, InFlight, Membership, Ring, Row};
 
 fn rows(n: usize) -> Vec<Row> {
     (0..n)

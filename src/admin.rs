@@ -13,15 +13,22 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::accept::accept_loop;
 use crate::db::{SyncState, SyncStatus};
-use crate::proxy::{ClientLimits, accept_loop, serve_http};
 use crate::ring::{Ring, Snapshot};
 use crate::shutdown::Shutdown;
+use crate::upstream::IdleConns;
+
+/// An admin client must send its request head within this time: the endpoint is for
+/// scrapers and operators, never slow clients.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize)]
 struct Status<'a> {
@@ -78,7 +85,7 @@ pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
                         address: &w.address.text,
                         weight: w.weight,
                         in_flight: w.state.in_flight.load(Ordering::Relaxed),
-                        idle_connections: w.state.conns.idle(),
+                        idle_connections: IdleConns::count(w),
                         healthy: w.state.health.is_healthy(),
                         ejected: w.state.ejection.is_ejected(),
                     })
@@ -105,12 +112,21 @@ pub async fn serve(
                 let (ring, sync) = (ring.clone(), sync.clone());
                 async move { Ok::<_, Infallible>(respond(&ring, &sync, &request)) }
             });
-            let limits = ClientLimits {
-                max_connections: None,
-                header_read_timeout: Duration::from_secs(30),
-                max_header_size: 64 * 1024,
-            };
-            let _ = serve_http(stream, service, &limits, &shutdown).await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.drain.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = shutdown.cut.cancelled() => {}
+                    }
+                }
+            }
         }
     })
     .await

@@ -17,7 +17,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ring::AlgorithmKind;
+pub use crate::balance::AlgorithmKind;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -78,6 +78,8 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted; beyond it: 431.
     pub max_header_size: usize,
+    /// TCP listeners: a session with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -91,6 +93,7 @@ impl ListenerConfig {
             max_connections: None,
             header_read_timeout: Duration::from_secs(30),
             max_header_size: 64 * 1024,
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -172,6 +175,18 @@ pub struct EjectionConfig {
     pub max_time: Duration,
     /// At most this percentage of a pool's workers is ejected at once.
     pub max_percent: u32,
+    /// Which failures count toward ejection.
+    pub on: EjectOn,
+}
+
+/// `[pools.NAME.ejection] on`: which failures of real traffic count toward ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EjectOn {
+    /// `"gateway"`: connect errors, resets, timeouts, 502/503/504.
+    #[default]
+    Gateway,
+    /// `"5xx"`: those and any other 5xx status.
+    ServerError,
 }
 
 impl Default for EjectionConfig {
@@ -181,6 +196,7 @@ impl Default for EjectionConfig {
             base_time: Duration::from_secs(10),
             max_time: Duration::from_secs(300),
             max_percent: 50,
+            on: EjectOn::Gateway,
         }
     }
 }
@@ -658,6 +674,7 @@ impl Source<'_> {
                     &r.max_percent,
                     e.max_percent,
                 )?,
+                on: e.on,
             },
         };
         Ok(PoolConfig {

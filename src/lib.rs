@@ -1,19 +1,25 @@
 //! load_balancer: an HTTP and TCP load balancer whose backends are the rows of a PostgreSQL
 //! table, changed live with plain SQL.
 //!
-//! Data flows one way: [`config`] → [`db`] (migrations, snapshot, the listener task) →
-//! [`ring`] (one published snapshot) → [`proxy`] (picks a worker per request or connection).
-//! [`admin`] reads the same snapshot; [`shutdown`] stops it all gracefully. [`start`] wires
-//! these together; `main.rs` only adds the command line, logging and signals.
+//! Data flows one way, and the imports follow it: [`config`] → [`db`] (migrations, snapshot,
+//! the subscriber task that follows the table) → [`ring`] (membership and one published
+//! snapshot) → [`balance`] (which worker: pure policy) → [`upstream`] (connections to
+//! workers) and [`proxy`] (the client-facing transports and their one forwarding policy) →
+//! [`admin`] (reads it all). [`accept`] and [`shutdown`] serve every listening socket.
+//! [`start`] wires these together; `main.rs` only adds the command line, logging and
+//! signals.
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod db;
 pub mod proxy;
 pub mod ring;
 pub mod shutdown;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,12 +29,13 @@ use miette::Diagnostic;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use balance::Balancer;
 use config::{Config, Protocol};
 use db::listener::Timing;
 use db::{Db, Listener, ListenerError, SyncStatus};
+use proxy::ClientLimits;
 use proxy::http::HttpProxy;
 use proxy::tcp::TcpProxy;
-use proxy::{Balancer, ClientLimits};
 use ring::{Membership, Ring};
 use shutdown::Shutdown;
 
@@ -105,17 +112,25 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Err(e) => return Err(StartError::Sync(e)),
     };
     let listener_task = tokio::spawn(listener.run(session));
-    // One checker per pool with health checks, shared by every listener of the pool.
-    for name in ring.configured_pools() {
-        if let Some(check) = config.pool(name).health_check {
-            let pool = name.to_string();
-            tokio::spawn(proxy::health::run(
+    // One health checker and one idle-connection reaper per pool, shared by every
+    // listener of the pool.
+    for (index, name) in ring.configured_pools().iter().enumerate() {
+        let settings = config.pool(name);
+        if let Some(check) = settings.health_check {
+            tokio::spawn(balance::health::run(
                 ring.clone(),
-                pool,
+                name.to_string(),
                 check,
+                Arc::new(upstream::probe::NetworkProbe),
                 shutdown.drain.clone(),
             ));
         }
+        tokio::spawn(upstream::idle::reap(
+            ring.clone(),
+            index,
+            settings.idle_timeout,
+            shutdown.drain.clone(),
+        ));
     }
     if let Some(path) = &config.database.cache_path {
         tokio::spawn(db::cache::writer(
@@ -140,11 +155,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         );
         match l.protocol {
             Protocol::Http => {
-                let proxy = HttpProxy::new(balancer, ClientLimits::of(l));
+                let proxy = HttpProxy::new(balancer, ClientLimits::of(l), sync.clone());
                 tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
             Protocol::Tcp => {
-                let proxy = TcpProxy::new(balancer, l.max_connections);
+                let proxy = TcpProxy::new(balancer, l.max_connections, l.idle_timeout);
                 tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
         };

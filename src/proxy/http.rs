@@ -1,8 +1,8 @@
 //! The HTTP listener: per-request balancing.
 //!
-//! A client connection is served by the HTTP/1 path (`h1`), which forwards each request to a
-//! worker picked afresh; one that opens with the HTTP/2 preface (prior knowledge, h2c) is
-//! handed with the bytes read so far to hyper (`h2`).
+//! A client connection is served by the HTTP/1 transport (`http1`), which forwards each
+//! request to a worker picked afresh; one that opens with the HTTP/2 preface (prior
+//! knowledge, h2c) is handed with the bytes read so far to the HTTP/2 transport (`http2`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,18 +14,28 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::h1::{self, Ended};
-use super::{Balancer, ClientLimits, accept_loop, h2};
+use super::http1::session::{self, Ended};
+use super::{ClientLimits, http2};
+use crate::accept::accept_loop;
+use crate::balance::Balancer;
+use crate::db::SyncStatus;
 use crate::shutdown::Shutdown;
 
+/// One `[[listeners]]` entry with `protocol = "http"`.
 pub struct HttpProxy {
     pub(super) balancer: Balancer,
     pub(super) limits: ClientLimits,
+    /// The database subscriber's state, for what a 503 says before the ring is loaded.
+    pub(super) sync: Arc<SyncStatus>,
 }
 
 impl HttpProxy {
-    pub fn new(balancer: Balancer, limits: ClientLimits) -> HttpProxy {
-        HttpProxy { balancer, limits }
+    pub fn new(balancer: Balancer, limits: ClientLimits, sync: Arc<SyncStatus>) -> HttpProxy {
+        HttpProxy {
+            balancer,
+            limits,
+            sync,
+        }
     }
 
     /// Serves clients from `listener` until the shutdown drains it.
@@ -44,11 +54,19 @@ impl HttpProxy {
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
-        let ended = h1::serve(&self.balancer, &self.limits, &shutdown, stream, peer).await;
+        let ended = session::serve(
+            &self.balancer,
+            &self.sync,
+            &self.limits,
+            &shutdown,
+            stream,
+            peer,
+        )
+        .await;
         if let Ended::Http2(stream, read) = ended {
             // Boxed: hyper's HTTP/2 connection is kilobytes, and every HTTP/1 connection
             // task would otherwise be that large too.
-            Box::pin(h2::serve(self, Rewind { read, stream }, peer, shutdown)).await;
+            Box::pin(http2::serve(self, Rewind { read, stream }, peer, shutdown)).await;
         }
     }
 }

@@ -1,30 +1,49 @@
 //! The TCP listener: per-connection balancing.
 //!
 //! Each client connection picks a worker, dials it (a failed dial is retried on another
-//! worker, up to the pool's `retries`) and copies bytes both ways until either side closes.
-//! The connection counts as in flight on its worker for its whole life, so a drain (weight
-//! 0) lets open connections run — until the pool's `drain_timeout` — while new ones go
-//! elsewhere.
+//! worker, up to the pool's `retries`) and copies bytes both ways until either side closes,
+//! or no byte has moved either way for the listener's `idle_timeout`. The connection counts
+//! as in flight on its worker for its whole life, so a drain (weight 0) lets open
+//! connections run — until the pool's `drain_timeout` — while new ones go elsewhere.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Balancer, Pick, accept_loop, dial};
+use crate::accept::accept_loop;
+use crate::balance::{Balancer, Outcome, Pick};
 use crate::ring::InFlight;
+use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
+use crate::upstream::dial;
 
+/// One `[[listeners]]` entry with `protocol = "tcp"`.
 pub struct TcpProxy {
     balancer: Balancer,
     max_connections: Option<usize>,
+    /// A session with no byte either way for this long is closed: peers that both went
+    /// silent (or vanished without a FIN) would otherwise hold it, and count as in use, for
+    /// ever.
+    idle_timeout: Duration,
 }
 
 impl TcpProxy {
-    pub fn new(balancer: Balancer, max_connections: Option<usize>) -> TcpProxy {
+    pub fn new(
+        balancer: Balancer,
+        max_connections: Option<usize>,
+        idle_timeout: Duration,
+    ) -> TcpProxy {
         TcpProxy {
             balancer,
             max_connections,
+            idle_timeout,
         }
     }
 
@@ -40,15 +59,25 @@ impl TcpProxy {
 
     async fn serve_connection(
         self: Arc<Self>,
-        mut client: TcpStream,
+        client: TcpStream,
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
-        let Some((mut backend, in_flight)) = self.connect().await else {
+        let Some((backend, in_flight)) = self.connect().await else {
             tracing::warn!(client = %peer, "no worker reachable; closing the client connection");
             return;
         };
         let worker = in_flight.worker().clone();
+        let last = AtomicU64::new(now_ms());
+        let mut client = Active {
+            io: client,
+            last: &last,
+        };
+        let mut backend = Active {
+            io: backend,
+            last: &last,
+        };
+        let mut drain = worker.state.drain.watch();
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
                 if let Err(e) = result {
@@ -56,7 +85,12 @@ impl TcpProxy {
                         error = %e, "tcp session ended with an error");
                 }
             }
-            _ = worker.state.drain.expired(self.balancer.settings.drain_timeout) => {
+            _ = idle(&last, self.idle_timeout) => {
+                tracing::debug!(client = %peer, backend = %worker.address.text,
+                    idle_timeout_ms = self.idle_timeout.as_millis() as u64,
+                    "tcp session idle: closing both sides");
+            }
+            _ = drain.expired(self.balancer.settings.drain_timeout) => {
                 tracing::info!(backend = %worker.address.text, worker = worker.id,
                     "drain deadline passed: cutting a connection still open");
             }
@@ -76,11 +110,11 @@ impl TcpProxy {
             let in_flight = InFlight::new(worker.clone());
             match dial(&worker.address, settings.connect_timeout).await {
                 Ok(stream) => {
-                    self.balancer.record(&worker, true);
+                    self.balancer.record(&worker, Outcome::OK);
                     return Some((stream, in_flight));
                 }
                 Err(e) => {
-                    self.balancer.record(&worker, false);
+                    self.balancer.record(&worker, Outcome::Connect);
                     if let Some(suppressed) = worker.state.log_gate.allow() {
                         tracing::warn!(backend = %worker.address.text, worker = worker.id,
                             error = %e, suppressed, "connect failed");
@@ -89,5 +123,57 @@ impl TcpProxy {
             }
         }
         None
+    }
+}
+
+/// Resolves once nothing was read from either side for `timeout` (the deadline moves with
+/// every read; the timer is set again only when it fires, not per read).
+async fn idle(last: &AtomicU64, timeout: Duration) {
+    let timeout_ms = timeout.as_millis() as u64;
+    loop {
+        let since = now_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if since >= timeout_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(timeout_ms - since)).await;
+    }
+}
+
+/// One side of a TCP session, noting when it last delivered bytes.
+struct Active<'a> {
+    io: TcpStream,
+    last: &'a AtomicU64,
+}
+
+impl AsyncRead for Active<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Active<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -173,9 +173,9 @@ impl Membership {
         let (state, old_weight) = match &old {
             Some(w) if *w.address.text == *row.address => (w.state.clone(), w.weight),
             Some(w) => {
-                // The old address is drained like a deleted worker.
+                // The old address is drained like a deleted worker: whoever holds its
+                // connections closes them on seeing that.
                 w.state.drain.set(true);
-                w.state.conns.clear();
                 (Arc::new(WorkerState::default()), 0)
             }
             None => (Arc::new(WorkerState::default()), 0),
@@ -186,10 +186,6 @@ impl Membership {
                 .begin(f64::from(old_weight) / f64::from(row.weight));
         }
         state.drain.set(row.weight == 0);
-        if row.weight == 0 {
-            // Drained: nothing new will use its idle connections.
-            state.conns.clear();
-        }
         if let Some(old) = &old
             && *old.pool != *row.pool
         {
@@ -221,10 +217,9 @@ impl Membership {
     fn remove(&mut self, id: i64, version: i64) {
         if let Some(old) = self.workers.remove(&id) {
             self.leave_pool(id, &old.pool, version);
+            // Requests in flight hold the worker and finish; its idle connections go with
+            // its state (see `WorkerState::attached`), or are closed by whoever sees the drain.
             old.state.drain.set(true);
-            // Idle keep-alive connections to a removed backend are closed now; requests in
-            // flight hold their own connection and finish.
-            old.state.conns.clear();
         }
     }
 

@@ -1,29 +1,28 @@
-//! The in-memory ring: what the proxy picks backends from.
+//! The in-memory ring: membership and the snapshots the proxy picks backends from.
 //!
 //! One immutable [`Snapshot`] holds every pool; it is published through one `ArcSwap` by the
-//! listener task alone and read by the hot path with one atomic load: no lock, no await,
-//! no database I/O. Per-backend state that must outlive a snapshot (in-flight counters, the
-//! keep-alive connection pool) lives in [`WorkerState`], shared by `Arc` between successive
+//! database subscriber alone and read by the hot path with one atomic load: no lock, no
+//! await, no database I/O. Per-backend state that must outlive a snapshot (in-flight
+//! counters, health, drain) lives in [`WorkerState`], shared by `Arc` between successive
 //! snapshots and keyed by `workers.id`, so a reweight never resets it.
+//!
+//! The ring knows nothing of sockets or HTTP: it says what the workers are and what state
+//! they are in; `balance` decides what to do with that, `upstream` holds the connections.
 
-mod algorithm;
-pub mod availability;
 mod membership;
 mod schedule;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use algorithm::{Algorithm, AlgorithmKind, RandomSource, ThreadRandom};
 pub use membership::{Applied, Change, Membership, Row};
-
-use crate::proxy::pool::ConnPool;
+pub use state::{InFlight, WorkerState};
 
 /// One backend as the ring sees it: a row of `workers`, plus its long-lived state.
 ///
@@ -56,48 +55,6 @@ impl Address {
             text: text.into(),
             ip: text.parse().ok(),
         }
-    }
-}
-
-/// State that belongs to one backend for as long as its id and address stay the same.
-#[derive(Debug, Default)]
-pub struct WorkerState {
-    /// Requests (HTTP) or connections (TCP) currently being served by this backend.
-    pub in_flight: AtomicU64,
-    /// Idle keep-alive connections to this backend, reused across requests.
-    pub conns: ConnPool,
-    /// Active health checks' verdict.
-    pub health: availability::Health,
-    /// Passive ejection after failures of real traffic.
-    pub ejection: availability::Ejection,
-    /// Slow start after being added, recovering or getting a higher weight.
-    pub ramp: availability::Ramp,
-    /// Weight 0 or deleted: in-flight work may finish until the pool's drain timeout.
-    pub drain: availability::Drain,
-    /// Throttles per-request failure logs about this worker.
-    pub log_gate: availability::LogGate,
-}
-
-/// Counts one request (HTTP) or connection (TCP) in flight on a worker until dropped. It
-/// holds the worker itself, so a request outlives its worker's removal from the ring: that
-/// is how a drain lets in-flight work finish.
-#[derive(Debug)]
-pub struct InFlight(Arc<Worker>);
-
-impl InFlight {
-    pub fn new(worker: Arc<Worker>) -> InFlight {
-        worker.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(worker)
-    }
-
-    pub fn worker(&self) -> &Arc<Worker> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Pool, Slot};
+use crate::ring::{Pool, Slot};
 
 /// The `algorithm` key of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

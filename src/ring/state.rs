@@ -1,11 +1,93 @@
-//! Whether a worker should take new traffic right now, beyond its weight: active health,
-//! passive ejection, slow start and drain. The state lives in `WorkerState`, keyed by
-//! `workers.id`, so a reweight never resets it; the ring is never rebuilt for it: the
-//! proxy filters at pick time.
+//! Per-worker state that outlives snapshots: in-flight count, active health, passive
+//! ejection, slow start, drain, and a slot for what other layers keep per worker (the idle
+//! connections of `upstream`). Keyed by `workers.id` through [`WorkerState`], so a reweight
+//! never resets it, and the ring is never rebuilt for it: these cells are read at pick
+//! time. They are plain cells with their own small arithmetic (streaks, growing ejection
+//! lengths, ramps); what to do with them — skip, fail open, eject or not — is `balance`'s.
 
-use std::sync::OnceLock;
+use std::any::Any;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use super::Worker;
+
+/// State that belongs to one backend for as long as its id and address stay the same.
+#[derive(Debug, Default)]
+pub struct WorkerState {
+    /// Requests (HTTP) or connections (TCP) currently being served by this backend.
+    pub in_flight: AtomicU64,
+    /// Active health checks' verdict.
+    pub health: Health,
+    /// Passive ejection after failures of real traffic.
+    pub ejection: Ejection,
+    /// Slow start after being added, recovering or getting a higher weight.
+    pub ramp: Ramp,
+    /// Weight 0, deleted or re-addressed: nothing new goes here; in-flight work may finish
+    /// until the pool's drain timeout, and idle connections are closed.
+    pub drain: Drain,
+    /// Throttles per-request failure logs about this worker.
+    pub log_gate: LogGate,
+    /// What the layer that talks to backends keeps per worker (its idle connections). Typed
+    /// by that layer: the ring holds it so it lives and dies with the worker, without
+    /// knowing what a connection is.
+    pub attached: Attached,
+}
+
+/// A value of one type per worker, made on first use and dropped with the worker's state.
+#[derive(Default)]
+pub struct Attached(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl Attached {
+    /// The attached `T`, made with `T::default()` on the first call. One type per process
+    /// uses this slot (upstream's idle store); another type would be a programming error.
+    #[inline]
+    pub fn get<T: Any + Send + Sync + Default>(&self) -> &T {
+        self.0
+            .get_or_init(|| Box::new(T::default()))
+            .downcast_ref()
+            .expect("one type is attached to workers")
+    }
+
+    /// The attached `T`, if it was ever made.
+    pub fn peek<T: Any>(&self) -> Option<&T> {
+        self.0.get().and_then(|b| b.downcast_ref())
+    }
+}
+
+impl fmt::Debug for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Attached(..)"
+        } else {
+            "Attached(-)"
+        })
+    }
+}
+
+/// Counts one request (HTTP) or connection (TCP) in flight on a worker until dropped. It
+/// holds the worker itself, so a request outlives its worker's removal from the ring: that
+/// is how a drain lets in-flight work finish.
+#[derive(Debug)]
+pub struct InFlight(Arc<Worker>);
+
+impl InFlight {
+    pub fn new(worker: Arc<Worker>) -> InFlight {
+        worker.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(worker)
+    }
+
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Milliseconds since the process started: a cheap clock for deadlines kept in atomics.
 /// Never 0, so 0 can mean "not set".
@@ -173,34 +255,60 @@ impl LogGate {
     }
 }
 
-/// Drain: weight 0 or deleted. Connections to a drained worker are cut once the pool's
+/// Drain: weight 0, deleted or re-addressed. Nothing new is sent to a drained worker, its
+/// idle connections are closed, and connections still in use are cut once the pool's
 /// `drain_timeout` has passed; this is what they wait on.
 #[derive(Debug)]
-pub struct Drain(tokio::sync::watch::Sender<bool>);
+pub struct Drain {
+    /// The same as the watch's value, for the per-request check without the watch's lock.
+    drained: AtomicBool,
+    watch: tokio::sync::watch::Sender<bool>,
+}
 
 impl Default for Drain {
     fn default() -> Self {
-        Drain(tokio::sync::watch::Sender::new(false))
+        Drain {
+            drained: AtomicBool::new(false),
+            watch: tokio::sync::watch::Sender::new(false),
+        }
     }
 }
 
 impl Drain {
     pub fn set(&self, drained: bool) {
-        self.0
+        self.drained.store(drained, Ordering::Relaxed);
+        self.watch
             .send_if_modified(|d| std::mem::replace(d, drained) != drained);
     }
 
-    /// Resolves once the worker has been drained for `timeout` without interruption.
-    pub async fn expired(&self, timeout: Duration) {
-        let mut rx = self.0.subscribe();
+    #[inline]
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
+    }
+
+    /// A watch on the drain that does not keep the worker alive (a connection's watcher
+    /// holds it while the connection sits in the worker's own idle store).
+    pub fn watch(&self) -> DrainWatch {
+        DrainWatch(self.watch.subscribe())
+    }
+}
+
+/// See [`Drain::watch`].
+#[derive(Debug)]
+pub struct DrainWatch(tokio::sync::watch::Receiver<bool>);
+
+impl DrainWatch {
+    /// Resolves once the worker has been drained for `timeout` without interruption. Never
+    /// resolves once the worker's state is gone (nothing is left to cut for it).
+    pub async fn expired(&mut self, timeout: Duration) {
         loop {
-            if rx.wait_for(|d| *d).await.is_err() {
+            if self.0.wait_for(|d| *d).await.is_err() {
                 return std::future::pending().await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(timeout) => return,
                 // Undrained (weight back above 0) before the deadline: wait again.
-                _ = rx.wait_for(|d| !*d) => {}
+                _ = self.0.wait_for(|d| !*d) => {}
             }
         }
     }

@@ -22,14 +22,19 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::chunked::{ChunkError, Chunked};
-use super::message::{
-    self, Client, Framing, Malformed, Reject, RequestHead, ResponseHead, own_response,
-};
-use super::pool::{Upstream, connect_upstream};
-use super::{Attempts, Balancer, ClientLimits, NoWorker};
+use super::head::Framing;
+use super::request::{RequestHead, rewrite_request};
+use super::response::{Malformed, ResponseHead, rewrite_response};
+use crate::balance::{Attempts, Balancer, NoWorker, Outcome};
+use crate::db::SyncStatus;
+use crate::proxy::ClientLimits;
+use crate::proxy::chunked::{ChunkError, Chunked};
+use crate::proxy::forward::headers::Client;
+use crate::proxy::forward::retry::{self, Failure};
+use crate::proxy::forward::{Canned, Reject, checks};
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
+use crate::upstream::{IdleConns, Upstream, connect_upstream};
 
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
@@ -80,9 +85,24 @@ enum BackendError {
     TooLarge,
 }
 
+impl BackendError {
+    /// What passive ejection makes of it.
+    fn outcome(&self) -> Outcome {
+        match self {
+            BackendError::Io(_) | BackendError::Eof => Outcome::Reset,
+            BackendError::Timeout => Outcome::Timeout,
+            BackendError::Chunk(_) | BackendError::Malformed(_) | BackendError::TooLarge => {
+                Outcome::Protocol
+            }
+        }
+    }
+}
+
 /// One client connection.
 struct Session<'a> {
     balancer: &'a Balancer,
+    /// The database subscriber's state, for a 503 before the ring was ever loaded.
+    sync: &'a SyncStatus,
     limits: &'a ClientLimits,
     shutdown: &'a Shutdown,
     client: TcpStream,
@@ -103,6 +123,7 @@ struct Session<'a> {
 
 pub async fn serve(
     balancer: &Balancer,
+    sync: &SyncStatus,
     limits: &ClientLimits,
     shutdown: &Shutdown,
     client: TcpStream,
@@ -110,6 +131,7 @@ pub async fn serve(
 ) -> Ended {
     let mut session = Session {
         balancer,
+        sync,
         limits,
         shutdown,
         client,
@@ -151,7 +173,7 @@ enum Tried {
     /// `retries`; the retry budget was already charged when it applies).
     Failed { retry: bool },
     /// Our own answer instead of the backend's (504).
-    Own(u16, &'static str, &'static str),
+    Own(Canned),
 }
 
 /// How a response's relay ended.
@@ -199,10 +221,10 @@ impl Session<'_> {
                         return Ok(Next::Http2);
                     }
                 } else {
-                    match message::rewrite_request(&self.inbuf, &self.peer, &mut self.req_out) {
+                    match rewrite_request(&self.inbuf, &self.peer, &mut self.req_out) {
                         Ok(Some(head)) => return Ok(Next::Request(head)),
                         Ok(None) if self.inbuf.len() >= self.limits.max_header_size => {
-                            self.reject(Reject::TooLarge).await;
+                            self.reject(checks::head_over_limit(&self.inbuf)).await;
                             return Ok(Next::Closed);
                         }
                         Ok(None) => {}
@@ -238,8 +260,7 @@ impl Session<'_> {
                 r = self.client.read_buf(reserved(&mut self.inbuf, CLIENT_READ)) => r,
                 _ = self.timer.as_mut() => {
                     if !idle {
-                        self.send_own(408, "Request Timeout",
-                            "408 Request Timeout: the request head did not arrive in time\n", true).await;
+                        self.send_own(&Canned::REQUEST_TIMEOUT, true).await;
                     }
                     return Ok(Next::Closed);
                 }
@@ -272,14 +293,8 @@ impl Session<'_> {
                 Ok(next) => next,
                 Err(NoWorker::Exhausted) => return Ok(self.bad_gateway(&head, whole).await),
                 Err(none) => {
-                    let text = format!(
-                        "503 Service Unavailable: {} in pool {:?}\n",
-                        none.reason(),
-                        self.balancer.pool_name()
-                    );
-                    return Ok(self
-                        .own_after(&head, whole, 503, "Service Unavailable", &text)
-                        .await);
+                    let answer = Canned::no_worker(none, self.balancer, self.sync);
+                    return Ok(self.own_after(&head, whole, &answer).await);
                 }
             };
             match self
@@ -287,10 +302,8 @@ impl Session<'_> {
                 .await?
             {
                 Tried::Answered(keep) => return Ok(keep),
-                Tried::Own(status, reason, text) => {
-                    return Ok(self.own_after(&head, whole, status, reason, text).await);
-                }
-                Tried::Failed { retry } if retry && may_retry => {}
+                Tried::Own(answer) => return Ok(self.own_after(&head, whole, &answer).await),
+                Tried::Failed { retry: true } => {}
                 Tried::Failed { .. } => return Ok(self.bad_gateway(&head, whole).await),
             }
         }
@@ -310,7 +323,8 @@ impl Session<'_> {
         let replayable = whole && head.idempotent && !head.upgrade;
         let _in_flight = InFlight::new(worker.clone());
         loop {
-            let (mut up, pooled) = match worker.state.conns.take_upstream(settings.idle_timeout) {
+            let idle = IdleConns::of(worker).take_upstream(settings.idle_timeout);
+            let (mut up, pooled) = match idle {
                 Some(up) => (up, true),
                 None => {
                     match connect_upstream(worker, settings.connect_timeout, settings.drain_timeout)
@@ -318,13 +332,18 @@ impl Session<'_> {
                     {
                         Ok(up) => (up, false),
                         Err(error) => {
-                            self.balancer.record(worker, false);
+                            self.balancer.record(worker, Outcome::Connect);
                             if let Some(suppressed) = worker.state.log_gate.allow() {
                                 tracing::warn!(backend = %worker.address.text, worker = worker.id,
                                 %error, suppressed, "connect failed");
                             }
-                            // Nothing was sent: always safe to go elsewhere.
-                            return Ok(Tried::Failed { retry: true });
+                            let retry = retry::should_retry(
+                                Failure::NotSent,
+                                replayable,
+                                may_retry,
+                                &self.balancer.budget,
+                            );
+                            return Ok(Tried::Failed { retry });
                         }
                     }
                 }
@@ -373,29 +392,36 @@ impl Session<'_> {
                             continue;
                         }
                         BackendError::Timeout => {
-                            self.balancer.record(worker, false);
+                            self.balancer.record(worker, Outcome::Timeout);
                             if let Some(suppressed) = worker.state.log_gate.allow() {
                                 tracing::warn!(backend = %worker.address.text, worker = worker.id,
                                     timeout_ms = settings.response_timeout.as_millis() as u64,
                                     suppressed, "no response headers in time");
                             }
-                            return Ok(Tried::Own(
-                                504,
-                                "Gateway Timeout",
-                                "504 Gateway Timeout: the backend did not answer in time\n",
-                            ));
+                            return Ok(Tried::Own(Canned::GATEWAY_TIMEOUT));
                         }
                         e => {
                             self.backend_failed(worker, &e);
-                            let retry = replayable && may_retry && self.balancer.take_retry();
+                            let retry = retry::should_retry(
+                                Failure::Broken,
+                                replayable,
+                                may_retry,
+                                &self.balancer.budget,
+                            );
                             return Ok(Tried::Failed { retry });
                         }
                     }
                 }
             };
             let status = response.status;
-            self.balancer.record(worker, status < 500);
-            if replayable && may_retry && matches!(status, 502..=504) && self.balancer.take_retry()
+            self.balancer.record(worker, Outcome::Status(status));
+            if matches!(status, 502..=504)
+                && retry::should_retry(
+                    Failure::GatewayStatus,
+                    replayable,
+                    may_retry,
+                    &self.balancer.budget,
+                )
             {
                 tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
                 self.rbuf.clear();
@@ -416,7 +442,7 @@ impl Session<'_> {
             return match relayed {
                 Ok(end) => {
                     if end.reusable {
-                        worker.state.conns.put_upstream(up);
+                        IdleConns::put_upstream(worker, up);
                     }
                     Ok(Tried::Answered(!end.client_close))
                 }
@@ -495,37 +521,25 @@ impl Session<'_> {
         self.rbuf.clear();
         match downloaded {
             Ok((status, end)) => {
-                self.balancer.record(worker, status < 500);
+                self.balancer.record(worker, Outcome::Status(status));
                 // Answered before the body ended: neither connection's framing can be
                 // trusted to continue.
                 let complete = uploaded == Some(true);
                 if end.reusable && complete {
-                    worker.state.conns.put_upstream(up);
+                    IdleConns::put_upstream(worker, up);
                 }
                 Ok(Tried::Answered(!end.client_close && complete))
             }
             Err(Down::Client(e)) => Err(Abort::Client(e)),
             Err(Down::Head(BackendError::Timeout)) => {
-                self.balancer.record(worker, false);
+                self.balancer.record(worker, Outcome::Timeout);
                 // The rest of the body is unread: the connection closes after the 504.
-                self.send_own(
-                    504,
-                    "Gateway Timeout",
-                    "504 Gateway Timeout: the backend did not answer in time\n",
-                    true,
-                )
-                .await;
+                self.send_own(&Canned::GATEWAY_TIMEOUT, true).await;
                 Ok(Tried::Answered(false))
             }
             Err(Down::Head(e)) => {
                 self.backend_failed(worker, &e);
-                self.send_own(
-                    502,
-                    "Bad Gateway",
-                    "502 Bad Gateway: the backend failed\n",
-                    true,
-                )
-                .await;
+                self.send_own(&Canned::BAD_GATEWAY, true).await;
                 Ok(Tried::Answered(false))
             }
             Err(Down::Body(e)) => {
@@ -554,7 +568,7 @@ impl Session<'_> {
     }
 
     fn backend_failed(&self, worker: &Worker, error: &BackendError) {
-        self.balancer.record(worker, false);
+        self.balancer.record(worker, error.outcome());
         if let Some(suppressed) = worker.state.log_gate.allow() {
             tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
                 suppressed, "backend failed");
@@ -563,45 +577,30 @@ impl Session<'_> {
 
     /// Our own answer to a request whose body was read `whole` (or not: then the
     /// connection closes, as the rest of the body cannot be told from the next request).
-    async fn own_after(
-        &mut self,
-        head: &RequestHead,
-        whole: bool,
-        status: u16,
-        reason: &str,
-        text: &str,
-    ) -> bool {
+    async fn own_after(&mut self, head: &RequestHead, whole: bool, answer: &Canned) -> bool {
         let keep = whole && head.keep_alive && !self.shutdown.is_draining();
-        self.send_own(status, reason, text, !keep).await && keep
+        self.send_own(answer, !keep).await && keep
     }
 
     /// The details (addresses, errors) are logged where the failure happened, not shown
     /// to clients.
     async fn bad_gateway(&mut self, head: &RequestHead, whole: bool) -> bool {
-        self.own_after(
-            head,
-            whole,
-            502,
-            "Bad Gateway",
-            "502 Bad Gateway: the backend failed\n",
-        )
-        .await
+        self.own_after(head, whole, &Canned::BAD_GATEWAY).await
     }
 
+    /// Refuses a request the forwarding policy does not let through, and closes.
     async fn reject(&mut self, reject: Reject) {
-        let (status, reason) = reject.status();
         if let Reject::BadRequest(why) = reject {
             tracing::debug!(why, "bad request");
         }
-        let text = format!("{status} {reason}\n");
-        self.send_own(status, reason, &text, true).await;
+        self.send_own(&reject.canned(), true).await;
     }
 
     /// Writes one of our own responses; whether it went out. With `close`, the client's
     /// unread bytes are drained for a moment after it (a lingering close): closing a socket
     /// with unread input resets it, and the client could lose the answer.
-    async fn send_own(&mut self, status: u16, reason: &str, text: &str, close: bool) -> bool {
-        own_response(&mut self.res_out, status, reason, text, close);
+    async fn send_own(&mut self, answer: &Canned, close: bool) -> bool {
+        answer.write_h1(&mut self.res_out, close);
         let sent = self.client.write_all(&self.res_out).await.is_ok();
         if sent && close {
             let _ = self.client.shutdown().await;
@@ -666,7 +665,7 @@ where
 {
     loop {
         if !rbuf.is_empty() {
-            match message::rewrite_response(rbuf, request, draining, out) {
+            match rewrite_response(rbuf, request, draining, out) {
                 Ok(Some(head)) if head.interim() => {
                     rbuf.advance(head.len);
                     cw.write_all(out).await.map_err(Down::Client)?;

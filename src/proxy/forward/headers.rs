@@ -1,0 +1,331 @@
+//! Header rewriting between client and worker, for both HTTP versions: which fields are
+//! hop-by-hop (RFC 9110 §7.6.1) and never forwarded, and the forwarding fields that tell a
+//! worker who the client is (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`, RFC 7239).
+//! The HTTP/1 path applies it to bytes as it copies a head (`http1::message`); the HTTP/2
+//! path to hyper's header map ([`rewrite_h2_request`], [`strip_response`]).
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use hyper::HeaderMap;
+use hyper::header::{self, HeaderName, HeaderValue};
+
+use super::checks::trim_ows;
+
+/// The fields the proxy treats specially; everything else is copied as it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Other,
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Upgrade,
+    Expect,
+    Cookie,
+    XForwardedFor,
+    XForwardedProto,
+    Forwarded,
+    /// Keep-Alive, Proxy-Connection, TE, Proxy-Authenticate, Proxy-Authorization,
+    /// HTTP2-Settings: about one connection, never forwarded.
+    HopByHop,
+}
+
+/// Classifies a field name: a length switch first, so most names cost one comparison.
+pub fn classify(name: &[u8]) -> Field {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        2 if is(b"te") => Field::HopByHop,
+        4 if is(b"host") => Field::Host,
+        6 if is(b"expect") => Field::Expect,
+        6 if is(b"cookie") => Field::Cookie,
+        7 if is(b"upgrade") => Field::Upgrade,
+        9 if is(b"forwarded") => Field::Forwarded,
+        10 if is(b"connection") => Field::Connection,
+        10 if is(b"keep-alive") => Field::HopByHop,
+        14 if is(b"content-length") => Field::ContentLength,
+        // Only meaningful in an h2c upgrade, which is never offered to a worker.
+        14 if is(b"http2-settings") => Field::HopByHop,
+        15 if is(b"x-forwarded-for") => Field::XForwardedFor,
+        16 if is(b"proxy-connection") => Field::HopByHop,
+        17 if is(b"transfer-encoding") => Field::TransferEncoding,
+        17 if is(b"x-forwarded-proto") => Field::XForwardedProto,
+        18 if is(b"proxy-authenticate") => Field::HopByHop,
+        19 if is(b"proxy-authorization") => Field::HopByHop,
+        _ => Field::Other,
+    }
+}
+
+/// What the `Connection` fields of a message say.
+#[derive(Default)]
+pub struct ConnectionTokens<'b> {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub upgrade: bool,
+    /// Other fields named there, which are hop-by-hop too (RFC 9110 §7.6.1). Rarely any:
+    /// the vector allocates only then.
+    listed: Vec<&'b [u8]>,
+}
+
+impl<'b> ConnectionTokens<'b> {
+    pub fn add(&mut self, value: &'b [u8]) {
+        for token in value.split(|&b| b == b',').map(trim_ows) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if !token.is_empty() {
+                self.listed.push(token);
+            }
+        }
+    }
+
+    /// Whether the sender keeps the connection open after this message: HTTP/1.1 unless
+    /// it says `close`, HTTP/1.0 only if it says `keep-alive`.
+    pub fn keeps_open(&self, http10: bool) -> bool {
+        !self.close && (self.keep_alive || !http10)
+    }
+
+    /// Whether `name` is listed (and so hop-by-hop).
+    pub fn lists(&self, name: &[u8]) -> bool {
+        self.listed.iter().any(|t| t.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Whether an `Upgrade` request may go to a worker. h2c never does: a worker that accepted
+/// it would turn the connection into an HTTP/2 tunnel whose requests skip every check,
+/// timeout and balancing decision; such a request is served as plain HTTP/1.1.
+pub fn upgrade_allowed(protocols: &[u8]) -> bool {
+    let mut any = false;
+    for p in protocols.split(|&b| b == b',').map(trim_ows) {
+        let name = p.split(|&b| b == b'/').next().unwrap_or(p);
+        if name.eq_ignore_ascii_case(b"h2c") || name.eq_ignore_ascii_case(b"h2") {
+            return false;
+        }
+        any |= !p.is_empty();
+    }
+    any
+}
+
+/// The client's address, formatted once per connection for the forwarding fields.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// `X-Forwarded-For` form: `10.1.2.3` or `::1`.
+    pub xff: String,
+    /// `Forwarded` form: `for=10.1.2.3` or `for="[::1]"` (RFC 7239 §6).
+    pub forwarded: String,
+}
+
+impl Client {
+    pub fn new(peer: SocketAddr) -> Client {
+        let ip = peer.ip().to_canonical();
+        let forwarded = match ip {
+            IpAddr::V4(v4) => format!("for={v4}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        };
+        Client {
+            xff: ip.to_string(),
+            forwarded,
+        }
+    }
+}
+
+/// Whether a Host value can go into `Forwarded: host="…"` (RFC 7239 §4: a quoted-string; a
+/// value that would need escaping is left out).
+pub fn quotable(host: &[u8]) -> bool {
+    host.iter()
+        .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
+}
+
+/// The scheme the client spoke, for `X-Forwarded-Proto` and `Forwarded: proto=`.
+pub const PROTO: &str = "http";
+
+/// Rewrites an HTTP/2 request's fields for an HTTP/1.1 worker: `authority` (from
+/// `:authority`) becomes Host, hop-by-hop fields go, the `cookie` fields an HTTP/2 client
+/// splits are joined into one (RFC 9113 §8.2.3), and the forwarding fields are appended.
+pub fn rewrite_h2_request(headers: &mut HeaderMap, authority: Option<&str>, client: &Client) {
+    if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(header::HOST, host);
+    }
+    strip_hop_by_hop(headers);
+    // hyper already answered `Expect: 100-continue` to the client when the body was asked
+    // for; the worker must not wait for a second one.
+    headers.remove(header::EXPECT);
+    if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let mut joined = Vec::new();
+        for v in headers.get_all(header::COOKIE) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    add_forwarded(headers, client);
+}
+
+/// Removes a worker's response fields that are about its connection to the proxy.
+pub fn strip_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+/// Removes hop-by-hop fields, including those the `Connection` field names, and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Runs twice per request. Most messages carry none of these fields: one pass of cheap
+    // name comparisons then beats ten hashed removals.
+    let hop = |k: &HeaderName| {
+        matches!(
+            classify(k.as_str().as_bytes()),
+            Field::HopByHop | Field::Connection | Field::Upgrade | Field::TransferEncoding
+        )
+    };
+    if !headers.keys().any(hop) {
+        return;
+    }
+    // Fields listed in Connection go too (e.g. `Connection: close, X-Session`).
+    let mut tokens = ConnectionTokens::default();
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect();
+    for v in &values {
+        tokens.add(v.as_bytes());
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| hop(k) || tokens.lists(k.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`,
+/// with the same values the HTTP/1 path writes. Several fields of a list become one line
+/// with the client last: workers often read only the first line.
+fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
+    let mut xff = Vec::with_capacity(64);
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        let v = trim_ows(v.as_bytes());
+        if !v.is_empty() {
+            xff.extend_from_slice(v);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(client.xff.as_bytes());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(PROTO));
+
+    let mut fwd = Vec::with_capacity(96);
+    for v in headers.get_all(header::FORWARDED) {
+        let v = trim_ows(v.as_bytes());
+        if !v.is_empty() {
+            fwd.extend_from_slice(v);
+            fwd.extend_from_slice(b", ");
+        }
+    }
+    let _ = write!(fwd, "{};proto={PROTO}", client.forwarded);
+    if let Some(h) = headers
+        .get(header::HOST)
+        .map(HeaderValue::as_bytes)
+        .filter(|h| quotable(h))
+    {
+        fwd.extend_from_slice(b";host=\"");
+        fwd.extend_from_slice(h);
+        fwd.push(b'"');
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn client(addr: &str) -> Client {
+        Client::new(addr.parse().unwrap())
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Session"),
+            ("keep-alive", "timeout=5"),
+            ("x-session", "abc"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ("host", "example.com"),
+            ("x-keep", "1"),
+        ]);
+        strip_response(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["host", "x-keep"]);
+    }
+
+    #[test]
+    fn h2_request_gets_host_joined_cookies_and_forwarding_fields() {
+        let mut h = map(&[
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        rewrite_h2_request(&mut h, Some("example.com"), &client("10.1.2.3:5555"));
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        assert_eq!(h["host"], "example.com");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.9, for=10.1.2.3;proto=http;host=\"example.com\""
+        );
+    }
+
+    #[test]
+    fn ipv6_client_is_quoted_and_mapped_v4_unwrapped() {
+        let c = client("[::1]:80");
+        assert_eq!(
+            (c.xff.as_str(), c.forwarded.as_str()),
+            ("::1", "for=\"[::1]\"")
+        );
+        assert_eq!(client("[::ffff:127.0.0.1]:80").xff, "127.0.0.1");
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade_a_worker_sees() {
+        assert!(upgrade_allowed(b"websocket"));
+        assert!(!upgrade_allowed(b"h2c"));
+        assert!(!upgrade_allowed(b"H2C"));
+        assert!(!upgrade_allowed(b"websocket, h2c"));
+        assert!(!upgrade_allowed(b""));
+    }
+}

@@ -1,0 +1,19 @@
+//! The one forwarding policy both HTTP versions follow. The transports (`http1`, `http2`)
+//! frame and move bytes; what a request may be, how it is rewritten for the worker, what
+//! the proxy answers itself and when it tries another worker are decided here, once:
+//!
+//! - `checks`: what is refused before a worker sees it, and with which status;
+//! - `headers`: which fields are hop-by-hop, and the forwarding fields that tell the worker
+//!   who the client is;
+//! - `canned`: the proxy's own answers (400 … 504), each body written once;
+//! - `retry`: which failures may go to another worker.
+//!
+//! Whatever HTTP/1 refuses, HTTP/2 refuses the same way, because both ask these functions.
+
+pub mod canned;
+pub mod checks;
+pub mod headers;
+pub mod retry;
+
+pub use canned::Canned;
+pub use checks::Reject;

@@ -1,0 +1,7 @@
+//! The HTTP/1 transport: heads (`request`, `response`, `head`) and the session that serves
+//! one client connection (`session`).
+
+pub mod head;
+pub mod request;
+pub mod response;
+pub mod session;

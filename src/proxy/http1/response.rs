@@ -1,0 +1,250 @@
+//! A worker's HTTP/1 response head: parsed in place, checked (a worker can be broken too:
+//! conflicting lengths, an upgrade nobody asked for) and written out for the client, with
+//! hop-by-hop fields removed and the client connection's own `Connection` field.
+
+use std::mem::MaybeUninit;
+
+use super::head::{Framing, merge_length, put, put_length};
+use super::request::RequestHead;
+use crate::proxy::forward::checks::{MAX_FIELDS, trim_ows};
+use crate::proxy::forward::headers::{ConnectionTokens, Field, classify};
+
+/// Whether the last coding of a `Transfer-Encoding` value is chunked (responses: then the
+/// body is chunked, otherwise it runs until the connection closes).
+fn ends_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| trim_ows(last).eq_ignore_ascii_case(b"chunked"))
+}
+
+/// What the proxy needs to know about a backend's response once its head is rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Bytes of the head in the backend's buffer.
+    pub len: usize,
+    pub status: u16,
+    /// How the backend delimits the body.
+    pub framing: Framing,
+    /// The backend keeps the connection open after this response.
+    pub reusable: bool,
+    /// The client's connection closes after this response.
+    pub client_close: bool,
+    /// A chunked body to an HTTP/1.0 client: only the data goes out, until the close.
+    pub dechunk: bool,
+}
+
+impl ResponseHead {
+    /// 1xx other than 101: an interim response, followed by the real one.
+    pub fn interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Why a backend's response head is unusable (answered 502).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("malformed response head")]
+    Head,
+    #[error("invalid or conflicting Content-Length in the response")]
+    Length,
+    #[error("101 Switching Protocols to a request that asked for no upgrade")]
+    UnaskedUpgrade,
+}
+
+/// Parses the response head at the start of `buf` and writes the client's version of it to
+/// `out` (nothing, for an interim response an HTTP/1.0 client cannot take). `Ok(None)`: the
+/// head is not complete yet. `draining`: the client connection closes after this response.
+pub fn rewrite_response(
+    buf: &[u8],
+    request: &RequestHead,
+    draining: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, Malformed> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Malformed::Head),
+    };
+    let (Some(version), Some(status)) = (res.version, res.code) else {
+        return Err(Malformed::Head);
+    };
+    let reason = res.reason.unwrap_or("");
+
+    let mut length: Option<u64> = None;
+    let mut transfer: Option<&[u8]> = None;
+    let mut connection = ConnectionTokens::default();
+    let mut kinds = [Field::Other; MAX_FIELDS];
+    for (f, kind) in res.headers.iter().zip(kinds.iter_mut()) {
+        *kind = classify(f.name.as_bytes());
+        match *kind {
+            Field::ContentLength if !merge_length(&mut length, f.value) => {
+                return Err(Malformed::Length);
+            }
+            Field::TransferEncoding => transfer = Some(f.value),
+            Field::Connection => connection.add(f.value),
+            _ => {}
+        }
+    }
+    let switching = status == 101;
+    if switching && !request.upgrade {
+        return Err(Malformed::UnaskedUpgrade);
+    }
+    let interim = (100..200).contains(&status) && !switching;
+    // RFC 9112 §6.3, in its order.
+    let framing = if request.head || interim || switching || status == 204 || status == 304 {
+        Framing::Empty
+    } else if let Some(te) = transfer {
+        if ends_chunked(te) {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    // Both framings: the body was read as chunked, but the connection is not trusted after.
+    let reusable = connection.keeps_open(version == 0)
+        && framing != Framing::Close
+        && !(transfer.is_some() && length.is_some());
+    let dechunk = request.http10 && framing == Framing::Chunked;
+    // An interim response never ends the exchange, let alone the connection.
+    let client_close =
+        !interim && (!request.keep_alive || draining || framing == Framing::Close || dechunk);
+    let head = ResponseHead {
+        len,
+        status,
+        framing,
+        reusable,
+        client_close,
+        dechunk,
+    };
+
+    out.clear();
+    if interim && request.http10 {
+        return Ok(Some(head));
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    // The status code is three digits (httparse checked).
+    out.extend_from_slice(&[
+        b'0' + (status / 100) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (f, kind) in res.headers.iter().zip(kinds) {
+        match kind {
+            Field::Other | Field::Cookie if !connection.lists(f.name.as_bytes()) => {
+                put(out, f.name.as_bytes(), f.value)
+            }
+            Field::Upgrade if switching => put(out, f.name.as_bytes(), f.value),
+            Field::TransferEncoding if !dechunk => put(out, f.name.as_bytes(), f.value),
+            // Everything but Other: the request-only fields have no meaning here, and are
+            // passed through; hop-by-hop ones and the framing fields are handled below.
+            Field::Host
+            | Field::Expect
+            | Field::XForwardedFor
+            | Field::XForwardedProto
+            | Field::Forwarded => put(out, f.name.as_bytes(), f.value),
+            _ => {}
+        }
+    }
+    if let (None, Some(n)) = (transfer, length) {
+        put_length(out, n);
+    }
+    if interim {
+        out.extend_from_slice(b"\r\n");
+        return Ok(Some(head));
+    }
+    if switching {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    } else if client_close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if request.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::forward::headers::Client;
+    use crate::proxy::http1::request::rewrite_request;
+
+    fn request(head: &str) -> Result<(RequestHead, String), crate::proxy::forward::Reject> {
+        let mut out = Vec::new();
+        let client = Client::new("10.1.2.3:5555".parse().unwrap());
+        let parsed = rewrite_request(head.as_bytes(), &client, &mut out)?.expect("complete");
+        Ok((parsed, String::from_utf8(out).unwrap()))
+    }
+
+    fn response(head: &str, request: &RequestHead) -> (ResponseHead, String) {
+        let mut out = Vec::new();
+        let parsed = rewrite_response(head.as_bytes(), request, false, &mut out)
+            .unwrap()
+            .expect("complete");
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112_order() {
+        let (get, _) = request("GET / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let (head_req, _) = request("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n").unwrap();
+        let (r, out) = response(
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
+            &get,
+        );
+        assert_eq!(r.framing, Framing::Length(7));
+        assert!(r.reusable && !r.client_close);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n");
+        let (r, out) = response("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", &head_req);
+        assert_eq!(r.framing, Framing::Empty);
+        assert!(out.contains("Content-Length: 7"));
+        let (r, _) = response(
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &get,
+        );
+        assert_eq!(r.framing, Framing::Empty);
+        let (r, _) = response("HTTP/1.1 200 OK\r\n\r\n", &get);
+        assert_eq!(r.framing, Framing::Close);
+        assert!(!r.reusable && r.client_close);
+        let (r, _) = response("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &get);
+        assert!(
+            !r.reusable,
+            "an HTTP/1.0 backend closes unless it says keep-alive"
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            rewrite_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                &get,
+                false,
+                &mut out
+            ),
+            Err(Malformed::Length)
+        );
+        assert_eq!(
+            rewrite_response(
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                &get,
+                false,
+                &mut out
+            ),
+            Err(Malformed::UnaskedUpgrade)
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! Connections to workers: dialing them, keeping idle ones for reuse, and probing them for
+//! the health checks.
+//!
+//! Everything here is keyed by the worker (its id, address and state in the ring) and knows
+//! nothing of which worker should be picked (`balance`) or what the client asked (`proxy`).
+//! Whether a connection may be kept is decided from the worker's state: a drained, deleted
+//! or re-addressed worker's connections are closed when their exchange ends, and its idle
+//! ones by the reaper.
+
+pub mod connect;
+pub mod idle;
+pub mod probe;
+
+pub use connect::{ConnectError, Sender, Upstream, connect_hyper, connect_upstream, dial};
+pub use idle::{IdleConns, RequestBody};
