@@ -12,8 +12,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::Protocol;
-use load_balancer::ring::AlgorithmKind;
 
 #[tokio::main]
 async fn main() {

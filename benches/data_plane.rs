@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::{Config, HealthCheckConfig, HealthCheckKind, PoolConfig, Protocol};
-use load_balancer::ring::AlgorithmKind;
 
 #[tokio::main]
 async fn main() {

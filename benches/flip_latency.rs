@@ -26,8 +26,8 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::{Config, DatabaseConfig, ListenerConfig, Protocol};
-use load_balancer::ring::AlgorithmKind;
 use tokio::sync::Notify;
 
 /// Nanoseconds since a fixed instant, so instants fit in atomics (0: not yet).

@@ -135,7 +135,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let balancer = Balancer::new(
             ring.clone(),
             &l.pool,
-            l.algorithm.build(),
+            ring::build(l.algorithm),
             config.pool(&l.pool),
         );
         match l.protocol {

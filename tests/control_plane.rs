@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::Protocol;
-use load_balancer::ring::AlgorithmKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

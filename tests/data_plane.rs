@@ -10,10 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::{
     Config, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig, Protocol,
 };
-use load_balancer::ring::AlgorithmKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn with_pool(db: &TestDb, algorithm: AlgorithmKind, pool: PoolConfig) -> Config {

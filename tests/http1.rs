@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::Protocol;
-use load_balancer::ring::AlgorithmKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

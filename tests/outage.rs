@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::{Config, Protocol};
-use load_balancer::ring::AlgorithmKind;
 
 /// A config whose database URL goes through `relay`, with quick heartbeats.
 fn via(relay: &Relay, db: &TestDb) -> Config {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use load_balancer::ring::AlgorithmKind;
+use load_balancer::config::AlgorithmKind;
 
 fn counts(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

@@ -3,21 +3,29 @@
 //! Everything is checked before anything starts, and every mistake becomes a miette
 //! diagnostic that names the key and points at the offending line of the file. The rest of
 //! the program only ever sees a validated [`Config`].
+//!
+//! The file is read in two steps: serde turns the text into the `Raw*` structs of `raw.rs`
+//! (the file as written, with spans), then `validate.rs` and `pool.rs` check it one section
+//! at a time and fill in the defaults, building diagnostics with `source.rs`. This file holds only the validated types and imports nothing else of
+//! the crate: every other module may depend on `config`, never the reverse.
 
 // A diagnostic carries the file's text to point into it: large, but built once, at startup.
 #![allow(clippy::result_large_err)]
 
+mod duration;
+mod pool;
+mod raw;
+mod source;
+mod validate;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
-use serde::Deserialize;
-use toml::Spanned;
 
-use crate::ring::AlgorithmKind;
+use source::Source;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -35,6 +43,38 @@ impl Config {
     pub fn pool(&self, name: &str) -> PoolConfig {
         self.pools.get(name).cloned().unwrap_or_default()
     }
+
+    /// Reads and validates `path`; `database_url` (from `DATABASE_URL`) overrides the file.
+    pub fn load(path: &Path, database_url: Option<String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&path.display().to_string(), &text, database_url)
+    }
+
+    /// Validates the text of a config file; `name` is shown in diagnostics.
+    ///
+    /// Sections are checked in file order, each by its own function (`validate.rs`,
+    /// `pool.rs`); the checks that need several sections at once (addresses bound twice,
+    /// pool tables no listener serves) come last, once every section is known to be valid.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        database_url: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw = source.toml()?;
+        let config = Config {
+            database: source.database(&raw.database, database_url)?,
+            listeners: source.listeners(&raw.listeners)?,
+            admin: source.admin(raw.admin.as_ref())?,
+            pools: source.pools(&raw.pools)?,
+        };
+        source.distinct_binds(&raw, &config)?;
+        source.served_pools(&raw, &config)?;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -46,8 +86,9 @@ pub struct DatabaseConfig {
     pub cache_path: Option<PathBuf>,
     /// How often the listener proves its connection alive with a query.
     pub heartbeat_interval: Duration,
-    /// How often the ring is compared with the table (count and sums of ids and versions
-    /// per pool), to heal from any lost event.
+    /// How often the ring is compared with the table, to heal from any lost event: per pool,
+    /// the row count and an MD5 fingerprint of every row's id, version, weight and address
+    /// (`ring::Fingerprint`), so any drift in content shows, not only in membership.
     pub anti_entropy_interval: Duration,
 }
 
@@ -78,6 +119,10 @@ pub struct ListenerConfig {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted; beyond it: 431.
     pub max_header_size: usize,
+    /// TCP listeners: a session with no byte in either direction for this long is closed, so
+    /// clients that vanish without a FIN do not hold a worker's connection forever. HTTP
+    /// listeners refuse the key: `header_read_timeout` already bounds an idle keep-alive client.
+    pub idle_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -91,7 +136,52 @@ impl ListenerConfig {
             max_connections: None,
             header_read_timeout: Duration::from_secs(30),
             max_header_size: 64 * 1024,
+            idle_timeout: Duration::from_secs(60 * 60),
         }
+    }
+}
+
+/// The `algorithm` key of a listener. The selectors themselves live in `ring`
+/// (`ring::build`); config only names them, so it depends on nothing else of the crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlgorithmKind {
+    /// Each worker with weight > 0 in turn, whatever its weight.
+    RoundRobin,
+    /// A random worker, chosen in proportion to its weight.
+    Random,
+    /// Smooth weighted round robin, as nginx: shares follow weights, without bursts.
+    Weighted,
+    /// The worker with the fewest in-flight requests relative to its weight.
+    LeastConnections,
+    /// Of two random workers (weighted), the one with fewer in-flight requests per weight.
+    PowerOfTwo,
+}
+
+impl AlgorithmKind {
+    /// Every algorithm a listener may use: the one list that diagnostics print, so a name is
+    /// offered as valid exactly when it parses.
+    pub const ALL: [AlgorithmKind; 5] = [
+        AlgorithmKind::RoundRobin,
+        AlgorithmKind::Random,
+        AlgorithmKind::Weighted,
+        AlgorithmKind::LeastConnections,
+        AlgorithmKind::PowerOfTwo,
+    ];
+
+    /// The name written in `config.toml` (and shown in logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlgorithmKind::RoundRobin => "round_robin",
+            AlgorithmKind::Random => "random",
+            AlgorithmKind::Weighted => "weighted",
+            AlgorithmKind::LeastConnections => "least_connections",
+            AlgorithmKind::PowerOfTwo => "power_of_two",
+        }
+    }
+
+    /// The algorithm called `name` in `config.toml`, if there is one.
+    pub fn from_name(name: &str) -> Option<AlgorithmKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
     }
 }
 
@@ -165,13 +255,15 @@ pub enum HealthCheckKind {
 /// Passive ejection: `[pools.NAME.ejection]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EjectionConfig {
-    /// Consecutive connect failures or 5xx that eject a worker; 0 turns ejection off.
+    /// Consecutive failures (as counted by `on`) that eject a worker; 0 turns ejection off.
     pub consecutive_failures: u32,
     /// The first ejection's length; each repeat adds as much again, up to `max_time`.
     pub base_time: Duration,
     pub max_time: Duration,
     /// At most this percentage of a pool's workers is ejected at once.
     pub max_percent: u32,
+    /// Which failures count toward `consecutive_failures`.
+    pub on: EjectOn,
 }
 
 impl Default for EjectionConfig {
@@ -181,7 +273,36 @@ impl Default for EjectionConfig {
             base_time: Duration::from_secs(10),
             max_time: Duration::from_secs(300),
             max_percent: 50,
+            on: EjectOn::Gateway,
         }
+    }
+}
+
+/// `[pools.NAME.ejection] on`: what counts as a worker's failure for passive ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EjectOn {
+    /// `"gateway"` (the default): only failures that say the worker itself is unreachable or
+    /// broken: connect errors, resets, timeouts, and 502/503/504. A 500 is usually one bad
+    /// request, not a bad worker, so it does not count.
+    Gateway,
+    /// `"5xx"`: any 5xx response, plus everything `Gateway` counts.
+    ServerError,
+}
+
+impl EjectOn {
+    pub const ALL: [EjectOn; 2] = [EjectOn::Gateway, EjectOn::ServerError];
+
+    /// The value written in `config.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EjectOn::Gateway => "gateway",
+            EjectOn::ServerError => "5xx",
+        }
+    }
+
+    /// The value called `name` in `config.toml`, if there is one.
+    pub fn from_name(name: &str) -> Option<EjectOn> {
+        Self::ALL.into_iter().find(|o| o.name() == name)
     }
 }
 
@@ -247,564 +368,13 @@ pub enum ConfigError {
     DatabaseUrlEnv { reason: String },
 }
 
-// The file as written. Kept apart from `Config` so that spans stay here and defaults and
-// validation happen in one place (`Config::parse`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    database: RawDatabase,
-    listeners: Vec<RawListener>,
-    admin: Option<RawAdmin>,
-    #[serde(default)]
-    pools: HashMap<String, RawPool>,
-}
-
-type Dur = Option<Spanned<String>>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPool {
-    connect_timeout: Dur,
-    response_timeout: Dur,
-    idle_timeout: Dur,
-    max_connections: Option<u64>,
-    slow_start: Dur,
-    drain_timeout: Dur,
-    retries: Option<u32>,
-    retry_budget_percent: Option<Spanned<u32>>,
-    health_check: Option<RawHealthCheck>,
-    ejection: Option<RawEjection>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealthCheck {
-    #[serde(rename = "type")]
-    kind: Option<Spanned<String>>,
-    method: Option<Spanned<String>>,
-    path: Option<Spanned<String>>,
-    expect_status: Option<Spanned<u16>>,
-    interval: Dur,
-    timeout: Dur,
-    rise: Option<Spanned<u32>>,
-    fall: Option<Spanned<u32>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEjection {
-    consecutive_failures: Option<u32>,
-    base_time: Dur,
-    max_time: Dur,
-    max_percent: Option<Spanned<u32>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    url: Spanned<String>,
-    cache_path: Option<String>,
-    heartbeat_interval: Dur,
-    anti_entropy_interval: Dur,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    bind: Spanned<String>,
-    protocol: Option<Spanned<String>>,
-    pool: Option<Spanned<String>>,
-    algorithm: Option<Spanned<String>>,
-    max_connections: Option<Spanned<usize>>,
-    header_read_timeout: Dur,
-    max_header_size: Option<Spanned<usize>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    bind: Spanned<String>,
-}
-
-impl Config {
-    /// Reads and validates `path`; `database_url` (from `DATABASE_URL`) overrides the file.
-    pub fn load(path: &Path, database_url: Option<String>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::parse(&path.display().to_string(), &text, database_url)
-    }
-
-    /// Validates the text of a config file; `name` is shown in diagnostics.
-    pub fn parse(
-        name: &str,
-        text: &str,
-        database_url: Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let source = Source { name, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            source.invalid(
-                format!("invalid config: {}", e.message().trim_end()),
-                span,
-                "here",
-                None,
-            )
-        })?;
-
-        let url = match database_url {
-            Some(url) => {
-                tokio_postgres::Config::from_str(&url).map_err(|e| {
-                    ConfigError::DatabaseUrlEnv {
-                        reason: e.to_string(),
-                    }
-                })?;
-                url
-            }
-            None => {
-                let url = &raw.database.url;
-                tokio_postgres::Config::from_str(url.get_ref()).map_err(|e| {
-                    source.invalid(
-                        format!("`database.url` is not a valid PostgreSQL URL: {e}"),
-                        url.span(),
-                        "this URL",
-                        Some("e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\""),
-                    )
-                })?;
-                url.get_ref().clone()
-            }
-        };
-
-        if raw.listeners.is_empty() {
-            return Err(source.invalid(
-                "`listeners` is empty: nothing to serve".into(),
-                0..0,
-                "no [[listeners]] entry",
-                Some(LISTENER_EXAMPLE),
-            ));
-        }
-        let mut listeners = Vec::with_capacity(raw.listeners.len());
-        let mut seen: HashMap<SocketAddr, std::ops::Range<usize>> = HashMap::new();
-        for (i, l) in raw.listeners.iter().enumerate() {
-            let bind = source.bind(&format!("listeners[{i}].bind"), &l.bind)?;
-            // Port 0 asks the OS for any free port: two of them never clash.
-            let clash = if bind.port() == 0 {
-                None
-            } else {
-                seen.insert(bind, l.bind.span())
-            };
-            if let Some(first) = clash {
-                return Err(ConfigError::DuplicateBind {
-                    bind,
-                    src: source.named(),
-                    first: first.into(),
-                    second: l.bind.span().into(),
-                });
-            }
-            let protocol = match l.protocol.as_ref() {
-                None => Protocol::Http,
-                Some(p) => match p.get_ref().as_str() {
-                    "http" => Protocol::Http,
-                    "tcp" => Protocol::Tcp,
-                    other => {
-                        return Err(source.invalid(
-                            format!("`listeners[{i}].protocol` must be \"http\" or \"tcp\", not {other:?}"),
-                            p.span(),
-                            "unknown protocol",
-                            Some("protocol = \"http\" balances each request; \"tcp\" each connection"),
-                        ));
-                    }
-                },
-            };
-            let pool = match l.pool.as_ref() {
-                None => "default".to_string(),
-                Some(p) if p.get_ref().is_empty() || p.get_ref().len() > 200 => {
-                    return Err(source.invalid(
-                        format!("`listeners[{i}].pool` must be 1 to 200 characters"),
-                        p.span(),
-                        "bad pool name",
-                        Some("it names the rows of workers whose `pool` column matches"),
-                    ));
-                }
-                Some(p) => p.get_ref().clone(),
-            };
-            let algorithm = match l.algorithm.as_ref() {
-                None => AlgorithmKind::Weighted,
-                Some(a) => AlgorithmKind::from_name(a.get_ref()).ok_or_else(|| {
-                    source.invalid(
-                        format!(
-                            "`listeners[{i}].algorithm` must be one of {}, not {:?}",
-                            AlgorithmKind::NAMES.join(", "),
-                            a.get_ref()
-                        ),
-                        a.span(),
-                        "unknown algorithm",
-                        Some("weighted (smooth weighted round robin) is the default"),
-                    )
-                })?,
-            };
-            if !algorithm.is_supported() {
-                let a = l
-                    .algorithm
-                    .as_ref()
-                    .expect("only explicit algorithms are unsupported");
-                return Err(source.invalid(
-                    format!(
-                        "`listeners[{i}].algorithm` {:?} is not yet supported",
-                        a.get_ref()
-                    ),
-                    a.span(),
-                    "not yet supported",
-                    Some("use round_robin, random or weighted"),
-                ));
-            }
-            let mut listener = ListenerConfig::new(bind, protocol, &pool, algorithm);
-            let key = |k: &str| format!("listeners[{i}].{k}");
-            listener.max_connections = match &l.max_connections {
-                Some(m) if *m.get_ref() == 0 => {
-                    return Err(source.invalid(
-                        format!(
-                            "`{}` must be at least 1 (leave it out for no limit)",
-                            key("max_connections")
-                        ),
-                        m.span(),
-                        "zero",
-                        None,
-                    ));
-                }
-                m => m.as_ref().map(|m| *m.get_ref()),
-            };
-            listener.header_read_timeout = source.duration(
-                &key("header_read_timeout"),
-                &l.header_read_timeout,
-                listener.header_read_timeout,
-                false,
-            )?;
-            if let Some(m) = &l.max_header_size {
-                // hyper's read buffer cannot be smaller than 8 KiB.
-                if *m.get_ref() < 8192 {
-                    return Err(source.invalid(
-                        format!("`{}` must be at least 8192 bytes", key("max_header_size")),
-                        m.span(),
-                        "too small",
-                        None,
-                    ));
-                }
-                listener.max_header_size = *m.get_ref();
-            }
-            listeners.push(listener);
-        }
-
-        let admin = match &raw.admin {
-            None => None,
-            Some(a) => {
-                let bind = source.bind("admin.bind", &a.bind)?;
-                if let Some(first) = seen.get(&bind) {
-                    return Err(ConfigError::DuplicateBind {
-                        bind,
-                        src: source.named(),
-                        first: first.clone().into(),
-                        second: a.bind.span().into(),
-                    });
-                }
-                Some(AdminConfig { bind })
-            }
-        };
-
-        let mut database = DatabaseConfig::new(url);
-        database.cache_path = raw.database.cache_path.as_ref().map(PathBuf::from);
-        database.heartbeat_interval = source.duration(
-            "database.heartbeat_interval",
-            &raw.database.heartbeat_interval,
-            database.heartbeat_interval,
-            false,
-        )?;
-        database.anti_entropy_interval = source.duration(
-            "database.anti_entropy_interval",
-            &raw.database.anti_entropy_interval,
-            database.anti_entropy_interval,
-            false,
-        )?;
-
-        let mut pools = HashMap::new();
-        for (name, raw) in &raw.pools {
-            pools.insert(name.clone(), source.pool(name, raw)?);
-        }
-
-        Ok(Config {
-            database,
-            listeners,
-            admin,
-            pools,
-        })
-    }
-}
-
-/// Parses "250ms", "5s", "2m" (a positive integer and a unit).
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
-    }
-}
-
-const LISTENER_EXAMPLE: &str = "add one:\n[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"default\"\nalgorithm = \"weighted\"";
-
-/// The file being validated, for building diagnostics.
-struct Source<'a> {
-    name: &'a str,
-    text: &'a str,
-}
-
-impl Source<'_> {
-    fn named(&self) -> NamedSource<String> {
-        NamedSource::new(self.name, self.text.to_string())
-    }
-
-    fn invalid(
-        &self,
-        message: String,
-        span: std::ops::Range<usize>,
-        label: &str,
-        help: Option<&str>,
-    ) -> ConfigError {
-        ConfigError::Invalid {
-            message,
-            src: self.named(),
-            span: span.into(),
-            label: label.to_string(),
-            help: help.map(str::to_string),
-        }
-    }
-
-    /// A duration key: `default` when absent; zero refused unless `zero_ok`.
-    fn duration(
-        &self,
-        key: &str,
-        value: &Dur,
-        default: Duration,
-        zero_ok: bool,
-    ) -> Result<Duration, ConfigError> {
-        let Some(v) = value else {
-            return Ok(default);
-        };
-        parse_duration(v.get_ref())
-            .filter(|d| zero_ok || !d.is_zero())
-            .ok_or_else(|| {
-                self.invalid(
-                    format!(
-                        "`{key}` must be a{} duration such as \"500ms\", \"5s\" or \"1m\", not {:?}",
-                        if zero_ok { "" } else { " non-zero" },
-                        v.get_ref()
-                    ),
-                    v.span(),
-                    "not a duration",
-                    None,
-                )
-            })
-    }
-
-    fn percent(
-        &self,
-        key: &str,
-        value: &Option<Spanned<u32>>,
-        default: u32,
-    ) -> Result<u32, ConfigError> {
-        match value {
-            None => Ok(default),
-            Some(v) if *v.get_ref() <= 100 => Ok(*v.get_ref()),
-            Some(v) => Err(self.invalid(
-                format!("`{key}` is a percentage: 0 to 100"),
-                v.span(),
-                "out of range",
-                None,
-            )),
-        }
-    }
-
-    fn pool(&self, name: &str, raw: &RawPool) -> Result<PoolConfig, ConfigError> {
-        let d = PoolConfig::default();
-        let key = |k: &str| format!("pools.{name}.{k}");
-        let health_check = match &raw.health_check {
-            None => None,
-            Some(h) => Some(self.health_check(&key("health_check"), h)?),
-        };
-        let e = EjectionConfig::default();
-        let ejection = match &raw.ejection {
-            None => e,
-            Some(r) => EjectionConfig {
-                consecutive_failures: r.consecutive_failures.unwrap_or(e.consecutive_failures),
-                base_time: self.duration(
-                    &key("ejection.base_time"),
-                    &r.base_time,
-                    e.base_time,
-                    false,
-                )?,
-                max_time: self.duration(
-                    &key("ejection.max_time"),
-                    &r.max_time,
-                    e.max_time,
-                    false,
-                )?,
-                max_percent: self.percent(
-                    &key("ejection.max_percent"),
-                    &r.max_percent,
-                    e.max_percent,
-                )?,
-            },
-        };
-        Ok(PoolConfig {
-            connect_timeout: self.duration(
-                &key("connect_timeout"),
-                &raw.connect_timeout,
-                d.connect_timeout,
-                false,
-            )?,
-            response_timeout: self.duration(
-                &key("response_timeout"),
-                &raw.response_timeout,
-                d.response_timeout,
-                false,
-            )?,
-            idle_timeout: self.duration(
-                &key("idle_timeout"),
-                &raw.idle_timeout,
-                d.idle_timeout,
-                false,
-            )?,
-            max_connections: raw.max_connections.filter(|m| *m > 0),
-            slow_start: self.duration(&key("slow_start"), &raw.slow_start, d.slow_start, true)?,
-            drain_timeout: self.duration(
-                &key("drain_timeout"),
-                &raw.drain_timeout,
-                d.drain_timeout,
-                true,
-            )?,
-            retries: raw.retries.unwrap_or(d.retries),
-            retry_budget_percent: self.percent(
-                &key("retry_budget_percent"),
-                &raw.retry_budget_percent,
-                d.retry_budget_percent,
-            )?,
-            health_check,
-            ejection,
-        })
-    }
-
-    fn health_check(
-        &self,
-        key: &str,
-        raw: &RawHealthCheck,
-    ) -> Result<HealthCheckConfig, ConfigError> {
-        let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
-            None | Some(("http", _)) => HealthCheckKind::Http {
-                method: match &raw.method {
-                    None => hyper::Method::GET,
-                    Some(m) => hyper::Method::from_bytes(m.get_ref().as_bytes()).map_err(|_| {
-                        self.invalid(
-                            format!("`{key}.method` is not an HTTP method"),
-                            m.span(),
-                            "bad method",
-                            None,
-                        )
-                    })?,
-                },
-                path: match &raw.path {
-                    None => "/".to_string(),
-                    Some(p)
-                        if p.get_ref().starts_with('/')
-                            && p.get_ref().parse::<hyper::Uri>().is_ok() =>
-                    {
-                        p.get_ref().clone()
-                    }
-                    Some(p) => {
-                        return Err(self.invalid(
-                            format!("`{key}.path` must be a path starting with /"),
-                            p.span(),
-                            "bad path",
-                            None,
-                        ));
-                    }
-                },
-                expect_status: match &raw.expect_status {
-                    None => 200,
-                    Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref(),
-                    Some(s) => {
-                        return Err(self.invalid(
-                            format!("`{key}.expect_status` must be an HTTP status, 100 to 599"),
-                            s.span(),
-                            "not a status",
-                            None,
-                        ));
-                    }
-                },
-            },
-            Some(("tcp", _)) => HealthCheckKind::Tcp,
-            Some((other, span)) => {
-                return Err(self.invalid(
-                    format!("`{key}.type` must be \"http\" or \"tcp\", not {other:?}"),
-                    span,
-                    "unknown check",
-                    None,
-                ));
-            }
-        };
-        let count = |k: &str, v: &Option<Spanned<u32>>, default: u32| match v {
-            None => Ok(default),
-            Some(n) if *n.get_ref() >= 1 => Ok(*n.get_ref()),
-            Some(n) => Err(self.invalid(
-                format!("`{key}.{k}` must be at least 1"),
-                n.span(),
-                "zero",
-                None,
-            )),
-        };
-        Ok(HealthCheckConfig {
-            kind,
-            interval: self.duration(
-                &format!("{key}.interval"),
-                &raw.interval,
-                Duration::from_secs(2),
-                false,
-            )?,
-            timeout: self.duration(
-                &format!("{key}.timeout"),
-                &raw.timeout,
-                Duration::from_secs(1),
-                false,
-            )?,
-            rise: count("rise", &raw.rise, 2)?,
-            fall: count("fall", &raw.fall, 3)?,
-        })
-    }
-
-    fn bind(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
-        value.get_ref().parse().map_err(|_| {
-            self.invalid(
-                format!(
-                    "`{key}` must be an IP address and port, not {:?}",
-                    value.get_ref()
-                ),
-                value.span(),
-                "not an address",
-                Some("e.g. \"127.0.0.1:8080\", \"0.0.0.0:80\" or \"[::1]:8080\""),
-            )
-        })
-    }
-}
-
+/// Helpers shared by the unit tests of every file of this module.
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod test_support {
+    use super::{Config, ConfigError};
 
-    const GOOD: &str = r#"
+    /// A valid file, the base that tests break one line of.
+    pub const GOOD: &str = r#"
 [database]
 url = "postgres://postgres@127.0.0.1:5432/load_balancer"
 
@@ -821,12 +391,12 @@ bind = "127.0.0.1:8081"
 bind = "127.0.0.1:9901"
 "#;
 
-    fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse("config.toml", text, None)
     }
 
     /// The 1-based line of the diagnostic's primary span.
-    fn line_of(text: &str, err: &ConfigError) -> usize {
+    pub fn line_of(text: &str, err: &ConfigError) -> usize {
         let offset = match err {
             ConfigError::Invalid { span, .. } => span.offset(),
             ConfigError::DuplicateBind { second, .. } => second.offset(),
@@ -834,6 +404,20 @@ bind = "127.0.0.1:9901"
         };
         text[..offset].matches('\n').count() + 1
     }
+
+    /// The help text of an `Invalid` diagnostic.
+    pub fn help_of(err: &ConfigError) -> &str {
+        match err {
+            ConfigError::Invalid { help, .. } => help.as_deref().unwrap_or(""),
+            other => panic!("not an Invalid diagnostic: {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{GOOD, parse};
+    use super::*;
 
     #[test]
     fn good_config_with_defaults() {
@@ -860,98 +444,6 @@ bind = "127.0.0.1:9901"
     }
 
     #[test]
-    fn unknown_key_points_at_its_line() {
-        let text = GOOD.replace("pool = \"default\"", "pool = \"default\"\nweigth = 3");
-        let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("unknown field `weigth`"), "{e}");
-        assert_eq!(line_of(&text, &e), 9);
-    }
-
-    #[test]
-    fn bad_protocol_algorithm_and_bind() {
-        let text = GOOD.replace("protocol = \"http\"", "protocol = \"udp\"");
-        let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("listeners[0].protocol"), "{e}");
-        assert_eq!(line_of(&text, &e), 7);
-
-        let text = GOOD.replace("algorithm = \"weighted\"", "algorithm = \"fastest\"");
-        let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("listeners[0].algorithm"), "{e}");
-        assert_eq!(line_of(&text, &e), 9);
-
-        let text = GOOD.replace("127.0.0.1:8081", "localhost:http");
-        let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("listeners[1].bind"), "{e}");
-        assert_eq!(line_of(&text, &e), 12);
-
-        let text = GOOD.replace("127.0.0.1:9901", "nowhere");
-        let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("admin.bind"), "{e}");
-    }
-
-    #[test]
-    fn duplicate_bind_points_at_both() {
-        let text = GOOD.replace("127.0.0.1:8081", "127.0.0.1:8080");
-        let e = parse(&text).unwrap_err();
-        assert!(matches!(e, ConfigError::DuplicateBind { .. }), "{e:?}");
-        assert_eq!(line_of(&text, &e), 12);
-        let text = GOOD.replace("127.0.0.1:9901", "127.0.0.1:8081");
-        assert!(matches!(
-            parse(&text).unwrap_err(),
-            ConfigError::DuplicateBind { .. }
-        ));
-    }
-
-    #[test]
-    fn broken_toml_and_missing_parts() {
-        let text = GOOD.replace("[admin]", "[admin");
-        let e = parse(&text).unwrap_err();
-        assert_eq!(line_of(&text, &e), 14);
-
-        let e = parse("[database]\nurl = \"postgres://x@y/z\"\n").unwrap_err();
-        assert!(e.to_string().contains("listeners"), "{e}");
-
-        let e = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
-        assert!(e.to_string().contains("database"), "{e}");
-
-        let text = GOOD.replace("postgres://postgres@127.0.0.1:5432", "postgres://h:port");
-        let e = parse(&text).unwrap_err();
-        assert!(e.to_string().contains("database.url"), "{e}");
-        assert_eq!(line_of(&text, &e), 3);
-    }
-
-    #[test]
-    fn database_tuning_keys() {
-        let text = GOOD.replacen(
-            "[[listeners]]",
-            "cache_path = \"/var/lib/lb/ring.json\"\nheartbeat_interval = \"500ms\"\nanti_entropy_interval = \"1m\"\n\n[[listeners]]",
-            1,
-        );
-        let c = parse(&text).unwrap();
-        assert_eq!(
-            c.database.cache_path.unwrap(),
-            PathBuf::from("/var/lib/lb/ring.json")
-        );
-        assert_eq!(c.database.heartbeat_interval, Duration::from_millis(500));
-        assert_eq!(c.database.anti_entropy_interval, Duration::from_secs(60));
-        assert_eq!(
-            parse(GOOD).unwrap().database.anti_entropy_interval,
-            Duration::from_secs(15)
-        );
-
-        for bad in ["\"5\"", "\"0s\"", "\"soon\"", "\"5h\""] {
-            let text = GOOD.replacen(
-                "[[listeners]]",
-                &format!("heartbeat_interval = {bad}\n[[listeners]]"),
-                1,
-            );
-            let e = parse(&text).unwrap_err();
-            assert!(e.to_string().contains("database.heartbeat_interval"), "{e}");
-            assert_eq!(line_of(&text, &e), 5);
-        }
-    }
-
-    #[test]
     fn missing_file_is_a_read_error() {
         let e = Config::load(Path::new("/nonexistent/config.toml"), None).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
@@ -959,7 +451,26 @@ bind = "127.0.0.1:9901"
 
     #[test]
     fn repo_config_is_valid() {
-        let text = include_str!("../config.toml");
+        let text = include_str!("../../config.toml");
         parse(text).unwrap();
+    }
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for kind in AlgorithmKind::ALL {
+            assert_eq!(AlgorithmKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(AlgorithmKind::from_name("fastest"), None);
+        // Refused (not yet supported), so it must not parse as if it were.
+        assert_eq!(AlgorithmKind::from_name("consistent_hash"), None);
+    }
+
+    #[test]
+    fn eject_on_names_round_trip() {
+        for on in EjectOn::ALL {
+            assert_eq!(EjectOn::from_name(on.name()), Some(on));
+        }
+        assert_eq!(EjectOn::from_name("500"), None);
+        assert_eq!(EjectionConfig::default().on, EjectOn::Gateway);
     }
 }

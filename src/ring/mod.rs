@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use algorithm::{Algorithm, AlgorithmKind, RandomSource, ThreadRandom};
+pub use algorithm::{Algorithm, RandomSource, ThreadRandom, build};
 pub use membership::{Applied, Change, Membership, Row};
 
 use crate::proxy::pool::ConnPool;

@@ -17,8 +17,8 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use load_balancer::config::AlgorithmKind;
 use load_balancer::config::{AdminConfig, Config, DatabaseConfig, ListenerConfig, Protocol};
-use load_balancer::ring::AlgorithmKind;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
