@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use load_balancer::balance::{AlgorithmKind, Balancer, Pick};
-use load_balancer::config::PoolConfig;
+use load_balancer::balance::{Balancer, Pick, build};
+use load_balancer::config::{AlgorithmKind, PoolConfig};
 use load_balancer::ring::{Change, InFlight, Membership, Ring, Row};
 
 fn rows(n: usize) -> Vec<Row> {
@@ -73,7 +73,7 @@ fn picks(c: &mut Criterion) {
         let (ring, _membership) = ring_with(n);
         for &kind in kinds {
             let balancer =
-                Balancer::new(ring.clone(), "default", kind.build(), PoolConfig::default());
+                Balancer::new(ring.clone(), "default", build(kind), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
                 b.iter(|| black_box(balancer.pick(&[])))
             });
@@ -91,7 +91,7 @@ fn picks_in_flight(c: &mut Criterion) {
         let (ring, _membership) = ring_with(n);
         for kind in [AlgorithmKind::RoundRobin, AlgorithmKind::Weighted] {
             let balancer =
-                Balancer::new(ring.clone(), "default", kind.build(), PoolConfig::default());
+                Balancer::new(ring.clone(), "default", build(kind), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
                 b.iter(|| match balancer.pick(&[]) {
                     Pick::Worker(w) => black_box(InFlight::new(w)),
@@ -127,7 +127,7 @@ fn picks_while_publishing(c: &mut Criterion) {
         };
         for kind in [AlgorithmKind::RoundRobin, AlgorithmKind::Weighted] {
             let balancer =
-                Balancer::new(ring.clone(), "default", kind.build(), PoolConfig::default());
+                Balancer::new(ring.clone(), "default", build(kind), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
                 b.iter(|| black_box(balancer.pick(&[])))
             });

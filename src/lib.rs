@@ -150,7 +150,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let balancer = Balancer::new(
             ring.clone(),
             &l.pool,
-            l.algorithm.build(),
+            balance::build(l.algorithm),
             config.pool(&l.pool),
         );
         match l.protocol {

@@ -89,6 +89,21 @@ fn config_errors_name_the_key_and_line() {
 }
 
 #[test]
+fn misspelt_pool_table_is_refused_with_a_suggestion() {
+    // Ignored before: its health check never ran, and nothing said so.
+    let text = GOOD.to_string() + "\n[pools.defualt.health_check]\npath = \"/healthz\"\n";
+    assert_config_error(&text, "[pools.defualt]", 13);
+    let stderr = String::from_utf8_lossy(&run(&text).stderr).into_owned();
+    assert!(stderr.contains("did you mean `default`?"), "{stderr}");
+}
+
+#[test]
+fn consistent_hash_is_refused_as_not_supported_yet() {
+    let text = GOOD.replace("\"weighted\"", "\"consistent_hash\"");
+    assert_config_error(&text, "is not supported yet", 8);
+}
+
+#[test]
 fn missing_config_file_is_reported() {
     let out = Command::new(env!("CARGO_BIN_EXE_load_balancer"))
         .args(["--config", "/nonexistent/lb.toml"])

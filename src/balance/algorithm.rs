@@ -8,68 +8,17 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::AlgorithmKind;
 use crate::ring::{Pool, Slot};
 
-/// The `algorithm` key of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlgorithmKind {
-    /// Each worker with weight > 0 in turn, whatever its weight.
-    RoundRobin,
-    /// A random worker, chosen in proportion to its weight.
-    Random,
-    /// Smooth weighted round robin, as nginx: shares follow weights, without bursts.
-    Weighted,
-    /// The worker with the fewest in-flight requests relative to its weight.
-    LeastConnections,
-    /// Of two random workers (weighted), the one with fewer in-flight requests per weight.
-    PowerOfTwo,
-    /// Not built yet: the config refuses it with "not yet supported".
-    ConsistentHash,
-}
-
-impl AlgorithmKind {
-    pub const NAMES: [&'static str; 6] = [
-        "round_robin",
-        "random",
-        "weighted",
-        "least_connections",
-        "power_of_two",
-        "consistent_hash",
-    ];
-    const ALL: [AlgorithmKind; 6] = [
-        AlgorithmKind::RoundRobin,
-        AlgorithmKind::Random,
-        AlgorithmKind::Weighted,
-        AlgorithmKind::LeastConnections,
-        AlgorithmKind::PowerOfTwo,
-        AlgorithmKind::ConsistentHash,
-    ];
-
-    pub fn from_name(name: &str) -> Option<AlgorithmKind> {
-        Self::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map(|i| Self::ALL[i])
-    }
-
-    pub fn name(self) -> &'static str {
-        Self::NAMES[Self::ALL.iter().position(|k| *k == self).expect("listed")]
-    }
-
-    pub fn is_supported(self) -> bool {
-        self != AlgorithmKind::ConsistentHash
-    }
-
-    /// A fresh selector of this kind, drawing randomness from the thread-local generator.
-    pub fn build(self) -> Box<dyn Algorithm> {
-        match self {
-            AlgorithmKind::RoundRobin => Box::new(RoundRobin::default()),
-            AlgorithmKind::Random => Box::new(Random(ThreadRandom)),
-            AlgorithmKind::Weighted => Box::new(Weighted::default()),
-            AlgorithmKind::LeastConnections => Box::new(LeastConnections::default()),
-            AlgorithmKind::PowerOfTwo => Box::new(PowerOfTwo(ThreadRandom)),
-            AlgorithmKind::ConsistentHash => unreachable!("refused by config validation"),
-        }
+/// A fresh selector of `kind`, drawing randomness from the thread-local generator.
+pub fn build(kind: AlgorithmKind) -> Box<dyn Algorithm> {
+    match kind {
+        AlgorithmKind::RoundRobin => Box::new(RoundRobin::default()),
+        AlgorithmKind::Random => Box::new(Random(ThreadRandom)),
+        AlgorithmKind::Weighted => Box::new(Weighted::default()),
+        AlgorithmKind::LeastConnections => Box::new(LeastConnections::default()),
+        AlgorithmKind::PowerOfTwo => Box::new(PowerOfTwo(ThreadRandom)),
     }
 }
 
@@ -247,14 +196,6 @@ mod tests {
     }
 
     #[test]
-    fn names_round_trip() {
-        for name in AlgorithmKind::NAMES {
-            assert_eq!(AlgorithmKind::from_name(name).unwrap().name(), name);
-        }
-        assert_eq!(AlgorithmKind::from_name("fastest"), None);
-    }
-
-    #[test]
     fn round_robin_rotates_and_skips_drained() {
         let p = pool(&[5, 0, 1]);
         assert_eq!(ids(&RoundRobin::default(), &p, 4), vec![1, 3, 1, 3]);
@@ -281,8 +222,8 @@ mod tests {
         let drained = pool(&[0, 0]);
         let empty = pool(&[]);
         let one = pool(&[0, 4]);
-        for kind in AlgorithmKind::ALL.into_iter().filter(|k| k.is_supported()) {
-            let alg = kind.build();
+        for kind in AlgorithmKind::ALL {
+            let alg = build(kind);
             assert!(alg.pick(&drained).is_none(), "{kind:?}");
             assert!(alg.pick(&empty).is_none(), "{kind:?}");
             for _ in 0..50 {

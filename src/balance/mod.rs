@@ -15,7 +15,7 @@ pub mod health;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use algorithm::{Algorithm, AlgorithmKind, RandomSource, ThreadRandom};
+pub use algorithm::{Algorithm, RandomSource, ThreadRandom, build};
 pub use attempts::{Attempts, NoWorker, RetryBudget};
 pub use availability::Outcome;
 
@@ -230,7 +230,7 @@ mod tests {
         let ring = Ring::new(&["p".into()]);
         let mut m = Membership::new(ring.clone());
         m.reset((1..=n).map(|id| row(id, 1)).collect());
-        let b = Balancer::new(ring, "p", AlgorithmKind::Weighted.build(), settings);
+        let b = Balancer::new(ring, "p", build(crate::config::AlgorithmKind::Weighted), settings);
         (b, m)
     }
 

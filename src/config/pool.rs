@@ -1,0 +1,304 @@
+//! `[pools.NAME]` and its sub-tables, `health_check` and `ejection`: how a pool's workers
+//! are reached and judged. Whether a listener serves the pool is checked once every section
+//! is read (`Source::served_pools`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawEjection, RawHealthCheck, RawPool};
+use super::source::Source;
+use super::{ConfigError, EjectOn, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig};
+
+impl Source<'_> {
+    /// Every `[pools.NAME]` table, in file order, so that of two bad tables the first one
+    /// written is the one reported.
+    pub fn pools(
+        &self,
+        raw: &HashMap<Spanned<String>, RawPool>,
+    ) -> Result<HashMap<String, PoolConfig>, ConfigError> {
+        let mut tables: Vec<_> = raw.iter().collect();
+        tables.sort_by_key(|(name, _)| name.span().start);
+        let mut pools = HashMap::with_capacity(tables.len());
+        for (name, raw) in tables {
+            pools.insert(name.get_ref().clone(), self.pool(name.get_ref(), raw)?);
+        }
+        Ok(pools)
+    }
+
+    fn pool(&self, name: &str, raw: &RawPool) -> Result<PoolConfig, ConfigError> {
+        let d = PoolConfig::default();
+        let key = |k: &str| format!("pools.{name}.{k}");
+        let health_check = match &raw.health_check {
+            None => None,
+            Some(h) => Some(self.health_check(&key("health_check"), h)?),
+        };
+        let ejection = match &raw.ejection {
+            None => EjectionConfig::default(),
+            Some(e) => self.ejection(&key("ejection"), e)?,
+        };
+        Ok(PoolConfig {
+            connect_timeout: self.duration(
+                &key("connect_timeout"),
+                &raw.connect_timeout,
+                d.connect_timeout,
+                false,
+            )?,
+            response_timeout: self.duration(
+                &key("response_timeout"),
+                &raw.response_timeout,
+                d.response_timeout,
+                false,
+            )?,
+            idle_timeout: self.duration(
+                &key("idle_timeout"),
+                &raw.idle_timeout,
+                d.idle_timeout,
+                false,
+            )?,
+            max_connections: raw.max_connections.filter(|m| *m > 0),
+            slow_start: self.duration(&key("slow_start"), &raw.slow_start, d.slow_start, true)?,
+            drain_timeout: self.duration(
+                &key("drain_timeout"),
+                &raw.drain_timeout,
+                d.drain_timeout,
+                true,
+            )?,
+            retries: raw.retries.unwrap_or(d.retries),
+            retry_budget_percent: self.percent(
+                &key("retry_budget_percent"),
+                &raw.retry_budget_percent,
+                d.retry_budget_percent,
+            )?,
+            health_check,
+            ejection,
+        })
+    }
+
+    /// `[pools.NAME.ejection]`; `key` is `pools.NAME.ejection`.
+    fn ejection(&self, key: &str, raw: &RawEjection) -> Result<EjectionConfig, ConfigError> {
+        let d = EjectionConfig::default();
+        let on = match &raw.on {
+            None => d.on,
+            Some(on) => EjectOn::from_name(on.get_ref()).ok_or_else(|| {
+                let names: Vec<String> = EjectOn::ALL.map(|o| format!("{:?}", o.name())).into();
+                self.invalid(
+                    format!(
+                        "`{key}.on` must be {}, not {:?}",
+                        names.join(" or "),
+                        on.get_ref()
+                    ),
+                    on.span(),
+                    "unknown failure kind",
+                    Some(
+                        "\"gateway\" (default) counts connect errors, resets, timeouts and \
+                         502/503/504; \"5xx\" also counts every other 5xx",
+                    ),
+                )
+            })?,
+        };
+        Ok(EjectionConfig {
+            consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
+            base_time: self.duration(
+                &format!("{key}.base_time"),
+                &raw.base_time,
+                d.base_time,
+                false,
+            )?,
+            max_time: self.duration(
+                &format!("{key}.max_time"),
+                &raw.max_time,
+                d.max_time,
+                false,
+            )?,
+            max_percent: self.percent(
+                &format!("{key}.max_percent"),
+                &raw.max_percent,
+                d.max_percent,
+            )?,
+            on,
+        })
+    }
+
+    /// `[pools.NAME.health_check]`; `key` is `pools.NAME.health_check`.
+    fn health_check(
+        &self,
+        key: &str,
+        raw: &RawHealthCheck,
+    ) -> Result<HealthCheckConfig, ConfigError> {
+        let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("http", _)) => self.http_check(key, raw)?,
+            Some(("tcp", _)) => HealthCheckKind::Tcp,
+            Some((other, span)) => {
+                return Err(self.invalid(
+                    format!("`{key}.type` must be \"http\" or \"tcp\", not {other:?}"),
+                    span,
+                    "unknown check",
+                    None,
+                ));
+            }
+        };
+        let count = |k: &str, v: &Option<Spanned<u32>>, default: u32| match v {
+            None => Ok(default),
+            Some(n) if *n.get_ref() >= 1 => Ok(*n.get_ref()),
+            Some(n) => Err(self.invalid(
+                format!("`{key}.{k}` must be at least 1"),
+                n.span(),
+                "zero",
+                None,
+            )),
+        };
+        Ok(HealthCheckConfig {
+            kind,
+            interval: self.duration(
+                &format!("{key}.interval"),
+                &raw.interval,
+                Duration::from_secs(2),
+                false,
+            )?,
+            timeout: self.duration(
+                &format!("{key}.timeout"),
+                &raw.timeout,
+                Duration::from_secs(1),
+                false,
+            )?,
+            rise: count("rise", &raw.rise, 2)?,
+            fall: count("fall", &raw.fall, 3)?,
+        })
+    }
+
+    /// The request of an HTTP health check: `method`, `path`, `expect_status`.
+    fn http_check(&self, key: &str, raw: &RawHealthCheck) -> Result<HealthCheckKind, ConfigError> {
+        let method = match &raw.method {
+            None => hyper::Method::GET,
+            Some(m) => hyper::Method::from_bytes(m.get_ref().as_bytes()).map_err(|_| {
+                self.invalid(
+                    format!("`{key}.method` is not an HTTP method"),
+                    m.span(),
+                    "bad method",
+                    None,
+                )
+            })?,
+        };
+        let path = match &raw.path {
+            None => "/".to_string(),
+            Some(p)
+                if p.get_ref().starts_with('/') && p.get_ref().parse::<hyper::Uri>().is_ok() =>
+            {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                return Err(self.invalid(
+                    format!("`{key}.path` must be a path starting with /"),
+                    p.span(),
+                    "bad path",
+                    None,
+                ));
+            }
+        };
+        let expect_status = match &raw.expect_status {
+            None => 200,
+            Some(s) if (100..=599).contains(s.get_ref()) => *s.get_ref(),
+            Some(s) => {
+                return Err(self.invalid(
+                    format!("`{key}.expect_status` must be an HTTP status, 100 to 599"),
+                    s.span(),
+                    "not a status",
+                    None,
+                ));
+            }
+        };
+        Ok(HealthCheckKind::Http {
+            method,
+            path,
+            expect_status,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{GOOD, line_of, parse};
+    use super::*;
+
+    /// GOOD with a `[pools.default]` section appended (line 17 onwards).
+    fn with_pool(section: &str) -> String {
+        format!("{GOOD}\n[pools.default]\n{section}")
+    }
+
+    #[test]
+    fn pool_keys_and_defaults() {
+        let text = with_pool(
+            "connect_timeout = \"1s\"\nslow_start = \"0s\"\nmax_connections = 0\n\
+             [pools.default.health_check]\ntype = \"tcp\"\nrise = 1\n\
+             [pools.default.ejection]\non = \"5xx\"\nmax_time = \"1h\"\n",
+        );
+        let c = parse(&text).unwrap();
+        let p = c.pool("default");
+        assert_eq!(p.connect_timeout, Duration::from_secs(1));
+        assert_eq!(p.max_connections, None);
+        assert_eq!(p.response_timeout, PoolConfig::default().response_timeout);
+        let h = p.health_check.unwrap();
+        assert_eq!((h.kind, h.rise, h.fall), (HealthCheckKind::Tcp, 1, 3));
+        assert_eq!(p.ejection.on, EjectOn::ServerError);
+        assert_eq!(p.ejection.max_time, Duration::from_secs(3600));
+        assert_eq!(p.ejection.consecutive_failures, 5);
+        // A pool without a table, and an ejection table without `on`: the defaults.
+        assert_eq!(c.pool("other"), PoolConfig::default());
+        let c = parse(&with_pool("[pools.default.ejection]\nmax_percent = 10\n")).unwrap();
+        assert_eq!(c.pool("default").ejection.on, EjectOn::Gateway);
+    }
+
+    #[test]
+    fn bad_pool_values_point_at_their_line() {
+        for (section, key, line) in [
+            (
+                "connect_timeout = \"0s\"\n",
+                "pools.default.connect_timeout",
+                18,
+            ),
+            (
+                "retry_budget_percent = 101\n",
+                "pools.default.retry_budget_percent",
+                18,
+            ),
+            (
+                "[pools.default.health_check]\npath = \"health\"\n",
+                "pools.default.health_check.path",
+                19,
+            ),
+            (
+                "[pools.default.health_check]\ntype = \"grpc\"\n",
+                "pools.default.health_check.type",
+                19,
+            ),
+            (
+                "[pools.default.health_check]\nfall = 0\n",
+                "pools.default.health_check.fall",
+                19,
+            ),
+            (
+                "[pools.default.ejection]\nmax_percent = 200\n",
+                "pools.default.ejection.max_percent",
+                19,
+            ),
+        ] {
+            let text = with_pool(section);
+            let e = parse(&text).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+            assert_eq!(line_of(&text, &e), line, "{e}");
+        }
+    }
+
+    #[test]
+    fn unknown_ejection_on_lists_both_values() {
+        let text = with_pool("[pools.default.ejection]\non = \"500\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`pools.default.ejection.on` must be \"gateway\" or \"5xx\", not \"500\""
+        );
+        assert_eq!(line_of(&text, &e), 19);
+    }
+}

@@ -1,0 +1,492 @@
+//! The sections of `config.toml` other than `[pools]` (see `pool.rs`), one function each, and
+//! the checks across sections. Each turns the file as written (`raw.rs`) into validated
+//! types, with the defaults filled in, or refuses it with a diagnostic at the offending line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use toml::Spanned;
+
+use super::raw::{RawAdmin, RawConfig, RawDatabase, RawListener};
+use super::source::{Source, by_closeness};
+use super::{
+    AdminConfig, AlgorithmKind, Config, ConfigError, DatabaseConfig, ListenerConfig, Protocol,
+};
+
+const LISTENER_EXAMPLE: &str = "add one:\n[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"default\"\nalgorithm = \"weighted\"";
+
+/// Algorithms the contract names but that are not built yet. They get their own "not
+/// supported yet" refusal, and are never listed among the valid names (those come from
+/// [`AlgorithmKind::ALL`] alone).
+const PLANNED_ALGORITHMS: [&str; 1] = ["consistent_hash"];
+
+impl Source<'_> {
+    /// The TOML itself: syntax, types, unknown keys and missing required keys.
+    pub fn toml(&self) -> Result<RawConfig, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
+            self.invalid(
+                format!("invalid config: {}", e.message().trim_end()),
+                e.span().unwrap_or(0..0),
+                "here",
+                None,
+            )
+        })
+    }
+
+    /// `[database]`; `env_url` (from `DATABASE_URL`) replaces `url` when set.
+    pub fn database(
+        &self,
+        raw: &RawDatabase,
+        env_url: Option<String>,
+    ) -> Result<DatabaseConfig, ConfigError> {
+        let url = match env_url {
+            Some(url) => {
+                tokio_postgres::Config::from_str(&url).map_err(|e| {
+                    ConfigError::DatabaseUrlEnv {
+                        reason: e.to_string(),
+                    }
+                })?;
+                url
+            }
+            None => {
+                tokio_postgres::Config::from_str(raw.url.get_ref()).map_err(|e| {
+                    self.invalid(
+                        format!("`database.url` is not a valid PostgreSQL URL: {e}"),
+                        raw.url.span(),
+                        "this URL",
+                        Some("e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\""),
+                    )
+                })?;
+                raw.url.get_ref().clone()
+            }
+        };
+        let mut database = DatabaseConfig::new(url);
+        database.cache_path = raw.cache_path.as_ref().map(PathBuf::from);
+        database.heartbeat_interval = self.duration(
+            "database.heartbeat_interval",
+            &raw.heartbeat_interval,
+            database.heartbeat_interval,
+            false,
+        )?;
+        database.anti_entropy_interval = self.duration(
+            "database.anti_entropy_interval",
+            &raw.anti_entropy_interval,
+            database.anti_entropy_interval,
+            false,
+        )?;
+        Ok(database)
+    }
+
+    /// `[[listeners]]`: at least one, each checked on its own (addresses bound twice are a
+    /// cross-check, [`Source::distinct_binds`]).
+    pub fn listeners(&self, raw: &[RawListener]) -> Result<Vec<ListenerConfig>, ConfigError> {
+        if raw.is_empty() {
+            return Err(self.invalid(
+                "`listeners` is empty: nothing to serve".into(),
+                0..0,
+                "no [[listeners]] entry",
+                Some(LISTENER_EXAMPLE),
+            ));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, l)| self.listener(&format!("listeners[{i}]"), l))
+            .collect()
+    }
+
+    /// One `[[listeners]]` entry; `key` is `listeners[i]`.
+    fn listener(&self, key: &str, raw: &RawListener) -> Result<ListenerConfig, ConfigError> {
+        let key = |k: &str| format!("{key}.{k}");
+        let bind = self.bind(&key("bind"), &raw.bind)?;
+        let protocol = self.protocol(&key("protocol"), &raw.protocol)?;
+        let pool = match raw.pool.as_ref() {
+            None => "default".to_string(),
+            Some(p) if p.get_ref().is_empty() || p.get_ref().len() > 200 => {
+                return Err(self.invalid(
+                    format!("`{}` must be 1 to 200 characters", key("pool")),
+                    p.span(),
+                    "bad pool name",
+                    Some("it names the rows of workers whose `pool` column matches"),
+                ));
+            }
+            Some(p) => p.get_ref().clone(),
+        };
+        let algorithm = self.algorithm(&key("algorithm"), &raw.algorithm)?;
+        let mut listener = ListenerConfig::new(bind, protocol, &pool, algorithm);
+
+        listener.max_connections = match &raw.max_connections {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.invalid(
+                    format!(
+                        "`{}` must be at least 1 (leave it out for no limit)",
+                        key("max_connections")
+                    ),
+                    m.span(),
+                    "zero",
+                    None,
+                ));
+            }
+            m => m.as_ref().map(|m| *m.get_ref()),
+        };
+        listener.header_read_timeout = self.duration(
+            &key("header_read_timeout"),
+            &raw.header_read_timeout,
+            listener.header_read_timeout,
+            false,
+        )?;
+        if let Some(m) = &raw.max_header_size {
+            // hyper's read buffer cannot be smaller than 8 KiB.
+            if *m.get_ref() < 8192 {
+                return Err(self.invalid(
+                    format!("`{}` must be at least 8192 bytes", key("max_header_size")),
+                    m.span(),
+                    "too small",
+                    None,
+                ));
+            }
+            listener.max_header_size = *m.get_ref();
+        }
+        if let (Protocol::Http, Some(t)) = (protocol, &raw.idle_timeout) {
+            // Accepting it would suggest it does something: on HTTP the idle keep-alive
+            // client is already bounded by header_read_timeout.
+            return Err(self.invalid(
+                format!("`{}` applies to tcp listeners only", key("idle_timeout")),
+                t.span(),
+                "on an http listener",
+                Some(
+                    "an HTTP client's idle keep-alive connection is closed after \
+                     `header_read_timeout`; set that instead",
+                ),
+            ));
+        }
+        listener.idle_timeout = self.duration(
+            &key("idle_timeout"),
+            &raw.idle_timeout,
+            listener.idle_timeout,
+            false,
+        )?;
+        Ok(listener)
+    }
+
+    fn protocol(&self, key: &str, raw: &Option<Spanned<String>>) -> Result<Protocol, ConfigError> {
+        let Some(p) = raw else {
+            return Ok(Protocol::Http);
+        };
+        match p.get_ref().as_str() {
+            "http" => Ok(Protocol::Http),
+            "tcp" => Ok(Protocol::Tcp),
+            other => Err(self.invalid(
+                format!("`{key}` must be \"http\" or \"tcp\", not {other:?}"),
+                p.span(),
+                "unknown protocol",
+                Some("protocol = \"http\" balances each request; \"tcp\" each connection"),
+            )),
+        }
+    }
+
+    fn algorithm(
+        &self,
+        key: &str,
+        raw: &Option<Spanned<String>>,
+    ) -> Result<AlgorithmKind, ConfigError> {
+        let Some(a) = raw else {
+            return Ok(AlgorithmKind::Weighted);
+        };
+        if let Some(kind) = AlgorithmKind::from_name(a.get_ref()) {
+            return Ok(kind);
+        }
+        let valid = AlgorithmKind::ALL.map(AlgorithmKind::name).join(", ");
+        Err(if PLANNED_ALGORITHMS.contains(&a.get_ref().as_str()) {
+            self.invalid(
+                format!("`{key}` {:?} is not supported yet", a.get_ref()),
+                a.span(),
+                "not supported yet",
+                Some(&format!("choose one of {valid}")),
+            )
+        } else {
+            self.invalid(
+                format!("`{key}` must be one of {valid}, not {:?}", a.get_ref()),
+                a.span(),
+                "unknown algorithm",
+                Some("weighted (smooth weighted round robin) is the default"),
+            )
+        })
+    }
+
+    /// `[admin]`, optional.
+    pub fn admin(&self, raw: Option<&RawAdmin>) -> Result<Option<AdminConfig>, ConfigError> {
+        raw.map(|a| {
+            Ok(AdminConfig {
+                bind: self.bind("admin.bind", &a.bind)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// No address is bound twice, by two listeners or by a listener and the admin endpoint.
+    pub fn distinct_binds(&self, raw: &RawConfig, config: &Config) -> Result<(), ConfigError> {
+        let listeners = raw.listeners.iter().zip(&config.listeners);
+        let admin = raw.admin.iter().zip(&config.admin);
+        let binds = listeners
+            .map(|(r, l)| (l.bind, r.bind.span()))
+            .chain(admin.map(|(r, a)| (a.bind, r.bind.span())));
+        let mut seen: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+        for (bind, span) in binds {
+            // Port 0 asks the OS for any free port: two of them never clash.
+            if bind.port() == 0 {
+                continue;
+            }
+            if let Some(first) = seen.insert(bind, span.clone()) {
+                return Err(ConfigError::DuplicateBind {
+                    bind,
+                    src: self.named(),
+                    first: first.into(),
+                    second: span.into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `[pools.NAME]` table names a pool some listener serves. A misspelt table would
+    /// otherwise be ignored without a word (its health checks never run, its timeouts never
+    /// apply), which is worse than refusing to start.
+    pub fn served_pools(&self, raw: &RawConfig, config: &Config) -> Result<(), ConfigError> {
+        let mut served: Vec<&str> = Vec::new();
+        for l in &config.listeners {
+            if !served.contains(&l.pool.as_str()) {
+                served.push(&l.pool);
+            }
+        }
+        let mut unserved: Vec<&Spanned<String>> = raw
+            .pools
+            .keys()
+            .filter(|name| !served.contains(&name.get_ref().as_str()))
+            .collect();
+        // The first one written is the one reported.
+        unserved.sort_by_key(|name| name.span().start);
+        let Some(name) = unserved.first() else {
+            return Ok(());
+        };
+        let (ranked, near) = by_closeness(name.get_ref(), &served);
+        let listed = ranked.join(", ");
+        let help = if near {
+            format!("did you mean `{}`? served pools: {listed}", ranked[0])
+        } else {
+            format!(
+                "served pools: {listed}; to serve this one, set `pool = {:?}` on a [[listeners]] entry",
+                name.get_ref()
+            )
+        };
+        Err(self.invalid(
+            format!(
+                "`[pools.{}]` configures a pool that no listener serves",
+                name.get_ref()
+            ),
+            name.span(),
+            "no [[listeners]] entry has this pool",
+            Some(&help),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::test_support::{GOOD, help_of, line_of, parse};
+    use super::*;
+
+    #[test]
+    fn unknown_key_points_at_its_line() {
+        let text = GOOD.replace("pool = \"default\"", "pool = \"default\"\nweigth = 3");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("unknown field `weigth`"), "{e}");
+        assert_eq!(line_of(&text, &e), 9);
+    }
+
+    #[test]
+    fn bad_protocol_algorithm_and_bind() {
+        let text = GOOD.replace("protocol = \"http\"", "protocol = \"udp\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].protocol"), "{e}");
+        assert_eq!(line_of(&text, &e), 7);
+
+        let text = GOOD.replace("algorithm = \"weighted\"", "algorithm = \"fastest\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].algorithm"), "{e}");
+        assert_eq!(line_of(&text, &e), 9);
+
+        let text = GOOD.replace("127.0.0.1:8081", "localhost:http");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[1].bind"), "{e}");
+        assert_eq!(line_of(&text, &e), 12);
+
+        let text = GOOD.replace("127.0.0.1:9901", "nowhere");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("admin.bind"), "{e}");
+    }
+
+    #[test]
+    fn unknown_algorithm_lists_exactly_the_buildable_ones() {
+        let text = GOOD.replace("algorithm = \"weighted\"", "algorithm = \"fastest\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`listeners[0].algorithm` must be one of round_robin, random, weighted, \
+             least_connections, power_of_two, not \"fastest\""
+        );
+        assert!(!e.to_string().contains("consistent_hash"), "{e}");
+    }
+
+    #[test]
+    fn consistent_hash_is_not_supported_yet() {
+        let text = GOOD.replace(
+            "algorithm = \"weighted\"",
+            "algorithm = \"consistent_hash\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`listeners[0].algorithm` \"consistent_hash\" is not supported yet"
+        );
+        assert_eq!(line_of(&text, &e), 9);
+        assert_eq!(
+            help_of(&e),
+            "choose one of round_robin, random, weighted, least_connections, power_of_two"
+        );
+    }
+
+    #[test]
+    fn duplicate_bind_points_at_both() {
+        let text = GOOD.replace("127.0.0.1:8081", "127.0.0.1:8080");
+        let e = parse(&text).unwrap_err();
+        assert!(matches!(e, ConfigError::DuplicateBind { .. }), "{e:?}");
+        assert_eq!(line_of(&text, &e), 12);
+        let text = GOOD.replace("127.0.0.1:9901", "127.0.0.1:8081");
+        let e = parse(&text).unwrap_err();
+        assert!(matches!(e, ConfigError::DuplicateBind { .. }), "{e:?}");
+        assert_eq!(line_of(&text, &e), 15);
+        // Port 0 is "any free port": never a clash.
+        let text = GOOD.replace(":8080", ":0").replace(":8081", ":0");
+        parse(&text).unwrap();
+    }
+
+    #[test]
+    fn broken_toml_and_missing_parts() {
+        let text = GOOD.replace("[admin]", "[admin");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(line_of(&text, &e), 14);
+
+        let e = parse("[database]\nurl = \"postgres://x@y/z\"\n").unwrap_err();
+        assert!(e.to_string().contains("listeners"), "{e}");
+
+        let e = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("database"), "{e}");
+
+        let text = GOOD.replace("postgres://postgres@127.0.0.1:5432", "postgres://h:port");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("database.url"), "{e}");
+        assert_eq!(line_of(&text, &e), 3);
+    }
+
+    #[test]
+    fn database_tuning_keys() {
+        let text = GOOD.replacen(
+            "[[listeners]]",
+            "cache_path = \"/var/lib/lb/ring.json\"\nheartbeat_interval = \"500ms\"\nanti_entropy_interval = \"1m\"\n\n[[listeners]]",
+            1,
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.database.cache_path.unwrap(),
+            PathBuf::from("/var/lib/lb/ring.json")
+        );
+        assert_eq!(c.database.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.database.anti_entropy_interval, Duration::from_secs(60));
+        assert_eq!(
+            parse(GOOD).unwrap().database.anti_entropy_interval,
+            Duration::from_secs(15)
+        );
+
+        for bad in ["\"5\"", "\"0s\"", "\"soon\"", "\"5d\""] {
+            let text = GOOD.replacen(
+                "[[listeners]]",
+                &format!("heartbeat_interval = {bad}\n[[listeners]]"),
+                1,
+            );
+            let e = parse(&text).unwrap_err();
+            assert!(e.to_string().contains("database.heartbeat_interval"), "{e}");
+            assert_eq!(line_of(&text, &e), 5);
+        }
+    }
+
+    #[test]
+    fn tcp_idle_timeout_defaults_to_an_hour() {
+        let text = GOOD.replace("protocol = \"http\"", "protocol = \"tcp\"");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.listeners[0].idle_timeout, Duration::from_secs(3600));
+
+        let text = text.replace(
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nidle_timeout = \"90s\"",
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.listeners[0].idle_timeout, Duration::from_secs(90));
+
+        let text = text.replace("\"90s\"", "\"0s\"");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("listeners[0].idle_timeout"), "{e}");
+        assert_eq!(line_of(&text, &e), 8);
+    }
+
+    #[test]
+    fn idle_timeout_is_refused_on_http_listeners() {
+        // Listener 1 has no `protocol`: http by default, refused too.
+        let text = GOOD.replace(
+            "bind = \"127.0.0.1:8081\"",
+            "bind = \"127.0.0.1:8081\"\nidle_timeout = \"5m\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`listeners[1].idle_timeout` applies to tcp listeners only"
+        );
+        assert_eq!(line_of(&text, &e), 13);
+        assert!(help_of(&e).contains("header_read_timeout"), "{e:?}");
+    }
+
+    #[test]
+    fn unserved_pool_table_is_refused_with_a_suggestion() {
+        let text = GOOD.replace(
+            "[[listeners]]\nbind = \"127.0.0.1:8081\"",
+            "[[listeners]]\nbind = \"127.0.0.1:8081\"\npool = \"api\"",
+        ) + "\n[pools.api]\nretries = 1\n\n[pools.defualt.health_check]\npath = \"/healthz\"\n";
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`[pools.defualt]` configures a pool that no listener serves"
+        );
+        assert_eq!(line_of(&text, &e), 21);
+        assert_eq!(
+            help_of(&e),
+            "did you mean `default`? served pools: default, api"
+        );
+
+        // Nothing close: no guess, but the served pools and how to serve this one.
+        let text = GOOD.to_string() + "\n[pools.batch]\nretries = 0\n";
+        let e = parse(&text).unwrap_err();
+        assert_eq!(line_of(&text, &e), 17);
+        assert_eq!(
+            help_of(&e),
+            "served pools: default; to serve this one, set `pool = \"batch\"` on a [[listeners]] entry"
+        );
+
+        // The pool of a listener without a `pool` key is "default", and is served.
+        let text = GOOD.to_string() + "\n[pools.default]\nretries = 0\n";
+        assert_eq!(parse(&text).unwrap().pool("default").retries, 0);
+    }
+}
