@@ -24,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use config::{Config, Protocol};
-use db::listener::Timing;
-use db::{Db, Listener, ListenerError, SyncStatus};
+use db::subscriber::Timing;
+use db::{Db, Subscriber, SubscriberError, SyncStatus};
 use proxy::http::HttpProxy;
 use proxy::tcp::TcpProxy;
 use proxy::{Balancer, ClientLimits};
@@ -49,13 +49,13 @@ pub enum StartError {
     Database(#[from] db::StartupError),
     #[error("cannot read the workers table: {0}")]
     #[diagnostic(code(startup::sync))]
-    Sync(#[source] ListenerError),
+    Sync(#[source] SubscriberError),
 }
 
 /// A started proxy: its bound addresses and the handles to stop it.
 pub struct Running {
     pub ring: Arc<Ring>,
-    /// The listener's connection state, as `/status` shows it.
+    /// The database subscriber's connection state, as `/status` shows it.
     pub sync: Arc<SyncStatus>,
     /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
@@ -85,26 +85,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         heartbeat: config.database.heartbeat_interval,
         anti_entropy: config.database.anti_entropy_interval,
     };
-    let mut listener = Listener::new(
+    let mut subscriber = Subscriber::new(
         db,
         Membership::new(ring.clone()),
         shutdown.drain.clone(),
         sync.clone(),
         timing,
     );
-    let session = match listener.connect("startup").await {
+    let session = match subscriber.connect("startup").await {
         Ok(session) => Some(session),
         Err(e) if e.is_transient() => {
             // The proxy must be able to start while its database is down: serve the cached
             // ring (or 503) and keep trying in the background.
             tracing::warn!(error = %e, "PostgreSQL does not answer; starting without it and retrying");
-            restore_cache(&mut listener, config.database.cache_path.as_deref());
+            restore_cache(&mut subscriber, config.database.cache_path.as_deref());
             None
         }
-        Err(ListenerError::Prepare(e)) => return Err(e.into()),
+        Err(SubscriberError::Prepare(e)) => return Err(e.into()),
         Err(e) => return Err(StartError::Sync(e)),
     };
-    let listener_task = tokio::spawn(listener.run(session));
+    let listener_task = tokio::spawn(subscriber.run(session));
     // One checker per pool with health checks, shared by every listener of the pool.
     for name in ring.configured_pools() {
         if let Some(check) = config.pool(name).health_check {
@@ -176,13 +176,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 }
 
 /// Seeds the ring from the cache file, if there is a usable one; says why not otherwise.
-fn restore_cache(listener: &mut Listener, path: Option<&std::path::Path>) {
+fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!("no [database] cache_path: answering 503 until the database answers");
         return;
     };
     match db::cache::load(path) {
-        Ok(Some(rows)) => listener.restore(rows),
+        Ok(Some(rows)) => subscriber.restore(rows),
         Ok(None) => tracing::warn!(path = %path.display(),
             "no ring cache yet: answering 503 until the database answers"),
         Err(e) => tracing::error!(error = %e,
@@ -192,7 +192,7 @@ fn restore_cache(listener: &mut Listener, path: Option<&std::path::Path>) {
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
-    /// and closes the database listener. Returns whether everything finished in time.
+    /// and closes the database subscriber. Returns whether everything finished in time.
     pub async fn stop(self, grace: Duration) -> bool {
         let clean = self.shutdown.run(grace).await;
         let _ = self.listener_task.await;

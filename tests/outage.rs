@@ -41,12 +41,15 @@ async fn database_outage_keeps_traffic_and_catches_up_after() {
     let c = client();
 
     relay.set(Mode::Cut);
-    eventually("listener notices the cut", || state(&lb) == "reconnecting").await;
+    eventually("subscriber notices the cut", || {
+        state(&lb) == "reconnecting"
+    })
+    .await;
     // Every request is served from the last ring: none fails because of the database.
     let got = tally(&c, lb.listeners[0], 100).await;
     assert_eq!(got, HashMap::from([("a".into(), 50), ("b".into(), 50)]));
 
-    // Committed while the listener is away: nothing is queued for it...
+    // Committed while the subscriber is away: nothing is queued for it...
     db.exec(&format!(
         "UPDATE workers SET weight = 0 WHERE worker_address = '{}'",
         a.addr
@@ -80,7 +83,7 @@ async fn silent_death_is_noticed_within_seconds() {
 
     // Packets vanish; no socket is closed. Only the heartbeat can tell.
     relay.set(Mode::Blackhole);
-    eventually("listener notices the silent server", || {
+    eventually("subscriber notices the silent server", || {
         state(&lb) == "reconnecting"
     })
     .await;
@@ -91,7 +94,7 @@ async fn silent_death_is_noticed_within_seconds() {
     );
 
     relay.set(Mode::Pass);
-    eventually("listener reconnects", || state(&lb) == "connected").await;
+    eventually("subscriber reconnects", || state(&lb) == "connected").await;
     change(&db, &lb, "UPDATE workers SET weight = 4").await;
     lb.stop(Duration::from_secs(5)).await;
 }

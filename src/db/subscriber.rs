@@ -1,4 +1,6 @@
-//! The listener task: the only writer of the ring.
+//! The database subscriber: the task that LISTENs for the workers table's NOTIFY events,
+//! and the only writer of the ring. (A "listener" in this crate is a `[[listeners]]`
+//! socket that clients connect to; the database side is the subscriber.)
 //!
 //! It owns one plain tokio-postgres connection, driven through `Connection::poll_message`
 //! (a deadpool connection would swallow notifications, and recycling runs UNLISTEN). On
@@ -46,7 +48,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 const LOG_EACH_UP_TO: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
+pub enum SubscriberError {
     #[error(transparent)]
     Prepare(#[from] super::StartupError),
     #[error("connect: {0}")]
@@ -61,21 +63,22 @@ pub enum ListenerError {
     Heartbeat(Duration),
 }
 
-impl ListenerError {
+impl SubscriberError {
     /// Whether retrying may help; otherwise an operator must act (wrong database, refused
     /// login, a server that cannot LISTEN). Only startup tells the two apart: once running,
-    /// the listener retries everything, as the proxy must outlive a database in trouble.
+    /// the subscriber retries everything, as the proxy must outlive a database in trouble.
     pub fn is_transient(&self) -> bool {
         match self {
-            ListenerError::Prepare(e) => e.is_transient(),
-            ListenerError::Listen(_) => false,
+            SubscriberError::Prepare(e) => e.is_transient(),
+            SubscriberError::Listen(_) => false,
             _ => true,
         }
     }
 }
 
-/// What `/status` shows of the listener. Written by the listener task, read by admin
-/// requests; never touched by the hot path, so a mutex is fine.
+/// What `/status` shows of the subscriber (under the key `"listener"`, kept for existing
+/// dashboards). Written by the subscriber task, read by admin requests; never touched by
+/// the hot path, so a mutex is fine.
 #[derive(Debug, Default)]
 pub struct SyncStatus(Mutex<SyncState>);
 
@@ -143,14 +146,14 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Timings of the listener, from `[database]`.
+/// Timings of the subscriber, from `[database]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub heartbeat: Duration,
     pub anti_entropy: Duration,
 }
 
-pub struct Listener {
+pub struct Subscriber {
     db: Db,
     membership: Membership,
     shutdown: CancellationToken,
@@ -174,15 +177,15 @@ enum Message {
     Closed(String),
 }
 
-impl Listener {
+impl Subscriber {
     pub fn new(
         db: Db,
         membership: Membership,
         shutdown: CancellationToken,
         status: Arc<SyncStatus>,
         timing: Timing,
-    ) -> Listener {
-        Listener {
+    ) -> Subscriber {
+        Subscriber {
             db,
             membership,
             shutdown,
@@ -205,7 +208,7 @@ impl Listener {
 
     /// Migrates (first time only), connects, LISTENs, and resets the ring from a fresh
     /// snapshot.
-    pub async fn connect(&mut self, reason: &str) -> Result<Session, ListenerError> {
+    pub async fn connect(&mut self, reason: &str) -> Result<Session, SubscriberError> {
         if !self.migrated {
             self.db.migrate().await?;
             self.migrated = true;
@@ -215,7 +218,7 @@ impl Listener {
             .config
             .connect(NoTls)
             .await
-            .map_err(ListenerError::Connect)?;
+            .map_err(SubscriberError::Connect)?;
         let (tx, messages) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(connection, tx));
         let session = Session {
@@ -227,14 +230,14 @@ impl Listener {
             .client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(ListenerError::Listen)?;
+            .map_err(SubscriberError::Listen)?;
         self.resync(reason).await?;
         self.status.set_state("connected", None);
         Ok(session)
     }
 
     /// Reads the whole table and publishes it as the ring (only if anything differs).
-    async fn resync(&mut self, reason: &str) -> Result<(), ListenerError> {
+    async fn resync(&mut self, reason: &str) -> Result<(), SubscriberError> {
         let started = Instant::now();
         let rows = self.db.snapshot().await?;
         let count = rows.len();
@@ -265,7 +268,7 @@ impl Listener {
                 Some(s) => s,
                 None => match self.connect("reconnect").await {
                     Ok(s) => {
-                        tracing::info!("database listener reconnected");
+                        tracing::info!("database subscriber reconnected");
                         delay = BACKOFF_FIRST;
                         s
                     }
@@ -273,7 +276,7 @@ impl Listener {
                         let wait = jitter(delay);
                         self.status.set_state("reconnecting", Some(e.to_string()));
                         tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
-                            "database listener cannot reconnect; serving the last ring");
+                            "database subscriber cannot reconnect; serving the last ring");
                         delay = (delay * 2).min(BACKOFF_CAP);
                         tokio::select! {
                             _ = self.shutdown.cancelled() => return,
@@ -287,7 +290,7 @@ impl Listener {
                 Err(e) => {
                     self.status.set_state("reconnecting", Some(e.to_string()));
                     tracing::warn!(error = %e,
-                        "database listener lost its connection; serving the last ring while reconnecting");
+                        "database subscriber lost its connection; serving the last ring while reconnecting");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = tokio::time::sleep(jitter(BACKOFF_FIRST)) => {}
@@ -298,7 +301,7 @@ impl Listener {
     }
 
     /// Applies events from one session until shutdown (`Ok`) or the connection fails.
-    async fn follow(&mut self, mut session: Session) -> Result<(), ListenerError> {
+    async fn follow(&mut self, mut session: Session) -> Result<(), SubscriberError> {
         let every = |d: Duration| {
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,8 +334,8 @@ impl Listener {
                     let limit = self.timing.heartbeat.min(QUERY_TIMEOUT);
                     match tokio::time::timeout(limit, session.client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(ListenerError::Lost(e.to_string())),
-                        Err(_) => return Err(ListenerError::Heartbeat(limit)),
+                        Ok(Err(e)) => return Err(SubscriberError::Lost(e.to_string())),
+                        Err(_) => return Err(SubscriberError::Heartbeat(limit)),
                     }
                 }
                 _ = anti_entropy.tick(), if recheck.is_none() => {
@@ -359,10 +362,10 @@ impl Listener {
         message: Message,
         batch: &mut Batch,
         more: bool,
-    ) -> Result<(), ListenerError> {
+    ) -> Result<(), SubscriberError> {
         let (payload, at) = match message {
             Message::Notification { payload, at } => (payload, at),
-            Message::Closed(reason) => return Err(ListenerError::Lost(reason)),
+            Message::Closed(reason) => return Err(SubscriberError::Lost(reason)),
         };
         match Event::parse(&payload) {
             Ok(Event::Change(change)) => batch.push(change, at),
@@ -395,12 +398,12 @@ impl Listener {
         &mut self,
         session: &mut Session,
         batch: &mut Batch,
-    ) -> Result<Option<String>, ListenerError> {
+    ) -> Result<Option<String>, SubscriberError> {
         let table =
             match tokio::time::timeout(QUERY_TIMEOUT, Db::fingerprints(&session.client)).await {
                 Ok(Ok(t)) => t,
-                Ok(Err(e)) => return Err(ListenerError::Lost(e.to_string())),
-                Err(_) => return Err(ListenerError::Heartbeat(QUERY_TIMEOUT)),
+                Ok(Err(e)) => return Err(SubscriberError::Lost(e.to_string())),
+                Err(_) => return Err(SubscriberError::Heartbeat(QUERY_TIMEOUT)),
             };
         while let Ok(message) = session.messages.try_recv() {
             let more = !session.messages.is_empty();
@@ -416,7 +419,7 @@ impl Listener {
     }
 
     /// Applies and publishes the batch; resyncs if it revealed a lost event.
-    async fn publish(&mut self, batch: &mut Batch) -> Result<(), ListenerError> {
+    async fn publish(&mut self, batch: &mut Batch) -> Result<(), SubscriberError> {
         let Batch { changes, first, .. } = std::mem::take(batch);
         if changes.is_empty() {
             return Ok(());
