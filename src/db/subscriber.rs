@@ -7,7 +7,9 @@
 //! every (re)connect it LISTENs first, then reads a full snapshot, then applies events
 //! idempotently, so nothing committed in between is lost. Row events are collected until the
 //! statement's END marker and published as one snapshot. A lost connection is retried with
-//! capped exponential backoff and jitter while the proxy keeps serving the last ring.
+//! capped exponential backoff and jitter while the proxy keeps serving the last ring; while
+//! the server accepts no connection at all the cap is half a second, so the ring resyncs
+//! within a second of the database coming back (see [`UNREACHABLE_CAP`]).
 //! Anti-entropy compares the ring with the table now and then and resyncs on a difference,
 //! so even an event lost for a reason nobody foresaw heals on its own. Its state is shown
 //! by `/status` through [`SyncStatus`].
@@ -44,6 +46,23 @@ const QUIET_FLUSH: Duration = Duration::from_millis(100);
 /// Reconnect delays grow from the first to the cap, each one jittered down by up to half.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The cap instead while no server accepts the connection at all (refused, reset, closed
+/// before a word, timed out): see [`SubscriberError::is_unreachable`]. Jittered to 250–500
+/// ms, so the ring resyncs within a second of PostgreSQL accepting connections again.
+///
+/// Why a short cap on full attempts rather than a TCP probe that gates them: such an
+/// attempt costs the server what a probe would (a refused SYN, or a handshake PostgreSQL
+/// closes before starting a backend), and a probe answers the wrong question: the port
+/// accepts while PostgreSQL is still recovering ("the database system is starting up"),
+/// and a pooler, relay or NAT in front accepts while the server behind it is down, so
+/// the probe would pass and the attempt fail, and the attempt must be classified anyway.
+/// A login that is refused (authentication, missing database, too many clients) and
+/// failures after login keep the long backoff: those cost the server a backend each, and
+/// retrying faster fixes nothing.
+const UNREACHABLE_CAP: Duration = Duration::from_millis(500);
+/// While reconnecting, an unchanged error is logged at warn at most this often (debug
+/// otherwise): fast retries must not flood the log during a long outage.
+const REPEAT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Above this many changes in one publish, changes are logged at debug with one info summary.
 const LOG_EACH_UP_TO: usize = 16;
 
@@ -72,6 +91,20 @@ impl SubscriberError {
             SubscriberError::Prepare(e) => e.is_transient(),
             SubscriberError::Listen(_) => false,
             _ => true,
+        }
+    }
+
+    /// Whether no server accepted the connection: refused, reset, closed or timed out
+    /// before PostgreSQL said a word, or PostgreSQL still starting up or recovering
+    /// (57P03, the usual first answer of a restarted server). No session was started, so
+    /// retrying soon costs the server nothing; see [`UNREACHABLE_CAP`].
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SubscriberError::Prepare(e) => matches!(e, super::StartupError::Unreachable { .. }),
+            SubscriberError::Connect(e) => e
+                .code()
+                .is_none_or(|c| *c == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            _ => false,
         }
     }
 }
@@ -262,22 +295,52 @@ impl Subscriber {
     /// Follows the table until shutdown, reconnecting whenever the connection is lost.
     /// `session` is the one made at startup, if any.
     pub async fn run(mut self, mut session: Option<Session>) {
-        let mut delay = BACKOFF_FIRST;
+        let mut backoff = Backoff::default();
+        // Since when the subscriber has had no session, and its failed attempts since.
+        let mut lost = Instant::now();
+        let mut attempts: u64 = 0;
+        // The error last logged at warn, and when: an unchanged one is repeated rarely.
+        let mut warned: Option<(String, Instant)> = None;
         loop {
             let live = match session.take() {
                 Some(s) => s,
                 None => match self.connect("reconnect").await {
                     Ok(s) => {
-                        tracing::info!("database subscriber reconnected");
-                        delay = BACKOFF_FIRST;
+                        tracing::info!(
+                            failed_attempts = attempts,
+                            without_database_ms = lost.elapsed().as_millis() as u64,
+                            "database subscriber reconnected"
+                        );
+                        backoff = Backoff::default();
+                        attempts = 0;
+                        warned = None;
                         s
                     }
                     Err(e) => {
-                        let wait = jitter(delay);
-                        self.status.set_state("reconnecting", Some(e.to_string()));
-                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
-                            "database subscriber cannot reconnect; serving the last ring");
-                        delay = (delay * 2).min(BACKOFF_CAP);
+                        attempts += 1;
+                        let wait = backoff.next(&e);
+                        let error = e.to_string();
+                        self.status.set_state("reconnecting", Some(error.clone()));
+                        let repeat = warned.as_ref().is_some_and(|(last, at)| {
+                            *last == error && at.elapsed() < REPEAT_WARN_EVERY
+                        });
+                        let retry_in_ms = wait.as_millis() as u64;
+                        if repeat {
+                            tracing::debug!(
+                                error,
+                                retry_in_ms,
+                                attempts,
+                                "database subscriber cannot reconnect; serving the last ring"
+                            );
+                        } else {
+                            tracing::warn!(
+                                error,
+                                retry_in_ms,
+                                attempts,
+                                "database subscriber cannot reconnect; serving the last ring"
+                            );
+                            warned = Some((error, Instant::now()));
+                        }
                         tokio::select! {
                             _ = self.shutdown.cancelled() => return,
                             _ = tokio::time::sleep(wait) => continue,
@@ -288,6 +351,7 @@ impl Subscriber {
             match self.follow(live).await {
                 Ok(()) => return,
                 Err(e) => {
+                    lost = Instant::now();
                     self.status.set_state("reconnecting", Some(e.to_string()));
                     tracing::warn!(error = %e,
                         "database subscriber lost its connection; serving the last ring while reconnecting");
@@ -503,6 +567,40 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// The wait before each reconnect attempt: capped exponential growth, with a much lower
+/// cap while the server is unreachable (see [`UNREACHABLE_CAP`]).
+#[derive(Debug)]
+struct Backoff {
+    /// The next delay before jitter; doubles on every failure up to [`BACKOFF_CAP`].
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    /// How long to wait after the failed attempt `e`.
+    fn next(&mut self, e: &SubscriberError) -> Duration {
+        self.next_for(e.is_unreachable())
+    }
+
+    fn next_for(&mut self, unreachable: bool) -> Duration {
+        let cap = if unreachable {
+            UNREACHABLE_CAP
+        } else {
+            BACKOFF_CAP
+        };
+        let wait = jitter(self.delay.min(cap));
+        self.delay = (self.delay * 2).min(BACKOFF_CAP);
+        wait
+    }
+}
+
 /// A delay between half of `d` and `d`, so many instances do not reconnect in step.
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis().max(2) as u64;
@@ -534,5 +632,51 @@ fn log_applied(applied: &Applied, received: usize, latency_us: u64) {
             notify_to_publish_us = latency_us,
             "ring batch applied"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_a_second_while_unreachable() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..50).map(|_| backoff.next_for(true)).collect();
+        assert!(waits.iter().all(|w| *w <= UNREACHABLE_CAP), "{waits:?}");
+        // Capped, but not hammering: from the fourth attempt on, at least half the cap.
+        assert!(
+            waits[3..].iter().all(|w| *w >= UNREACHABLE_CAP / 2),
+            "{waits:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_after_a_refused_login_grows_to_the_long_cap() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..20).map(|_| backoff.next_for(false)).collect();
+        assert!(waits.iter().all(|w| *w <= BACKOFF_CAP), "{waits:?}");
+        assert!(
+            waits[10..].iter().all(|w| *w >= BACKOFF_CAP / 2),
+            "{waits:?}"
+        );
+        // An unreachable spell after a long one waits briefly again.
+        assert!(backoff.next_for(true) <= UNREACHABLE_CAP);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable() {
+        // A port that was just free: the kernel refuses it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("postgres");
+        let e = config.connect(NoTls).await.map(|_| ()).unwrap_err();
+        let e = SubscriberError::Connect(e);
+        assert!(e.is_unreachable(), "{e}");
+        assert!(e.is_transient(), "{e}");
     }
 }
