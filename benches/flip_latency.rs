@@ -82,7 +82,7 @@ async fn main() {
             tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
                 capture,
                 tracing_subscriber::filter::filter_fn(|m| {
-                    m.target() == "load_balancer::db::listener"
+                    m.target() == "load_balancer::db::subscriber"
                 }),
             ));
         tracing::subscriber::set_global_default(subscriber).unwrap();

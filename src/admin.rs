@@ -1,5 +1,5 @@
 //! The admin endpoint: `GET /status`, a JSON view of the ring every listener reads and of
-//! the database listener that feeds it.
+//! the database subscriber that feeds it (shown under the key `"listener"`).
 //!
 //! It loads the same snapshot as the proxy and reads the per-worker counters beside it, so
 //! what it shows is what the hot path sees.

@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 
 use balance::Balancer;
 use config::{Config, Protocol};
-use db::listener::Timing;
-use db::{Db, Listener, ListenerError, SyncStatus};
+use db::subscriber::Timing;
+use db::{Db, Subscriber, SubscriberError, SyncStatus};
 use proxy::ClientLimits;
 use proxy::http::HttpProxy;
 use proxy::tcp::TcpProxy;
@@ -56,19 +56,19 @@ pub enum StartError {
     Database(#[from] db::StartupError),
     #[error("cannot read the workers table: {0}")]
     #[diagnostic(code(startup::sync))]
-    Sync(#[source] ListenerError),
+    Sync(#[source] SubscriberError),
 }
 
 /// A started proxy: its bound addresses and the handles to stop it.
 pub struct Running {
     pub ring: Arc<Ring>,
-    /// The listener's connection state, as `/status` shows it.
+    /// The database subscriber's connection state, as `/status` shows it.
     pub sync: Arc<SyncStatus>,
     /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     shutdown: Shutdown,
-    listener_task: JoinHandle<()>,
+    subscriber_task: JoinHandle<()>,
 }
 
 /// Binds every address, migrates the database, syncs the ring once, and starts serving.
@@ -92,26 +92,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         heartbeat: config.database.heartbeat_interval,
         anti_entropy: config.database.anti_entropy_interval,
     };
-    let mut listener = Listener::new(
+    let mut subscriber = Subscriber::new(
         db,
         Membership::new(ring.clone()),
         shutdown.drain.clone(),
         sync.clone(),
         timing,
     );
-    let session = match listener.connect("startup").await {
+    let session = match subscriber.connect("startup").await {
         Ok(session) => Some(session),
         Err(e) if e.is_transient() => {
             // The proxy must be able to start while its database is down: serve the cached
             // ring (or 503) and keep trying in the background.
             tracing::warn!(error = %e, "PostgreSQL does not answer; starting without it and retrying");
-            restore_cache(&mut listener, config.database.cache_path.as_deref());
+            restore_cache(&mut subscriber, config.database.cache_path.as_deref());
             None
         }
-        Err(ListenerError::Prepare(e)) => return Err(e.into()),
+        Err(SubscriberError::Prepare(e)) => return Err(e.into()),
         Err(e) => return Err(StartError::Sync(e)),
     };
-    let listener_task = tokio::spawn(listener.run(session));
+    let subscriber_task = tokio::spawn(subscriber.run(session));
     // One health checker and one idle-connection reaper per pool, shared by every
     // listener of the pool.
     for (index, name) in ring.configured_pools().iter().enumerate() {
@@ -186,18 +186,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         listeners,
         admin,
         shutdown,
-        listener_task,
+        subscriber_task,
     })
 }
 
 /// Seeds the ring from the cache file, if there is a usable one; says why not otherwise.
-fn restore_cache(listener: &mut Listener, path: Option<&std::path::Path>) {
+fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!("no [database] cache_path: answering 503 until the database answers");
         return;
     };
     match db::cache::load(path) {
-        Ok(Some(rows)) => listener.restore(rows),
+        Ok(Some(rows)) => subscriber.restore(rows),
         Ok(None) => tracing::warn!(path = %path.display(),
             "no ring cache yet: answering 503 until the database answers"),
         Err(e) => tracing::error!(error = %e,
@@ -207,10 +207,10 @@ fn restore_cache(listener: &mut Listener, path: Option<&std::path::Path>) {
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
-    /// and closes the database listener. Returns whether everything finished in time.
+    /// and closes the database subscriber. Returns whether everything finished in time.
     pub async fn stop(self, grace: Duration) -> bool {
         let clean = self.shutdown.run(grace).await;
-        let _ = self.listener_task.await;
+        let _ = self.subscriber_task.await;
         clean
     }
 }

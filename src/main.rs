@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use load_balancer::config::Config;
+use load_balancer::shutdown::Signals;
 use tracing_subscriber::EnvFilter;
 
 // mimalloc: the hot path allocates small, short-lived buffers and headers on every
@@ -88,15 +89,12 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         // Registered before starting, so a SIGTERM that arrives during startup is not lost
-        // to the default action (instant death) once "listening" has been logged.
-        use tokio::signal::unix::{SignalKind, signal};
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(t), Ok(i)) => (t, i),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("cannot handle SIGTERM/SIGINT: {e}");
+        // to the default action (instant death) once "listening" has been logged, and a
+        // SIGHUP during startup is ignored like any other.
+        let mut signals = match Signals::register() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -107,10 +105,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let signal = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
+        let signal = signals.stop_requested().await;
         tracing::info!(
             signal,
             grace_s = SHUTDOWN_GRACE.as_secs(),

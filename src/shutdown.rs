@@ -1,4 +1,4 @@
-//! Graceful shutdown, shared by every task.
+//! Graceful shutdown, shared by every task, and the process signals that start it.
 //!
 //! Two steps: `drain` stops the accept loops and asks open connections to finish their
 //! current request; `cut`, after the deadline, closes whatever is still open. The tracker
@@ -13,6 +13,43 @@ use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
+
+/// The signals the process handles: SIGTERM and SIGINT stop it gracefully; SIGHUP, which
+/// operators send by habit to reload, is logged and ignored until reload exists. Without
+/// a handler each of them kills the process at once (SIGHUP with exit 129, no log, no
+/// drain).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Call it before starting anything, so a signal that arrives
+    /// during startup is held for [`Signals::stop_requested`] instead of killing the
+    /// process. Needs a tokio runtime.
+    pub fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT and returns its name; logs and ignores every SIGHUP.
+    pub async fn stop_requested(&mut self) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => tracing::warn!(
+                    "SIGHUP received: configuration reload is not supported yet; ignoring"
+                ),
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {

@@ -277,3 +277,72 @@ mod tempdir {
         }
     }
 }
+
+/// SIGHUP (sent by habit to reload) is logged at warn and ignored: the process keeps
+/// serving, and SIGTERM still stops it cleanly.
+#[tokio::test]
+async fn sighup_is_logged_and_ignored_while_serving() {
+    use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+    type Log = Lines<BufReader<tokio::process::ChildStderr>>;
+
+    /// Reads until a line contains `wanted`; returns it. Keeps every line in `seen`.
+    async fn next_line(log: &mut Log, seen: &mut Vec<String>, wanted: &str) -> String {
+        let found = tokio::time::timeout(common::WAIT, async {
+            while let Some(line) = log.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.contains(wanted) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("exited before logging {wanted:?}: {seen:#?}"),
+            Err(_) => panic!("log never showed {wanted:?}: {seen:#?}"),
+        }
+    }
+
+    let db = TestDb::new().await;
+    let backend = common::Backend::start("a").await;
+    let (_dir, path) = write_config(GOOD);
+    let mut child = spawn(&path, Some(&db.url));
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let line = next_line(&mut log, &mut seen, "protocol=Http").await;
+    let proxy: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no proxy address in {line:?}"));
+    next_line(&mut log, &mut seen, "admin endpoint listening").await;
+
+    let pid = child.id().unwrap().to_string();
+    let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -HUP {pid}: {sent:?}");
+    let warned = next_line(
+        &mut log,
+        &mut seen,
+        "SIGHUP received: configuration reload is not supported yet; ignoring",
+    )
+    .await;
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process: {seen:#?}"
+    );
+
+    // Still serving: a worker added now is followed and answers through the proxy.
+    db.exec(&format!(
+        "INSERT INTO workers(worker_address) VALUES ('{}')",
+        backend.addr
+    ))
+    .await;
+    next_line(&mut log, &mut seen, "ring change applied").await;
+    let got = common::get(&common::client(), proxy, "/").await;
+    assert_eq!(got, (200, "a".to_string()), "{seen:#?}");
+
+    drop(log);
+    stop(child).await;
+}

@@ -1,4 +1,4 @@
-//! The listener task against a real PostgreSQL: concurrent startup, lost connections,
+//! The database subscriber against a real PostgreSQL: concurrent startup, lost connections,
 //! payloads it cannot use, rows that move, and the TCP listener fed by the same ring.
 
 mod common;
@@ -34,7 +34,7 @@ async fn two_instances_start_on_one_fresh_database_at_once() {
 }
 
 #[tokio::test]
-async fn killed_listener_connection_reconnects_and_catches_up() {
+async fn killed_subscriber_connection_reconnects_and_catches_up() {
     let db = TestDb::new().await;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = start_http(&db, AlgorithmKind::Weighted).await;
@@ -51,7 +51,7 @@ async fn killed_listener_connection_reconnects_and_catches_up() {
         .await
         .unwrap()
         .get(0);
-    assert!(killed >= 1, "the listener connection was found");
+    assert!(killed >= 1, "the subscriber connection was found");
     let before = lb.ring.load().generation;
     admin
         .batch_execute(&format!(

@@ -5,7 +5,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use load_balancer::config::AlgorithmKind;
@@ -41,12 +44,15 @@ async fn database_outage_keeps_traffic_and_catches_up_after() {
     let c = client();
 
     relay.set(Mode::Cut);
-    eventually("listener notices the cut", || state(&lb) == "reconnecting").await;
+    eventually("subscriber notices the cut", || {
+        state(&lb) == "reconnecting"
+    })
+    .await;
     // Every request is served from the last ring: none fails because of the database.
     let got = tally(&c, lb.listeners[0], 100).await;
     assert_eq!(got, HashMap::from([("a".into(), 50), ("b".into(), 50)]));
 
-    // Committed while the listener is away: nothing is queued for it...
+    // Committed while the subscriber is away: nothing is queued for it...
     db.exec(&format!(
         "UPDATE workers SET weight = 0 WHERE worker_address = '{}'",
         a.addr
@@ -70,6 +76,119 @@ async fn database_outage_keeps_traffic_and_catches_up_after() {
     lb.stop(Duration::from_secs(5)).await;
 }
 
+/// A pass-through in front of a [`Relay`] that counts the TCP connections made through it:
+/// how often the proxy tries the database. What happens to each one is the relay's mode.
+struct Counter {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Counter {
+    async fn start(relay: &Relay) -> Counter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let upstream = relay.addr;
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Counter {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    fn url(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@{}/{}", self.addr, db.name)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn resyncs_within_a_second_of_the_database_returning_after_a_long_outage() {
+    // Longer than the old 5 s backoff cap, so any backoff has grown to its cap.
+    const OUTAGE: Duration = Duration::from_secs(6);
+    // The promise is 1 s; the slack covers a connect, a LISTEN and a snapshot on a busy
+    // test machine.
+    const CATCH_UP: Duration = Duration::from_millis(1_400);
+    // Retries at least 250 ms apart once capped: about 24 in 6 s, plus the first quick
+    // ones. Many more means the outage is hammering the server.
+    const MAX_ATTEMPTS: usize = 30;
+
+    let db = TestDb::new().await;
+    let relay = Relay::to_postgres().await;
+    let counter = Counter::start(&relay).await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut config = via(&relay, &db);
+    config.database.url = counter.url(&db);
+    let lb = start(&config).await;
+    add(&db, &lb, &[&a]).await;
+
+    relay.set(Mode::Cut);
+    eventually("subscriber notices the cut", || {
+        state(&lb) == "reconnecting"
+    })
+    .await;
+    let before = counter.accepted();
+    // Committed during the outage: only the snapshot of the reconnect can bring it.
+    db.exec(&format!(
+        "UPDATE workers SET weight = 0; INSERT INTO workers(worker_address) VALUES ('{}')",
+        b.addr
+    ))
+    .await;
+    // The outage itself (a duration, not a synchronisation).
+    tokio::time::sleep(OUTAGE).await;
+    let attempts = counter.accepted() - before;
+    assert_eq!(state(&lb), "reconnecting");
+    assert_eq!(get(&client(), lb.listeners[0], "/").await.1, "a");
+
+    let generation = lb.ring.load().generation;
+    relay.set(Mode::Pass);
+    let back = Instant::now();
+    wait_publish(&lb, generation, "resync after the database returns").await;
+    eventually("subscriber connected again", || state(&lb) == "connected").await;
+    assert_eq!(
+        tally(&client(), lb.listeners[0], 4).await,
+        HashMap::from([("b".into(), 4)]),
+        "the change made during the outage is served"
+    );
+    let took = back.elapsed();
+    eprintln!("resynced {took:?} after the database returned; {attempts} attempts in {OUTAGE:?}");
+    assert!(
+        took <= CATCH_UP,
+        "resynced {took:?} after the database returned, not within {CATCH_UP:?}: \
+         is the reconnect backoff long while connections are refused?"
+    );
+    assert!(
+        (2..=MAX_ATTEMPTS).contains(&attempts),
+        "{attempts} connection attempts during a {OUTAGE:?} outage; expected 2..={MAX_ATTEMPTS}"
+    );
+    assert_eq!(
+        lb.sync.get().last_resync_reason.as_deref(),
+        Some("reconnect")
+    );
+    lb.stop(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn silent_death_is_noticed_within_seconds() {
     let db = TestDb::new().await;
@@ -80,7 +199,7 @@ async fn silent_death_is_noticed_within_seconds() {
 
     // Packets vanish; no socket is closed. Only the heartbeat can tell.
     relay.set(Mode::Blackhole);
-    eventually("listener notices the silent server", || {
+    eventually("subscriber notices the silent server", || {
         state(&lb) == "reconnecting"
     })
     .await;
@@ -91,7 +210,7 @@ async fn silent_death_is_noticed_within_seconds() {
     );
 
     relay.set(Mode::Pass);
-    eventually("listener reconnects", || state(&lb) == "connected").await;
+    eventually("subscriber reconnects", || state(&lb) == "connected").await;
     change(&db, &lb, "UPDATE workers SET weight = 4").await;
     lb.stop(Duration::from_secs(5)).await;
 }

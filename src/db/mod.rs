@@ -1,12 +1,12 @@
 //! Everything that talks to PostgreSQL: connection settings, the startup checks, migrations,
-//! the snapshot query and the listener task that turns NOTIFY events into ring updates.
+//! the snapshot query and the subscriber task that turns NOTIFY events into ring updates.
 //!
-//! The hot path never comes here: it only reads the ring the listener publishes.
+//! The hot path never comes here: it only reads the ring the subscriber publishes.
 
 pub mod cache;
 mod event;
-pub mod listener;
 mod migrate;
+pub mod subscriber;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -20,7 +20,7 @@ use tokio_postgres::{NoTls, config::Host};
 use crate::ring::{Fingerprint, Row};
 
 pub use event::Event;
-pub use listener::{Listener, ListenerError, SyncState, SyncStatus};
+pub use subscriber::{Subscriber, SubscriberError, SyncState, SyncStatus};
 
 /// The NOTIFY channel the triggers of `migrations/V2__notify.sql` send on.
 pub const CHANNEL: &str = "lb_workers";
@@ -35,7 +35,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connection settings and the pool for ordinary queries.
 #[derive(Clone)]
 pub struct Db {
-    /// Settings for the listener's own connection (never pooled: see `listener.rs`).
+    /// Settings for the subscriber's own connection (never pooled: see `subscriber.rs`).
     pub config: tokio_postgres::Config,
     /// Pooled connections for queries such as the snapshot read.
     pub pool: deadpool_postgres::Pool,
@@ -159,7 +159,7 @@ impl Db {
             .collect())
     }
 
-    /// Reads every row of `workers`: the full state a listener resets to.
+    /// Reads every row of `workers`: the full state the subscriber resets to.
     pub async fn snapshot(&self) -> Result<Vec<Row>, SnapshotError> {
         let client = self.pool.get().await?;
         let rows = client

@@ -1,11 +1,15 @@
-//! The listener task: the only writer of the ring.
+//! The database subscriber: the task that LISTENs for the workers table's NOTIFY events,
+//! and the only writer of the ring. (A "listener" in this crate is a `[[listeners]]`
+//! socket that clients connect to; the database side is the subscriber.)
 //!
 //! It owns one plain tokio-postgres connection, driven through `Connection::poll_message`
 //! (a deadpool connection would swallow notifications, and recycling runs UNLISTEN). On
 //! every (re)connect it LISTENs first, then reads a full snapshot, then applies events
 //! idempotently, so nothing committed in between is lost. Row events are collected until the
 //! statement's END marker and published as one snapshot. A lost connection is retried with
-//! capped exponential backoff and jitter while the proxy keeps serving the last ring.
+//! capped exponential backoff and jitter while the proxy keeps serving the last ring; while
+//! the server accepts no connection at all the cap is half a second, so the ring resyncs
+//! within a second of the database coming back (see [`UNREACHABLE_CAP`]).
 //! Anti-entropy compares the ring with the table now and then and resyncs on a difference,
 //! so even an event lost for a reason nobody foresaw heals on its own. Its state is shown
 //! by `/status` through [`SyncStatus`].
@@ -42,11 +46,28 @@ const QUIET_FLUSH: Duration = Duration::from_millis(100);
 /// Reconnect delays grow from the first to the cap, each one jittered down by up to half.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The cap instead while no server accepts the connection at all (refused, reset, closed
+/// before a word, timed out): see [`SubscriberError::is_unreachable`]. Jittered to 250–500
+/// ms, so the ring resyncs within a second of PostgreSQL accepting connections again.
+///
+/// Why a short cap on full attempts rather than a TCP probe that gates them: such an
+/// attempt costs the server what a probe would (a refused SYN, or a handshake PostgreSQL
+/// closes before starting a backend), and a probe answers the wrong question: the port
+/// accepts while PostgreSQL is still recovering ("the database system is starting up"),
+/// and a pooler, relay or NAT in front accepts while the server behind it is down, so
+/// the probe would pass and the attempt fail, and the attempt must be classified anyway.
+/// A login that is refused (authentication, missing database, too many clients) and
+/// failures after login keep the long backoff: those cost the server a backend each, and
+/// retrying faster fixes nothing.
+const UNREACHABLE_CAP: Duration = Duration::from_millis(500);
+/// While reconnecting, an unchanged error is logged at warn at most this often (debug
+/// otherwise): fast retries must not flood the log during a long outage.
+const REPEAT_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Above this many changes in one publish, changes are logged at debug with one info summary.
 const LOG_EACH_UP_TO: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
+pub enum SubscriberError {
     #[error(transparent)]
     Prepare(#[from] super::StartupError),
     #[error("connect: {0}")]
@@ -61,21 +82,36 @@ pub enum ListenerError {
     Heartbeat(Duration),
 }
 
-impl ListenerError {
+impl SubscriberError {
     /// Whether retrying may help; otherwise an operator must act (wrong database, refused
     /// login, a server that cannot LISTEN). Only startup tells the two apart: once running,
-    /// the listener retries everything, as the proxy must outlive a database in trouble.
+    /// the subscriber retries everything, as the proxy must outlive a database in trouble.
     pub fn is_transient(&self) -> bool {
         match self {
-            ListenerError::Prepare(e) => e.is_transient(),
-            ListenerError::Listen(_) => false,
+            SubscriberError::Prepare(e) => e.is_transient(),
+            SubscriberError::Listen(_) => false,
             _ => true,
+        }
+    }
+
+    /// Whether no server accepted the connection: refused, reset, closed or timed out
+    /// before PostgreSQL said a word, or PostgreSQL still starting up or recovering
+    /// (57P03, the usual first answer of a restarted server). No session was started, so
+    /// retrying soon costs the server nothing; see [`UNREACHABLE_CAP`].
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            SubscriberError::Prepare(e) => matches!(e, super::StartupError::Unreachable { .. }),
+            SubscriberError::Connect(e) => e
+                .code()
+                .is_none_or(|c| *c == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            _ => false,
         }
     }
 }
 
-/// What `/status` shows of the listener. Written by the listener task, read by admin
-/// requests; never touched by the hot path, so a mutex is fine.
+/// What `/status` shows of the subscriber (under the key `"listener"`, kept for existing
+/// dashboards). Written by the subscriber task, read by admin requests; never touched by
+/// the hot path, so a mutex is fine.
 #[derive(Debug, Default)]
 pub struct SyncStatus(Mutex<SyncState>);
 
@@ -143,14 +179,14 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Timings of the listener, from `[database]`.
+/// Timings of the subscriber, from `[database]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub heartbeat: Duration,
     pub anti_entropy: Duration,
 }
 
-pub struct Listener {
+pub struct Subscriber {
     db: Db,
     membership: Membership,
     shutdown: CancellationToken,
@@ -174,15 +210,15 @@ enum Message {
     Closed(String),
 }
 
-impl Listener {
+impl Subscriber {
     pub fn new(
         db: Db,
         membership: Membership,
         shutdown: CancellationToken,
         status: Arc<SyncStatus>,
         timing: Timing,
-    ) -> Listener {
-        Listener {
+    ) -> Subscriber {
+        Subscriber {
             db,
             membership,
             shutdown,
@@ -205,7 +241,7 @@ impl Listener {
 
     /// Migrates (first time only), connects, LISTENs, and resets the ring from a fresh
     /// snapshot.
-    pub async fn connect(&mut self, reason: &str) -> Result<Session, ListenerError> {
+    pub async fn connect(&mut self, reason: &str) -> Result<Session, SubscriberError> {
         if !self.migrated {
             self.db.migrate().await?;
             self.migrated = true;
@@ -215,7 +251,7 @@ impl Listener {
             .config
             .connect(NoTls)
             .await
-            .map_err(ListenerError::Connect)?;
+            .map_err(SubscriberError::Connect)?;
         let (tx, messages) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(connection, tx));
         let session = Session {
@@ -227,14 +263,14 @@ impl Listener {
             .client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
-            .map_err(ListenerError::Listen)?;
+            .map_err(SubscriberError::Listen)?;
         self.resync(reason).await?;
         self.status.set_state("connected", None);
         Ok(session)
     }
 
     /// Reads the whole table and publishes it as the ring (only if anything differs).
-    async fn resync(&mut self, reason: &str) -> Result<(), ListenerError> {
+    async fn resync(&mut self, reason: &str) -> Result<(), SubscriberError> {
         let started = Instant::now();
         let rows = self.db.snapshot().await?;
         let count = rows.len();
@@ -259,22 +295,52 @@ impl Listener {
     /// Follows the table until shutdown, reconnecting whenever the connection is lost.
     /// `session` is the one made at startup, if any.
     pub async fn run(mut self, mut session: Option<Session>) {
-        let mut delay = BACKOFF_FIRST;
+        let mut backoff = Backoff::default();
+        // Since when the subscriber has had no session, and its failed attempts since.
+        let mut lost = Instant::now();
+        let mut attempts: u64 = 0;
+        // The error last logged at warn, and when: an unchanged one is repeated rarely.
+        let mut warned: Option<(String, Instant)> = None;
         loop {
             let live = match session.take() {
                 Some(s) => s,
                 None => match self.connect("reconnect").await {
                     Ok(s) => {
-                        tracing::info!("database listener reconnected");
-                        delay = BACKOFF_FIRST;
+                        tracing::info!(
+                            failed_attempts = attempts,
+                            without_database_ms = lost.elapsed().as_millis() as u64,
+                            "database subscriber reconnected"
+                        );
+                        backoff = Backoff::default();
+                        attempts = 0;
+                        warned = None;
                         s
                     }
                     Err(e) => {
-                        let wait = jitter(delay);
-                        self.status.set_state("reconnecting", Some(e.to_string()));
-                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
-                            "database listener cannot reconnect; serving the last ring");
-                        delay = (delay * 2).min(BACKOFF_CAP);
+                        attempts += 1;
+                        let wait = backoff.next(&e);
+                        let error = e.to_string();
+                        self.status.set_state("reconnecting", Some(error.clone()));
+                        let repeat = warned.as_ref().is_some_and(|(last, at)| {
+                            *last == error && at.elapsed() < REPEAT_WARN_EVERY
+                        });
+                        let retry_in_ms = wait.as_millis() as u64;
+                        if repeat {
+                            tracing::debug!(
+                                error,
+                                retry_in_ms,
+                                attempts,
+                                "database subscriber cannot reconnect; serving the last ring"
+                            );
+                        } else {
+                            tracing::warn!(
+                                error,
+                                retry_in_ms,
+                                attempts,
+                                "database subscriber cannot reconnect; serving the last ring"
+                            );
+                            warned = Some((error, Instant::now()));
+                        }
                         tokio::select! {
                             _ = self.shutdown.cancelled() => return,
                             _ = tokio::time::sleep(wait) => continue,
@@ -285,9 +351,10 @@ impl Listener {
             match self.follow(live).await {
                 Ok(()) => return,
                 Err(e) => {
+                    lost = Instant::now();
                     self.status.set_state("reconnecting", Some(e.to_string()));
                     tracing::warn!(error = %e,
-                        "database listener lost its connection; serving the last ring while reconnecting");
+                        "database subscriber lost its connection; serving the last ring while reconnecting");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
                         _ = tokio::time::sleep(jitter(BACKOFF_FIRST)) => {}
@@ -298,7 +365,7 @@ impl Listener {
     }
 
     /// Applies events from one session until shutdown (`Ok`) or the connection fails.
-    async fn follow(&mut self, mut session: Session) -> Result<(), ListenerError> {
+    async fn follow(&mut self, mut session: Session) -> Result<(), SubscriberError> {
         let every = |d: Duration| {
             let mut i = tokio::time::interval_at(tokio::time::Instant::now() + d, d);
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -331,8 +398,8 @@ impl Listener {
                     let limit = self.timing.heartbeat.min(QUERY_TIMEOUT);
                     match tokio::time::timeout(limit, session.client.simple_query("SELECT 1")).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Err(ListenerError::Lost(e.to_string())),
-                        Err(_) => return Err(ListenerError::Heartbeat(limit)),
+                        Ok(Err(e)) => return Err(SubscriberError::Lost(e.to_string())),
+                        Err(_) => return Err(SubscriberError::Heartbeat(limit)),
                     }
                 }
                 _ = anti_entropy.tick(), if recheck.is_none() => {
@@ -359,10 +426,10 @@ impl Listener {
         message: Message,
         batch: &mut Batch,
         more: bool,
-    ) -> Result<(), ListenerError> {
+    ) -> Result<(), SubscriberError> {
         let (payload, at) = match message {
             Message::Notification { payload, at } => (payload, at),
-            Message::Closed(reason) => return Err(ListenerError::Lost(reason)),
+            Message::Closed(reason) => return Err(SubscriberError::Lost(reason)),
         };
         match Event::parse(&payload) {
             Ok(Event::Change(change)) => batch.push(change, at),
@@ -395,12 +462,12 @@ impl Listener {
         &mut self,
         session: &mut Session,
         batch: &mut Batch,
-    ) -> Result<Option<String>, ListenerError> {
+    ) -> Result<Option<String>, SubscriberError> {
         let table =
             match tokio::time::timeout(QUERY_TIMEOUT, Db::fingerprints(&session.client)).await {
                 Ok(Ok(t)) => t,
-                Ok(Err(e)) => return Err(ListenerError::Lost(e.to_string())),
-                Err(_) => return Err(ListenerError::Heartbeat(QUERY_TIMEOUT)),
+                Ok(Err(e)) => return Err(SubscriberError::Lost(e.to_string())),
+                Err(_) => return Err(SubscriberError::Heartbeat(QUERY_TIMEOUT)),
             };
         while let Ok(message) = session.messages.try_recv() {
             let more = !session.messages.is_empty();
@@ -416,7 +483,7 @@ impl Listener {
     }
 
     /// Applies and publishes the batch; resyncs if it revealed a lost event.
-    async fn publish(&mut self, batch: &mut Batch) -> Result<(), ListenerError> {
+    async fn publish(&mut self, batch: &mut Batch) -> Result<(), SubscriberError> {
         let Batch { changes, first, .. } = std::mem::take(batch);
         if changes.is_empty() {
             return Ok(());
@@ -500,6 +567,40 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// The wait before each reconnect attempt: capped exponential growth, with a much lower
+/// cap while the server is unreachable (see [`UNREACHABLE_CAP`]).
+#[derive(Debug)]
+struct Backoff {
+    /// The next delay before jitter; doubles on every failure up to [`BACKOFF_CAP`].
+    delay: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            delay: BACKOFF_FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    /// How long to wait after the failed attempt `e`.
+    fn next(&mut self, e: &SubscriberError) -> Duration {
+        self.next_for(e.is_unreachable())
+    }
+
+    fn next_for(&mut self, unreachable: bool) -> Duration {
+        let cap = if unreachable {
+            UNREACHABLE_CAP
+        } else {
+            BACKOFF_CAP
+        };
+        let wait = jitter(self.delay.min(cap));
+        self.delay = (self.delay * 2).min(BACKOFF_CAP);
+        wait
+    }
+}
+
 /// A delay between half of `d` and `d`, so many instances do not reconnect in step.
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis().max(2) as u64;
@@ -531,5 +632,51 @@ fn log_applied(applied: &Applied, received: usize, latency_us: u64) {
             notify_to_publish_us = latency_us,
             "ring batch applied"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_a_second_while_unreachable() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..50).map(|_| backoff.next_for(true)).collect();
+        assert!(waits.iter().all(|w| *w <= UNREACHABLE_CAP), "{waits:?}");
+        // Capped, but not hammering: from the fourth attempt on, at least half the cap.
+        assert!(
+            waits[3..].iter().all(|w| *w >= UNREACHABLE_CAP / 2),
+            "{waits:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_after_a_refused_login_grows_to_the_long_cap() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..20).map(|_| backoff.next_for(false)).collect();
+        assert!(waits.iter().all(|w| *w <= BACKOFF_CAP), "{waits:?}");
+        assert!(
+            waits[10..].iter().all(|w| *w >= BACKOFF_CAP / 2),
+            "{waits:?}"
+        );
+        // An unreachable spell after a long one waits briefly again.
+        assert!(backoff.next_for(true) <= UNREACHABLE_CAP);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable() {
+        // A port that was just free: the kernel refuses it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("postgres");
+        let e = config.connect(NoTls).await.map(|_| ()).unwrap_err();
+        let e = SubscriberError::Connect(e);
+        assert!(e.is_unreachable(), "{e}");
+        assert!(e.is_transient(), "{e}");
     }
 }
