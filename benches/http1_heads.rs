@@ -7,8 +7,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use load_balancer::proxy::chunked::Chunked;
 use load_balancer::proxy::forward::headers::Client;
+use load_balancer::proxy::http1::chunked::Chunked;
 use load_balancer::proxy::http1::request::rewrite_request;
 use load_balancer::proxy::http1::response::rewrite_response;
 

@@ -230,7 +230,12 @@ mod tests {
         let ring = Ring::new(&["p".into()]);
         let mut m = Membership::new(ring.clone());
         m.reset((1..=n).map(|id| row(id, 1)).collect());
-        let b = Balancer::new(ring, "p", build(crate::config::AlgorithmKind::Weighted), settings);
+        let b = Balancer::new(
+            ring,
+            "p",
+            build(crate::config::AlgorithmKind::Weighted),
+            settings,
+        );
         (b, m)
     }
 

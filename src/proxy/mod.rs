@@ -7,7 +7,6 @@
 //! rewritten, what the proxy answers itself and when a request is retried. `tcp` balances
 //! each connection.
 
-pub mod chunked;
 pub mod forward;
 pub mod http;
 pub mod http1;

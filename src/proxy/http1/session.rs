@@ -22,13 +22,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::chunked::{ChunkError, Chunked, Output};
 use super::head::Framing;
 use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
 use crate::balance::{Attempts, Balancer, NoWorker, Outcome};
 use crate::db::SyncStatus;
 use crate::proxy::ClientLimits;
-use crate::proxy::chunked::{ChunkError, Chunked};
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
@@ -61,8 +61,8 @@ pub enum Ended {
 enum Abort {
     #[error("client: {0}")]
     Client(io::Error),
-    #[error("client sent a malformed chunked body")]
-    ClientBody,
+    #[error("client: {0}")]
+    ClientBody(ChunkError),
     #[error("client closed the connection mid-request")]
     ClientGone,
     #[error("backend {0}: {1}")]
@@ -279,10 +279,10 @@ impl Session<'_> {
         self.balancer.count_request();
         self.inbuf.advance(head.len);
         // The body bytes already read leave with the head.
-        let mut body = BodyLeft::of(head.framing, false);
-        if body.take(&mut self.inbuf, &mut self.req_out).is_err() {
-            self.reject(Reject::BadRequest("malformed chunked body"))
-                .await;
+        let mut body = BodyLeft::of(head.framing, Output::Normalised);
+        if let Err(e) = body.take(&mut self.inbuf, &mut self.req_out) {
+            // Nothing went to a backend yet.
+            self.refuse_body(e).await;
             return Ok(false);
         }
         let whole = body.done();
@@ -447,7 +447,12 @@ impl Session<'_> {
                     Ok(Tried::Answered(!end.client_close))
                 }
                 Err(Down::Client(e)) => Err(Abort::Client(e)),
-                Err(Down::Head(e) | Down::Body(e)) => {
+                Err(Down::Head(e)) => {
+                    self.backend_failed(worker, &e);
+                    self.send_own(&Canned::BAD_GATEWAY, true).await;
+                    Ok(Tried::Answered(false))
+                }
+                Err(Down::Body(e)) => {
                     self.backend_failed(worker, &e);
                     Err(Abort::Backend(worker.address.text.clone(), e))
                 }
@@ -473,6 +478,9 @@ impl Session<'_> {
         arm(self.timer.as_mut(), self.balancer.settings.response_timeout);
         let draining = self.shutdown.is_draining();
         let max = self.limits.max_header_size;
+        // Whether the response head may have reached the client: after that, nothing but
+        // closing is left to say.
+        let mut answering = false;
         let (uploaded, downloaded) = {
             let (mut cr, mut cw) = self.client.split();
             let (mut br, mut bw) = up.stream.split();
@@ -497,6 +505,7 @@ impl Session<'_> {
                     )));
                 }
                 let status = response.status;
+                answering = true;
                 let end = relay_response(&mut br, rbuf, &mut cw, res_out, response).await?;
                 Ok((status, end))
             };
@@ -505,12 +514,12 @@ impl Session<'_> {
             let downloaded = loop {
                 tokio::select! {
                     biased;
-                    r = &mut download => break r,
+                    r = &mut download => break Ok(r),
                     r = &mut upload, if uploaded.is_none() => match r {
                         Ok(()) => uploaded = Some(true),
                         Err(RelayError::Read(e)) => return Err(Abort::Client(e)),
                         Err(RelayError::Eof) => return Err(Abort::ClientGone),
-                        Err(RelayError::Chunk(_)) => return Err(Abort::ClientBody),
+                        Err(RelayError::Chunk(e)) => break Err(e),
                         // The backend stopped reading: its answer, if any, still comes.
                         Err(RelayError::Write(_)) => uploaded = Some(false),
                     },
@@ -519,6 +528,19 @@ impl Session<'_> {
             (uploaded, downloaded)
         };
         self.rbuf.clear();
+        let downloaded = match downloaded {
+            Ok(downloaded) => downloaded,
+            Err(bad) => {
+                // The backend has part of a request that will never end: its connection
+                // closes now (not after the linger), and is never pooled.
+                drop(up);
+                if answering {
+                    return Err(Abort::ClientBody(bad));
+                }
+                self.refuse_body(bad).await;
+                return Ok(Tried::Answered(false));
+            }
+        };
         match downloaded {
             Ok((status, end)) => {
                 self.balancer.record(worker, Outcome::Status(status));
@@ -586,6 +608,19 @@ impl Session<'_> {
     /// to clients.
     async fn bad_gateway(&mut self, head: &RequestHead, whole: bool) -> bool {
         self.own_after(head, whole, &Canned::BAD_GATEWAY).await
+    }
+
+    /// The answer to a client whose chunked body breaks the rules: 400, or 431 for trailers
+    /// over the limits, then a lingering close (the rest of the body cannot be told from a
+    /// next request).
+    async fn refuse_body(&mut self, error: ChunkError) {
+        tracing::debug!(%error, "refused a chunked request body");
+        self.reject(match error {
+            ChunkError::Malformed(why) => Reject::BadRequest(why),
+            ChunkError::LineTooLong => Reject::BadRequest("chunk-size line too long"),
+            ChunkError::TrailersTooLarge | ChunkError::TooManyTrailers => Reject::TooLarge,
+        })
+        .await;
     }
 
     /// Refuses a request the forwarding policy does not let through, and closes.
@@ -705,7 +740,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut left = BodyLeft::of(response.framing, response.dechunk);
+    let output = if response.dechunk {
+        Output::Data
+    } else {
+        Output::AsReceived
+    };
+    let mut left = BodyLeft::of(response.framing, output);
+    // A body already broken in the bytes that came with the head: the head is still held
+    // back, so the client can be told (502) instead of getting half a response.
+    if let Err(e) = left.take(rbuf, out) {
+        return Err(Down::Head(BackendError::Chunk(e)));
+    }
     match relay(br, rbuf, cw, out, &mut left, BACKEND_READ).await {
         Ok(()) => Ok(End {
             // Bytes after the response were not asked for: that connection is not reused.
@@ -723,17 +768,17 @@ where
 enum BodyLeft {
     Done,
     Length(u64),
-    /// `dechunk`: only the data goes on (to an HTTP/1.0 client).
-    Chunked(Chunked, bool),
+    Chunked(Chunked),
     Close,
 }
 
 impl BodyLeft {
-    fn of(framing: Framing, dechunk: bool) -> BodyLeft {
+    /// `output`: what a chunked body becomes on the way (see [`Output`]).
+    fn of(framing: Framing, output: Output) -> BodyLeft {
         match framing {
             Framing::Empty => BodyLeft::Done,
             Framing::Length(n) => BodyLeft::Length(n),
-            Framing::Chunked => BodyLeft::Chunked(Chunked::new(), dechunk),
+            Framing::Chunked => BodyLeft::Chunked(Chunked::with_output(output)),
             Framing::Close => BodyLeft::Close,
         }
     }
@@ -742,7 +787,8 @@ impl BodyLeft {
         matches!(self, BodyLeft::Done)
     }
 
-    /// Moves the body bytes at the start of `buf` to `out`.
+    /// Moves the body bytes at the start of `buf` to `out` (a chunked body's framing as the
+    /// parser writes it, not as it came).
     fn take(&mut self, buf: &mut BytesMut, out: &mut Vec<u8>) -> Result<(), ChunkError> {
         match self {
             BodyLeft::Done => {}
@@ -759,16 +805,9 @@ impl BodyLeft {
                 out.extend_from_slice(buf);
                 buf.clear();
             }
-            BodyLeft::Chunked(c, dechunk) => {
-                while !buf.is_empty() && !c.is_done() {
-                    let step = c.step(buf)?;
-                    match (&step.data, *dechunk) {
-                        (Some(r), true) => out.extend_from_slice(&buf[r.clone()]),
-                        (_, true) => {}
-                        (_, false) => out.extend_from_slice(&buf[..step.consumed]),
-                    }
-                    buf.advance(step.consumed);
-                }
+            BodyLeft::Chunked(c) => {
+                let taken = c.forward(buf, out)?;
+                buf.advance(taken);
                 if c.is_done() {
                     *self = BodyLeft::Done;
                 }
