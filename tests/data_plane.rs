@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use load_balancer::config::AlgorithmKind;
 use load_balancer::config::{
-    Config, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig, Protocol,
+    Config, EjectOn, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig, Protocol,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -160,6 +160,8 @@ async fn consecutive_5xx_eject_a_worker_but_never_most_of_the_pool() {
         ejection: EjectionConfig {
             consecutive_failures: 3,
             max_percent: 50,
+            // Every 5xx counts, not only gateway failures.
+            on: EjectOn::ServerError,
             ..EjectionConfig::default()
         },
         ..PoolConfig::default()
@@ -190,6 +192,39 @@ async fn consecutive_5xx_eject_a_worker_but_never_most_of_the_pool() {
         &a.addr.to_string(),
         "ejected"
     ));
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// Hole: a client that makes a worker answer 501 (or 500) must not be able to eject it. By
+/// default only gateway failures count (`[ejection] on = "gateway"`).
+#[tokio::test]
+async fn a_client_provoking_501_cannot_eject_a_healthy_worker() {
+    let db = TestDb::new().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let pool = PoolConfig {
+        ejection: EjectionConfig {
+            consecutive_failures: 2,
+            ..EjectionConfig::default()
+        },
+        ..PoolConfig::default()
+    };
+    let lb = start(&with_pool(&db, AlgorithmKind::RoundRobin, pool)).await;
+    add(&db, &lb, &[&a, &b]).await;
+    let c = client();
+    for code in [501, 500] {
+        b.status.store(code, Ordering::SeqCst);
+        let got = tally(&c, lb.listeners[0], 10).await;
+        assert_eq!(
+            got,
+            HashMap::from([("a".into(), 5), (code.to_string(), 5)]),
+            "b keeps its share while it answers {code}"
+        );
+        assert!(!worker_flag(&status(&lb).await, &b.addr.to_string(), "ejected"));
+    }
+    // A gateway failure does count: 503 twice in a row ejects it.
+    b.status.store(503, Ordering::SeqCst);
+    tally(&c, lb.listeners[0], 4).await;
+    assert!(worker_flag(&status(&lb).await, &b.addr.to_string(), "ejected"));
     lb.stop(Duration::from_secs(5)).await;
 }
 
@@ -495,9 +530,10 @@ async fn request_hygiene() {
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd", "400"),
         // A length that is not a number.
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +4\r\n\r\nabcd", "400"),
-        // A coding layered on chunked, and an obfuscated one.
+        // A coding layered on chunked: known but not implemented.
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501"),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", "501"),
+        // An obfuscated one is malformed, not an unknown coding.
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", "400"),
         // Chunked in HTTP/1.0.
         (b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
         // A chunk-size line ended by a bare LF.
