@@ -1,16 +1,13 @@
-//! Dialing a worker: a TCP connection for the HTTP/1 path and the TCP proxy, or a hyper
-//! HTTP/1.1 client connection for the HTTP/2 path. Each connection is cut once its worker
-//! has been drained for the pool's `drain_timeout`.
+//! Dialing a worker: a TCP connection for the HTTP transports (both speak HTTP/1.1 to
+//! workers) and the TCP proxy. An HTTP connection is cut once its worker has been drained
+//! for the pool's `drain_timeout`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
-use super::RequestBody;
 use crate::ring::{Address, Worker};
 
 /// Why a backend connection could not be made.
@@ -20,8 +17,6 @@ pub enum ConnectError {
     Timeout(Arc<str>),
     #[error("connect to {0}: {1}")]
     Io(Arc<str>, std::io::Error),
-    #[error("HTTP handshake with {0}: {1}")]
-    Handshake(Arc<str>, hyper::Error),
 }
 
 /// Opens a TCP connection to a backend, with `TCP_NODELAY` (small writes must leave at once).
@@ -49,9 +44,6 @@ pub struct Upstream {
     /// Dropped with the connection: tells its drain watcher to stop.
     _closed: oneshot::Sender<()>,
 }
-
-/// A handle that sends requests on one backend connection (the HTTP/2 path's).
-pub type Sender = http1::SendRequest<RequestBody>;
 
 /// Dials a new connection to `worker` for the HTTP/1 path. It is shut down (and whatever
 /// request it carries fails) once the worker has been drained for `drain_timeout`.
@@ -85,41 +77,4 @@ pub async fn connect_upstream(
         stream,
         _closed: closed,
     })
-}
-
-/// Dials a new hyper HTTP/1.1 connection to `worker` and starts driving it. The connection
-/// is cut once the worker has been drained for `drain_timeout`.
-pub async fn connect_hyper(
-    worker: &Worker,
-    timeout: Duration,
-    drain_timeout: Duration,
-) -> Result<Sender, ConnectError> {
-    let address = &worker.address;
-    let stream = dial(address, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ConnectError::Handshake(address.text.clone(), e))?;
-    let text = address.text.clone();
-    let mut driver = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(backend = %text, error = %e, "backend connection closed");
-        }
-    });
-    // The drain deadline is watched beside the connection, not inside its task: that task
-    // is polled twice per request, and the watch would be polled with it.
-    let mut drain = worker.state.drain.watch();
-    let (address, id) = (worker.address.text.clone(), worker.id);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = &mut driver => {}
-            _ = drain.expired(drain_timeout) => {
-                tracing::info!(backend = %address, worker = id,
-                    "drain deadline passed: cutting a connection still in use");
-                driver.abort();
-            }
-        }
-    });
-    Ok(sender)
 }

@@ -1,8 +1,7 @@
 //! Idle keep-alive connections to one worker, kept for reuse.
 //!
-//! Each worker's [`IdleConns`] holds idle connections in lock-free queues: plain TCP
-//! streams ([`Upstream`]) for the HTTP/1 path, which reads and writes them itself, and
-//! hyper handles ([`Sender`]) for the HTTP/2 path. A request takes one (or dials a new one)
+//! Each worker's [`IdleConns`] holds idle HTTP/1.1 connections ([`Upstream`]) in a
+//! lock-free queue, for both HTTP transports. A request takes one (or dials a new one)
 //! and gives it back only once the response has ended cleanly; a connection in any other
 //! state is dropped, never reused. The store hangs off the worker's state in the ring
 //! (`WorkerState::attached`), so a reweight keeps the warm connections and a removed worker
@@ -17,29 +16,16 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use super::{Sender, Upstream};
+use super::Upstream;
 use crate::ring::state::now_ms;
 use crate::ring::{Ring, Worker};
-
-/// A request body on its way to a backend: the client's, streamed, or none (a retry of a
-/// bodiless request, rebuilt from its head).
-pub type RequestBody = Either<Incoming, Empty<Bytes>>;
 
 /// A connection that can tell whether its backend has closed it.
 trait Reusable {
     fn is_closed(&self) -> bool;
-}
-
-impl Reusable for Sender {
-    fn is_closed(&self) -> bool {
-        hyper::client::conn::http1::SendRequest::is_closed(self)
-    }
 }
 
 impl Reusable for Upstream {
@@ -115,7 +101,6 @@ impl<T: Reusable> Queue<T> {
 #[derive(Default)]
 pub struct IdleConns {
     h1: Queue<Upstream>,
-    hyper: Queue<Sender>,
 }
 
 impl fmt::Debug for IdleConns {
@@ -142,7 +127,7 @@ impl IdleConns {
             .map_or(0, IdleConns::len)
     }
 
-    /// An idle connection for the HTTP/1 path that is still open and was idle less than
+    /// An idle connection that is still open and was idle less than
     /// `max_idle` (older ones are closed).
     pub fn take_upstream(&self, max_idle: Duration) -> Option<Upstream> {
         self.h1.take(max_idle)
@@ -156,26 +141,14 @@ impl IdleConns {
         }
     }
 
-    /// The same for hyper's handles. The caller awaits `ready()` on it: a connection whose
-    /// last response just ended may need a moment to turn idle.
-    pub fn take_hyper(&self, max_idle: Duration) -> Option<Sender> {
-        self.hyper.take(max_idle)
-    }
-
-    pub fn put_hyper(worker: &Worker, s: Sender) {
-        if !worker.state.drain.is_drained() && !s.is_closed() {
-            IdleConns::of(worker).hyper.put(s);
-        }
-    }
-
     /// Closes the connections idle since before `oldest` (every one when `oldest` is
     /// `u64::MAX`); returns how many.
     fn expire(&self, oldest: u64) -> usize {
-        self.h1.expire(oldest) + self.hyper.expire(oldest)
+        self.h1.expire(oldest)
     }
 
     pub fn len(&self) -> usize {
-        self.h1.len() + self.hyper.len()
+        self.h1.len()
     }
 
     pub fn is_empty(&self) -> bool {

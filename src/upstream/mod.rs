@@ -11,5 +11,5 @@ pub mod connect;
 pub mod idle;
 pub mod probe;
 
-pub use connect::{ConnectError, Sender, Upstream, connect_hyper, connect_upstream, dial};
-pub use idle::{IdleConns, RequestBody};
+pub use connect::{ConnectError, Upstream, connect_upstream, dial};
+pub use idle::IdleConns;

@@ -95,6 +95,16 @@ impl<'b> ConnectionTokens<'b> {
     }
 }
 
+/// Whether a trailer field may be forwarded. RFC 9110 §6.5.1: framing, routing and
+/// connection fields cannot be processed after the content, and a recipient that merges
+/// trailers into the header section (many frameworks do) would let them override what the
+/// proxy checked or set in the head (framing, Host, the forwarding fields). Such fields are
+/// dropped, not refused: the message itself is sound, and §6.5.1 lets a recipient discard
+/// them.
+pub fn trailer_allowed(name: &[u8]) -> bool {
+    matches!(classify(name), Field::Other | Field::Cookie) && !name.eq_ignore_ascii_case(b"trailer")
+}
+
 /// Whether an `Upgrade` request may go to a worker. h2c never does: a worker that accepted
 /// it would turn the connection into an HTTP/2 tunnel whose requests skip every check,
 /// timeout and balancing decision; such a request is served as plain HTTP/1.1.
@@ -318,6 +328,31 @@ mod tests {
             ("::1", "for=\"[::1]\"")
         );
         assert_eq!(client("[::ffff:127.0.0.1]:80").xff, "127.0.0.1");
+    }
+
+    #[test]
+    fn framing_routing_and_connection_fields_are_not_trailers() {
+        for name in [
+            "connection",
+            "content-length",
+            "expect",
+            "forwarded",
+            "host",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "x-forwarded-for",
+            "X-Forwarded-Proto",
+        ] {
+            assert!(!trailer_allowed(name.as_bytes()), "{name}");
+        }
+        assert!(trailer_allowed(b"x-checksum"));
+        assert!(trailer_allowed(b"grpc-status"));
     }
 
     #[test]

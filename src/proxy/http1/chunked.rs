@@ -10,6 +10,7 @@
 //! extensions are checked by a state machine as they pass.
 
 use crate::proxy::forward::checks::MAX_FIELDS;
+use crate::proxy::forward::headers;
 
 /// Longest chunk-size line accepted, its CRLF included.
 pub const MAX_LINE: usize = 4096;
@@ -46,35 +47,12 @@ pub enum Output {
     Data,
 }
 
-/// Trailer fields that are dropped rather than forwarded. RFC 9110 §6.5.1: framing,
-/// routing and connection fields cannot be processed after the content, and a recipient
-/// that merges trailers into the header section (many frameworks do) would let them
-/// override what the proxy checked or set in the head (framing, Host, the forwarding
-/// fields). They are dropped, not refused: the message itself is sound, and §6.5.1 lets a
-/// recipient discard such fields.
-const DROPPED: [&[u8]; 15] = [
-    b"connection",
-    b"content-length",
-    b"expect",
-    b"forwarded",
-    b"host",
-    b"keep-alive",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-];
-/// A trailer name longer than the longest of [`DROPPED`] is kept: only shorter ones are
-/// held back until the colon.
+/// A trailer name longer than the longest the policy drops (`proxy-authorization`) is
+/// kept: only shorter ones are held back until the colon.
 const NAME_HELD: usize = 19;
 
 fn dropped(name: &[u8]) -> bool {
-    DROPPED.iter().any(|d| d.eq_ignore_ascii_case(name))
+    !headers::trailer_allowed(name)
 }
 
 /// `tchar` (RFC 9110 §5.6.2), the bytes of a token.

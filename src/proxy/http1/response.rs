@@ -4,6 +4,9 @@
 
 use std::mem::MaybeUninit;
 
+use hyper::StatusCode;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
 use super::head::{Framing, merge_length, put, put_length};
 use super::request::RequestHead;
 use crate::proxy::forward::checks::{MAX_FIELDS, trim_ows};
@@ -52,6 +55,93 @@ pub enum Malformed {
     UnaskedUpgrade,
 }
 
+/// What one pass over a response head's fields says.
+struct Scan<'b> {
+    kinds: [Field; MAX_FIELDS],
+    length: Option<u64>,
+    transfer: Option<&'b [u8]>,
+    connection: ConnectionTokens<'b>,
+}
+
+impl<'b> Scan<'b> {
+    fn of(fields: &'b [httparse::Header<'b>]) -> Result<Scan<'b>, Malformed> {
+        let mut scan = Scan {
+            kinds: [Field::Other; MAX_FIELDS],
+            length: None,
+            transfer: None,
+            connection: ConnectionTokens::default(),
+        };
+        for (f, kind) in fields.iter().zip(scan.kinds.iter_mut()) {
+            *kind = classify(f.name.as_bytes());
+            match *kind {
+                Field::ContentLength if !merge_length(&mut scan.length, f.value) => {
+                    return Err(Malformed::Length);
+                }
+                Field::TransferEncoding => scan.transfer = Some(f.value),
+                Field::Connection => scan.connection.add(f.value),
+                _ => {}
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The response's framing (RFC 9112 §6.3, in its order) and whether the worker's
+    /// connection can carry another request after it.
+    fn framing(&self, status: u16, version: u8, request: &RequestHead) -> (Framing, bool) {
+        let switching = status == 101;
+        let interim = (100..200).contains(&status) && !switching;
+        let framing = if request.head || interim || switching || status == 204 || status == 304 {
+            Framing::Empty
+        } else if let Some(te) = self.transfer {
+            if ends_chunked(te) {
+                Framing::Chunked
+            } else {
+                Framing::Close
+            }
+        } else {
+            match self.length {
+                Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+                None => Framing::Close,
+            }
+        };
+        // Both framings: the body was read as chunked, but the connection is not trusted
+        // after.
+        let reusable = self.connection.keeps_open(version == 0)
+            && framing != Framing::Close
+            && !(self.transfer.is_some() && self.length.is_some());
+        (framing, reusable)
+    }
+}
+
+/// A parsed response head: its length, minor version, status, reason and fields.
+type Parsed<'b> = (usize, u8, u16, &'b str, &'b [httparse::Header<'b>]);
+
+/// Parses a response head at the start of `buf`: `Ok(None)` while incomplete.
+fn parse<'b>(
+    buf: &'b [u8],
+    fields: &'b mut [MaybeUninit<httparse::Header<'b>>; MAX_FIELDS],
+) -> Result<Option<Parsed<'b>>, Malformed> {
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, fields)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(Malformed::Head),
+    };
+    let (Some(version), Some(status)) = (res.version, res.code) else {
+        return Err(Malformed::Head);
+    };
+    Ok(Some((
+        len,
+        version,
+        status,
+        res.reason.unwrap_or(""),
+        res.headers,
+    )))
+}
+
 /// Parses the response head at the start of `buf` and writes the client's version of it to
 /// `out` (nothing, for an interim response an HTTP/1.0 client cannot take). `Ok(None)`: the
 /// head is not complete yet. `draining`: the client connection closes after this response.
@@ -62,61 +152,16 @@ pub fn rewrite_response(
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, Malformed> {
     let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
-    let mut res = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut res,
-        buf,
-        &mut fields,
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(Malformed::Head),
+    let Some((len, version, status, reason, headers)) = parse(buf, &mut fields)? else {
+        return Ok(None);
     };
-    let (Some(version), Some(status)) = (res.version, res.code) else {
-        return Err(Malformed::Head);
-    };
-    let reason = res.reason.unwrap_or("");
-
-    let mut length: Option<u64> = None;
-    let mut transfer: Option<&[u8]> = None;
-    let mut connection = ConnectionTokens::default();
-    let mut kinds = [Field::Other; MAX_FIELDS];
-    for (f, kind) in res.headers.iter().zip(kinds.iter_mut()) {
-        *kind = classify(f.name.as_bytes());
-        match *kind {
-            Field::ContentLength if !merge_length(&mut length, f.value) => {
-                return Err(Malformed::Length);
-            }
-            Field::TransferEncoding => transfer = Some(f.value),
-            Field::Connection => connection.add(f.value),
-            _ => {}
-        }
-    }
+    let scan = Scan::of(headers)?;
     let switching = status == 101;
     if switching && !request.upgrade {
         return Err(Malformed::UnaskedUpgrade);
     }
     let interim = (100..200).contains(&status) && !switching;
-    // RFC 9112 §6.3, in its order.
-    let framing = if request.head || interim || switching || status == 204 || status == 304 {
-        Framing::Empty
-    } else if let Some(te) = transfer {
-        if ends_chunked(te) {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else {
-        match length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
-    };
-    // Both framings: the body was read as chunked, but the connection is not trusted after.
-    let reusable = connection.keeps_open(version == 0)
-        && framing != Framing::Close
-        && !(transfer.is_some() && length.is_some());
+    let (framing, reusable) = scan.framing(status, version, request);
     let dechunk = request.http10 && framing == Framing::Chunked;
     // An interim response never ends the exchange, let alone the connection.
     let client_close =
@@ -129,6 +174,13 @@ pub fn rewrite_response(
         client_close,
         dechunk,
     };
+    let (transfer, length, connection, kinds, res_headers) = (
+        scan.transfer,
+        scan.length,
+        scan.connection,
+        scan.kinds,
+        headers,
+    );
 
     out.clear();
     if interim && request.http10 {
@@ -144,7 +196,7 @@ pub fn rewrite_response(
     ]);
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (f, kind) in res.headers.iter().zip(kinds) {
+    for (f, kind) in res_headers.iter().zip(kinds) {
         match kind {
             Field::Other | Field::Cookie if !connection.lists(f.name.as_bytes()) => {
                 put(out, f.name.as_bytes(), f.value)
@@ -177,6 +229,64 @@ pub fn rewrite_response(
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(head))
+}
+
+/// The same parse and checks for a response that goes to an HTTP/2 client: its status and
+/// fields for hyper, hop-by-hop and framing fields left out (HTTP/2 frames the body
+/// itself; a Content-Length stays, as the size the body will have). `head_request`: the
+/// request was HEAD. The caller skips interim responses ([`ResponseHead::interim`]).
+pub fn response_for_h2(
+    buf: &[u8],
+    head_request: bool,
+) -> Result<Option<(ResponseHead, StatusCode, HeaderMap)>, Malformed> {
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+    let Some((len, version, status, _reason, headers)) = parse(buf, &mut fields)? else {
+        return Ok(None);
+    };
+    let scan = Scan::of(headers)?;
+    if status == 101 {
+        // No upgrade is ever asked of a worker on behalf of an HTTP/2 client.
+        return Err(Malformed::UnaskedUpgrade);
+    }
+    let request = RequestHead {
+        len: 0,
+        framing: Framing::Empty,
+        http10: false,
+        keep_alive: true,
+        head: head_request,
+        idempotent: false,
+        upgrade: false,
+        expect_continue: false,
+    };
+    let (framing, reusable) = scan.framing(status, version, &request);
+    let head = ResponseHead {
+        len,
+        status,
+        framing,
+        reusable,
+        client_close: false,
+        dechunk: framing == Framing::Chunked,
+    };
+    let code = StatusCode::from_u16(status).map_err(|_| Malformed::Head)?;
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for (f, kind) in headers.iter().zip(scan.kinds) {
+        let keep = match kind {
+            Field::Other | Field::Cookie => !scan.connection.lists(f.name.as_bytes()),
+            Field::ContentLength => scan.transfer.is_none(),
+            Field::Host
+            | Field::Expect
+            | Field::XForwardedFor
+            | Field::XForwardedProto
+            | Field::Forwarded => true,
+            _ => false,
+        };
+        if keep {
+            let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Malformed::Head)?;
+            let value = HeaderValue::from_bytes(f.value).map_err(|_| Malformed::Head)?;
+            map.append(name, value);
+        }
+    }
+    Ok(Some((head, code, map)))
 }
 
 #[cfg(test)]
@@ -244,6 +354,36 @@ mod tests {
                 false,
                 &mut out
             ),
+            Err(Malformed::UnaskedUpgrade)
+        );
+    }
+
+    #[test]
+    fn responses_for_http2_clients_lose_connection_fields() {
+        let (head, status, map) = response_for_h2(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (status.as_u16(), head.framing, head.reusable),
+            (200, Framing::Length(2), true)
+        );
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["content-length", "set-cookie"]);
+        assert_eq!(map.get_all("set-cookie").iter().count(), 2);
+        let (head, _, map) = response_for_h2(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(map.is_empty());
+        assert_eq!(
+            response_for_h2(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
             Err(Malformed::UnaskedUpgrade)
         );
     }

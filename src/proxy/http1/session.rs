@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::chunked::{ChunkError, Chunked, Output};
-use super::head::Framing;
+use super::body::BodyLeft;
+use super::chunked::{ChunkError, Output};
 use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
 use crate::balance::{Attempts, Balancer, NoWorker, Outcome};
@@ -761,59 +761,6 @@ where
         Err(RelayError::Read(e)) => Err(Down::Body(BackendError::Io(e))),
         Err(RelayError::Eof) => Err(Down::Body(BackendError::Eof)),
         Err(RelayError::Chunk(e)) => Err(Down::Body(BackendError::Chunk(e))),
-    }
-}
-
-/// What is left of a body to relay.
-enum BodyLeft {
-    Done,
-    Length(u64),
-    Chunked(Chunked),
-    Close,
-}
-
-impl BodyLeft {
-    /// `output`: what a chunked body becomes on the way (see [`Output`]).
-    fn of(framing: Framing, output: Output) -> BodyLeft {
-        match framing {
-            Framing::Empty => BodyLeft::Done,
-            Framing::Length(n) => BodyLeft::Length(n),
-            Framing::Chunked => BodyLeft::Chunked(Chunked::with_output(output)),
-            Framing::Close => BodyLeft::Close,
-        }
-    }
-
-    fn done(&self) -> bool {
-        matches!(self, BodyLeft::Done)
-    }
-
-    /// Moves the body bytes at the start of `buf` to `out` (a chunked body's framing as the
-    /// parser writes it, not as it came).
-    fn take(&mut self, buf: &mut BytesMut, out: &mut Vec<u8>) -> Result<(), ChunkError> {
-        match self {
-            BodyLeft::Done => {}
-            BodyLeft::Length(n) => {
-                let k = (buf.len() as u64).min(*n) as usize;
-                out.extend_from_slice(&buf[..k]);
-                buf.advance(k);
-                *n -= k as u64;
-                if *n == 0 {
-                    *self = BodyLeft::Done;
-                }
-            }
-            BodyLeft::Close => {
-                out.extend_from_slice(buf);
-                buf.clear();
-            }
-            BodyLeft::Chunked(c) => {
-                let taken = c.forward(buf, out)?;
-                buf.advance(taken);
-                if c.is_done() {
-                    *self = BodyLeft::Done;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
