@@ -34,7 +34,7 @@ use config::{Config, Protocol};
 use db::subscriber::Timing;
 use db::{Db, Subscriber, SubscriberError, SyncStatus};
 use proxy::ClientLimits;
-use proxy::http::HttpProxy;
+use proxy::HttpProxy;
 use proxy::tcp::TcpProxy;
 use ring::{Membership, Ring};
 use shutdown::Shutdown;

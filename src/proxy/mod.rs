@@ -13,9 +13,31 @@ pub mod http1;
 pub mod http2;
 pub mod tcp;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::balance::Balancer;
 use crate::config::ListenerConfig;
+use crate::db::SyncStatus;
+
+/// One `[[listeners]]` entry with `protocol = "http"`: what both HTTP transports need to
+/// serve its clients (`http` accepts them and hands each to the transport it speaks).
+pub struct HttpProxy {
+    pub balancer: Balancer,
+    pub limits: ClientLimits,
+    /// The database subscriber's state, for what a 503 says before the ring is loaded.
+    pub sync: Arc<SyncStatus>,
+}
+
+impl HttpProxy {
+    pub fn new(balancer: Balancer, limits: ClientLimits, sync: Arc<SyncStatus>) -> HttpProxy {
+        HttpProxy {
+            balancer,
+            limits,
+            sync,
+        }
+    }
+}
 
 /// A listener's limits on its clients.
 #[derive(Debug, Clone)]

@@ -144,7 +144,7 @@ impl Snapshot {
     }
 
     /// The fingerprint of every pool that has workers, comparable with
-    /// [`crate::db::Db::fingerprints`] of the table.
+    /// fingerprints the database subscriber reads from the table (`Db::fingerprints`).
     pub fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
         use md5::Digest;
         self.pools

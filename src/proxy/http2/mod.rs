@@ -10,8 +10,15 @@
 mod worker;
 
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -22,10 +29,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
+use super::HttpProxy;
 use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks};
-use super::http::{HttpProxy, Rewind};
 use super::http1::head::{Framing, put, put_length};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::shutdown::Shutdown;
@@ -42,7 +49,7 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
     let client = Arc::new(Client::new(peer));
     let service = service_fn(move |request| {
         let (proxy, client) = (proxy.clone(), client.clone());
-        async move { Ok::<_, Infallible>(proxy.handle_h2(request, &client).await) }
+        async move { Ok::<_, Infallible>(handle(&proxy, request, &client).await) }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -65,77 +72,80 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
     }
 }
 
-impl HttpProxy {
-    async fn handle_h2(&self, request: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
-        let balancer = &self.balancer;
-        let settings = &balancer.settings;
-        balancer.count_request();
-        let (prepared, body) = match prepare(request, client) {
-            Ok(prepared) => prepared,
-            Err(reject) => {
-                if let Reject::BadRequest(why) = reject {
-                    tracing::debug!(why, "bad request");
-                }
-                return own(&reject.canned());
+/// Forwards one request (stream) to a worker picked for it.
+async fn handle(
+    proxy: &HttpProxy,
+    request: Request<Incoming>,
+    client: &Client,
+) -> Response<ProxyBody> {
+    let balancer = &proxy.balancer;
+    let settings = &balancer.settings;
+    balancer.count_request();
+    let (prepared, body) = match prepare(request, client) {
+        Ok(prepared) => prepared,
+        Err(reject) => {
+            if let Reject::BadRequest(why) = reject {
+                tracing::debug!(why, "bad request");
             }
-        };
-        // A body streams through once: only a request without one can be sent again.
-        let replayable = body.is_none() && prepared.idempotent;
-        let mut body = body;
+            return own(&reject.canned());
+        }
+    };
+    // A body streams through once: only a request without one can be sent again.
+    let replayable = body.is_none() && prepared.idempotent;
+    let mut body = body;
 
-        let mut attempts = Attempts::default();
-        loop {
-            let (worker, may_retry) = match attempts.next(balancer) {
-                Ok(next) => next,
-                Err(NoWorker::Exhausted) => return own(&Canned::BAD_GATEWAY),
-                Err(none) => return own(&Canned::no_worker(none, balancer, &self.sync)),
-            };
-            let (failure, outcome, error) = match worker::exchange(
-                &worker,
-                settings,
-                &prepared.worker,
-                &mut body,
-            )
-            .await
-            {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    balancer.record(&worker, Outcome::Status(status));
-                    let retry = matches!(status, 502..=504)
-                        && retry::should_retry(
-                            Failure::GatewayStatus,
-                            replayable,
-                            may_retry,
-                            &balancer.budget,
-                        );
-                    if !retry {
-                        return response.map(Either::Left);
-                    }
-                    tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
-                    continue;
+    let mut attempts = Attempts::default();
+    loop {
+        let (worker, may_retry) = match attempts.next(balancer) {
+            Ok(next) => next,
+            Err(NoWorker::Exhausted) => return own(&Canned::BAD_GATEWAY),
+            Err(none) => return own(&Canned::no_worker(none, balancer, &proxy.sync)),
+        };
+        let (failure, outcome, error) = match worker::exchange(
+            &worker,
+            settings,
+            &prepared.worker,
+            &mut body,
+        )
+        .await
+        {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                balancer.record(&worker, Outcome::Status(status));
+                let retry = matches!(status, 502..=504)
+                    && retry::should_retry(
+                        Failure::GatewayStatus,
+                        replayable,
+                        may_retry,
+                        &balancer.budget,
+                    );
+                if !retry {
+                    return response.map(Either::Left);
                 }
-                Err(Failed::NotSent(e)) => (Failure::NotSent, Outcome::Connect, e),
-                Err(Failed::Broken(outcome, e)) => (Failure::Broken, outcome, e),
-                Err(Failed::Timeout) => {
-                    balancer.record(&worker, Outcome::Timeout);
-                    if let Some(suppressed) = worker.state.log_gate.allow() {
-                        tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
+                continue;
+            }
+            Err(Failed::NotSent(e)) => (Failure::NotSent, Outcome::Connect, e),
+            Err(Failed::Broken(outcome, e)) => (Failure::Broken, outcome, e),
+            Err(Failed::Timeout) => {
+                balancer.record(&worker, Outcome::Timeout);
+                if let Some(suppressed) = worker.state.log_gate.allow() {
+                    tracing::warn!(backend = %worker.address.text, worker = worker.id,
                                 timeout_ms = settings.response_timeout.as_millis() as u64,
                                 suppressed, "no response headers in time");
-                    }
-                    return own(&Canned::GATEWAY_TIMEOUT);
                 }
-            };
-            balancer.record(&worker, outcome);
-            if let Some(suppressed) = worker.state.log_gate.allow() {
-                tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
+                return own(&Canned::GATEWAY_TIMEOUT);
+            }
+        };
+        balancer.record(&worker, outcome);
+        if let Some(suppressed) = worker.state.log_gate.allow() {
+            tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
                     suppressed, "backend failed");
-            }
-            // Nothing sent: the body (if any) is still here, and the request goes on.
-            let replayable = replayable || (failure == Failure::NotSent && body.is_some());
-            if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
-                return own(&Canned::BAD_GATEWAY);
-            }
+        }
+        // Nothing sent: the body (if any) is still here, and the request goes on.
+        let replayable = replayable || (failure == Failure::NotSent && body.is_some());
+        if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
+            return own(&Canned::BAD_GATEWAY);
         }
     }
 }
@@ -236,4 +246,50 @@ fn write_fields(head: &mut Vec<u8>, fields: &HeaderMap) {
 
 fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// A client connection whose first bytes were already read: they are read again first.
+pub struct Rewind {
+    read: BytesMut,
+    stream: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(read: BytesMut, stream: TcpStream) -> Rewind {
+        Rewind { read, stream }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
