@@ -34,7 +34,7 @@ use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
-use crate::upstream::{IdleConns, Upstream, connect_upstream};
+use crate::upstream::{ConnectError, IdleConns, Upstream, connect_upstream};
 
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
@@ -318,34 +318,19 @@ impl Session<'_> {
         whole: bool,
         may_retry: bool,
     ) -> Result<Tried, Abort> {
-        let settings = &self.balancer.settings;
         // A body that was read whole can be sent again; a streamed one cannot.
         let replayable = whole && head.idempotent && !head.upgrade;
         let _in_flight = InFlight::new(worker.clone());
         loop {
-            let idle = IdleConns::of(worker).take_upstream(settings.idle_timeout);
-            let (mut up, pooled) = match idle {
-                Some(up) => (up, true),
-                None => {
-                    match connect_upstream(worker, settings.connect_timeout, settings.drain_timeout)
-                        .await
-                    {
-                        Ok(up) => (up, false),
-                        Err(error) => {
-                            self.balancer.record(worker, Outcome::Connect);
-                            if let Some(suppressed) = worker.state.log_gate.allow() {
-                                tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                                %error, suppressed, "connect failed");
-                            }
-                            let retry = retry::should_retry(
-                                Failure::NotSent,
-                                replayable,
-                                may_retry,
-                                &self.balancer.budget,
-                            );
-                            return Ok(Tried::Failed { retry });
-                        }
+            let (mut up, pooled) = match self.connection(worker).await {
+                Ok(c) => c,
+                Err(error) => {
+                    self.balancer.record(worker, Outcome::Connect);
+                    if let Some(suppressed) = worker.state.log_gate.allow() {
+                        tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                            %error, suppressed, "connect failed");
                     }
+                    return Ok(self.failed(Failure::NotSent, replayable, may_retry));
                 }
             };
             let sent = up.stream.write_all(&self.req_out).await;
@@ -358,7 +343,7 @@ impl Session<'_> {
                 // every connection's task larger.
                 return Box::pin(self.stream_exchange(worker, up, head, body)).await;
             }
-            arm(self.timer.as_mut(), settings.response_timeout);
+            arm(self.timer.as_mut(), self.balancer.settings.response_timeout);
             let draining = self.shutdown.is_draining();
             let answer = match sent {
                 Ok(()) => {
@@ -379,84 +364,111 @@ impl Session<'_> {
             let response = match answer {
                 Ok(r) => r,
                 Err(Down::Client(e)) => return Err(Abort::Client(e)),
-                Err(Down::Head(e)) | Err(Down::Body(e)) => {
-                    let nothing = self.rbuf.is_empty();
+                Err(Down::Head(e) | Down::Body(e)) => {
+                    // An idle connection the backend had just closed: nothing came back, so
+                    // the request goes out again on another connection (not the worker's
+                    // fault).
+                    let stale = pooled && self.rbuf.is_empty() && replayable;
                     self.rbuf.clear();
                     match e {
-                        // An idle connection the backend had just closed: nothing came
-                        // back, so the request goes out again on another connection (not
-                        // the worker's fault).
-                        BackendError::Io(_) | BackendError::Eof
-                            if pooled && nothing && replayable =>
-                        {
-                            continue;
-                        }
-                        BackendError::Timeout => {
-                            self.balancer.record(worker, Outcome::Timeout);
-                            if let Some(suppressed) = worker.state.log_gate.allow() {
-                                tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                                    timeout_ms = settings.response_timeout.as_millis() as u64,
-                                    suppressed, "no response headers in time");
-                            }
-                            return Ok(Tried::Own(Canned::GATEWAY_TIMEOUT));
-                        }
-                        e => {
-                            self.backend_failed(worker, &e);
-                            let retry = retry::should_retry(
-                                Failure::Broken,
-                                replayable,
-                                may_retry,
-                                &self.balancer.budget,
-                            );
-                            return Ok(Tried::Failed { retry });
-                        }
+                        BackendError::Io(_) | BackendError::Eof if stale => continue,
+                        e => return Ok(self.no_head(worker, e, replayable, may_retry)),
                     }
                 }
             };
-            let status = response.status;
-            self.balancer.record(worker, Outcome::Status(status));
-            if matches!(status, 502..=504)
-                && retry::should_retry(
-                    Failure::GatewayStatus,
-                    replayable,
-                    may_retry,
-                    &self.balancer.budget,
-                )
-            {
+            return self
+                .answered(worker, up, response, replayable, may_retry)
+                .await;
+        }
+    }
+
+    /// A connection to `worker`: an idle one (`true`), or a new one.
+    async fn connection(&self, worker: &Worker) -> Result<(Upstream, bool), ConnectError> {
+        let settings = &self.balancer.settings;
+        if let Some(up) = IdleConns::of(worker).take_upstream(settings.idle_timeout) {
+            return Ok((up, true));
+        }
+        let up = connect_upstream(worker, settings.connect_timeout, settings.drain_timeout).await?;
+        Ok((up, false))
+    }
+
+    /// The worker failed before a response head: 504 for a timeout, otherwise another
+    /// worker when the policy allows.
+    fn no_head(
+        &self,
+        worker: &Worker,
+        e: BackendError,
+        replayable: bool,
+        may_retry: bool,
+    ) -> Tried {
+        if let BackendError::Timeout = e {
+            self.balancer.record(worker, Outcome::Timeout);
+            if let Some(suppressed) = worker.state.log_gate.allow() {
+                tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                    timeout_ms = self.balancer.settings.response_timeout.as_millis() as u64,
+                    suppressed, "no response headers in time");
+            }
+            return Tried::Own(Canned::GATEWAY_TIMEOUT);
+        }
+        self.backend_failed(worker, &e);
+        self.failed(Failure::Broken, replayable, may_retry)
+    }
+
+    /// Whether `failure` sends the request to another worker (see `forward::retry`).
+    fn failed(&self, failure: Failure, replayable: bool, may_retry: bool) -> Tried {
+        let retry = retry::should_retry(failure, replayable, may_retry, &self.balancer.budget);
+        Tried::Failed { retry }
+    }
+
+    /// The worker answered with `response` (its head in `res_out`): retried elsewhere for
+    /// 502–504 when the policy allows, a tunnel after 101, otherwise relayed.
+    async fn answered(
+        &mut self,
+        worker: &Arc<Worker>,
+        mut up: Upstream,
+        response: ResponseHead,
+        replayable: bool,
+        may_retry: bool,
+    ) -> Result<Tried, Abort> {
+        let status = response.status;
+        self.balancer.record(worker, Outcome::Status(status));
+        if matches!(status, 502..=504) {
+            let retry = self.failed(Failure::GatewayStatus, replayable, may_retry);
+            if let Tried::Failed { retry: true } = retry {
                 tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
                 self.rbuf.clear();
-                return Ok(Tried::Failed { retry: true });
+                return Ok(retry);
             }
-            if status == 101 {
-                Box::pin(self.tunnel(up)).await;
-                return Ok(Tried::Answered(false));
+        }
+        if status == 101 {
+            Box::pin(self.tunnel(up)).await;
+            return Ok(Tried::Answered(false));
+        }
+        let relayed = relay_response(
+            &mut up.stream,
+            &mut self.rbuf,
+            &mut self.client,
+            &mut self.res_out,
+            response,
+        )
+        .await;
+        match relayed {
+            Ok(end) => {
+                if end.reusable {
+                    IdleConns::put_upstream(worker, up);
+                }
+                Ok(Tried::Answered(!end.client_close))
             }
-            let relayed = relay_response(
-                &mut up.stream,
-                &mut self.rbuf,
-                &mut self.client,
-                &mut self.res_out,
-                response,
-            )
-            .await;
-            return match relayed {
-                Ok(end) => {
-                    if end.reusable {
-                        IdleConns::put_upstream(worker, up);
-                    }
-                    Ok(Tried::Answered(!end.client_close))
-                }
-                Err(Down::Client(e)) => Err(Abort::Client(e)),
-                Err(Down::Head(e)) => {
-                    self.backend_failed(worker, &e);
-                    self.send_own(&Canned::BAD_GATEWAY, true).await;
-                    Ok(Tried::Answered(false))
-                }
-                Err(Down::Body(e)) => {
-                    self.backend_failed(worker, &e);
-                    Err(Abort::Backend(worker.address.text.clone(), e))
-                }
-            };
+            Err(Down::Client(e)) => Err(Abort::Client(e)),
+            Err(Down::Head(e)) => {
+                self.backend_failed(worker, &e);
+                self.send_own(&Canned::BAD_GATEWAY, true).await;
+                Ok(Tried::Answered(false))
+            }
+            Err(Down::Body(e)) => {
+                self.backend_failed(worker, &e);
+                Err(Abort::Backend(worker.address.text.clone(), e))
+            }
         }
     }
 
