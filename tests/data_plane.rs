@@ -219,12 +219,20 @@ async fn a_client_provoking_501_cannot_eject_a_healthy_worker() {
             HashMap::from([("a".into(), 5), (code.to_string(), 5)]),
             "b keeps its share while it answers {code}"
         );
-        assert!(!worker_flag(&status(&lb).await, &b.addr.to_string(), "ejected"));
+        assert!(!worker_flag(
+            &status(&lb).await,
+            &b.addr.to_string(),
+            "ejected"
+        ));
     }
     // A gateway failure does count: 503 twice in a row ejects it.
     b.status.store(503, Ordering::SeqCst);
     tally(&c, lb.listeners[0], 4).await;
-    assert!(worker_flag(&status(&lb).await, &b.addr.to_string(), "ejected"));
+    assert!(worker_flag(
+        &status(&lb).await,
+        &b.addr.to_string(),
+        "ejected"
+    ));
     lb.stop(Duration::from_secs(5)).await;
 }
 
