@@ -119,6 +119,10 @@ pub struct Backend {
     gate: Arc<Notify>,
     /// Requests currently parked on `/hold`.
     pub holding: Arc<AtomicUsize>,
+    /// Connections open now (accepted and not yet closed by either side).
+    pub open: Arc<AtomicUsize>,
+    /// Connections accepted since the start.
+    pub accepted: Arc<AtomicUsize>,
     killed: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -137,13 +141,19 @@ impl Backend {
             health: Arc::new(std::sync::atomic::AtomicU16::new(200)),
         });
         let s = shared.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (gauge, count) = (open.clone(), accepted.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                count.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
+                let open = Gauge::up(&gauge);
                 tokio::spawn(async move {
+                    let _open = open;
                     let killed = s.killed.clone();
                     let service = service_fn(move |req: Request<Incoming>| {
                         let s = s.clone();
@@ -167,6 +177,8 @@ impl Backend {
             health: shared.health.clone(),
             gate: shared.gate.clone(),
             holding: shared.holding.clone(),
+            open,
+            accepted,
             killed: shared.killed.clone(),
             task,
         }
@@ -174,6 +186,16 @@ impl Backend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Lets every request parked on `/hold` answer.
@@ -190,6 +212,22 @@ impl Backend {
     pub fn kill(&self) {
         self.task.abort();
         self.killed.cancel();
+    }
+}
+
+/// One open connection counted in a gauge, for as long as this lives.
+pub struct Gauge(Arc<AtomicUsize>);
+
+impl Gauge {
+    pub fn up(gauge: &Arc<AtomicUsize>) -> Gauge {
+        gauge.fetch_add(1, Ordering::SeqCst);
+        Gauge(gauge.clone())
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -497,4 +535,269 @@ pub async fn raw(proxy: SocketAddr, request: &[u8]) -> String {
         .expect("the proxy answers and closes")
         .unwrap();
     String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// Polls the async `check` until it holds, for at most `within`; panics with `what` if it
+/// never does. Returns how long it took.
+pub async fn eventually_within(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// The `/status` entry of the worker at `address`.
+pub fn worker_status(status: &serde_json::Value, address: &str) -> serde_json::Value {
+    status["pools"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["address"] == address)
+        .unwrap_or_else(|| panic!("{address} not in {status}"))
+        .clone()
+}
+
+/// Writes `request` on `s` and reads one response: interim ones (except 101) included, then
+/// the final head and its body (by Content-Length, chunked to its last chunk, or until the
+/// close). Does not wait for the proxy to close a keep-alive connection.
+pub async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(request).await.unwrap();
+    tokio::time::timeout(WAIT, read_response(s))
+        .await
+        .unwrap_or_else(|_| panic!("no complete response within {WAIT:?}"))
+}
+
+/// Sends raw bytes on a new connection and reads one response (see [`exchange`]).
+pub async fn raw_once(proxy: SocketAddr, request: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    exchange(&mut s, request).await
+}
+
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut start = 0;
+    // Reads more; false at the end of the stream (or a reset: what came is kept).
+    async fn more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 8192];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+    loop {
+        let head_end = loop {
+            if let Some(i) = find(&buf[start..], b"\r\n\r\n") {
+                break start + i + 4;
+            }
+            if !more(s, &mut buf).await {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[start..head_end]).to_lowercase();
+        let status: u16 = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            start = head_end;
+            continue;
+        }
+        if status == 101 {
+            return String::from_utf8_lossy(&buf).into_owned();
+        }
+        let length = head.lines().find_map(|l| {
+            l.strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        });
+        let chunked = head
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        loop {
+            let done = match (length, chunked) {
+                (_, true) => buf[head_end..].ends_with(b"0\r\n\r\n"),
+                (Some(n), false) => buf.len() >= head_end + n,
+                (None, false) => false,
+            };
+            if done || !more(s, &mut buf).await {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+    }
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A raw HTTP/1.1 backend on 127.0.0.1:0 that records every request it receives, byte for
+/// byte (head, body, and the chunked framing and trailers as they came). It answers 200
+/// `ok`, or, to a request with an `Upgrade` field, `101 Switching Protocols` with the same
+/// `Upgrade` (as a server that would accept h2c, or a WebSocket, does), and then holds the
+/// connection, reading and discarding.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    pub accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (record, count) = (requests.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(record_connection(s, record.clone()));
+            }
+        });
+        Recorder {
+            addr,
+            requests,
+            accepted,
+            task,
+        }
+    }
+
+    /// Every request received so far, as text (invalid UTF-8 shown lossily).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// The last request received; panics if none was.
+    pub fn last(&self) -> String {
+        self.requests()
+            .pop()
+            .expect("the backend received no request")
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record_connection(
+    mut s: tokio::net::TcpStream,
+    record: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf: Vec<u8> = Vec::new();
+    // Reads until `buf` holds `len` bytes; false if the connection ends first.
+    async fn need(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, len: usize) -> bool {
+        while buf.len() < len {
+            let mut chunk = [0u8; 8192];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    }
+    // The end of the line starting at `from` (the index of its CRLF).
+    async fn line(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, from: usize) -> Option<usize> {
+        loop {
+            if let Some(i) = find(&buf[from..], b"\r\n") {
+                return Some(from + i);
+            }
+            let len = buf.len() + 1;
+            if !need(s, buf, len).await {
+                return None;
+            }
+        }
+    }
+    loop {
+        let head_end = loop {
+            if let Some(i) = find(&buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let len = buf.len() + 1;
+            if !need(&mut s, &mut buf, len).await {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let field = |name: &str| {
+            head.lines().skip(1).find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        let mut end = head_end;
+        if field("transfer-encoding").is_some_and(|v| v.to_lowercase().contains("chunked")) {
+            loop {
+                let Some(eol) = line(&mut s, &mut buf, end).await else {
+                    return;
+                };
+                let size_text = String::from_utf8_lossy(&buf[end..eol]).into_owned();
+                let size_text = size_text.split(';').next().unwrap().trim();
+                let size = usize::from_str_radix(size_text, 16).unwrap_or(0);
+                end = eol + 2;
+                if size == 0 {
+                    // Trailer fields, up to the empty line.
+                    loop {
+                        let Some(eol) = line(&mut s, &mut buf, end).await else {
+                            return;
+                        };
+                        let empty = eol == end;
+                        end = eol + 2;
+                        if empty {
+                            break;
+                        }
+                    }
+                    break;
+                }
+                if !need(&mut s, &mut buf, end + size + 2).await {
+                    return;
+                }
+                end += size + 2;
+            }
+        } else if let Some(n) = field("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            if !need(&mut s, &mut buf, head_end + n).await {
+                return;
+            }
+            end = head_end + n;
+        }
+        record.lock().unwrap().push(buf.drain(..end).collect());
+        if let Some(protocol) = field("upgrade") {
+            let switch = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+            );
+            if s.write_all(switch.as_bytes()).await.is_err() {
+                return;
+            }
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink).await;
+            return;
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
