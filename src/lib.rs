@@ -105,6 +105,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             // The proxy must be able to start while its database is down: serve the cached
             // ring (or 503) and keep trying in the background.
             tracing::warn!(error = %e, "PostgreSQL does not answer; starting without it and retrying");
+            sync.set_unreachable(&e);
             restore_cache(&mut subscriber, config.database.cache_path.as_deref());
             None
         }

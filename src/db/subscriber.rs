@@ -168,6 +168,12 @@ impl SyncStatus {
         });
     }
 
+    /// The first connection failed at startup: the subscriber is reconnecting from now on
+    /// (so a 503 can say since when the database is unreachable, from the first request).
+    pub fn set_unreachable(&self, error: &SubscriberError) {
+        self.set_state("reconnecting", Some(error.to_string()));
+    }
+
     pub fn set_source(&self, source: &'static str) {
         self.update(|s| s.ring_source = source);
     }

@@ -196,6 +196,60 @@ pub async fn reap(ring: Arc<Ring>, pool: usize, idle_timeout: Duration, stop: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::{Address, WorkerState};
+    use crate::upstream::connect_upstream;
+
+    async fn worker_and_listener() -> (Arc<Worker>, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let worker = Arc::new(Worker {
+            id: 1,
+            address: Address::new(&address),
+            weight: 1,
+            pool: "p".into(),
+            version: 1,
+            state: Arc::new(WorkerState::default()),
+        });
+        (worker, listener)
+    }
+
+    async fn connection(worker: &Worker) -> Upstream {
+        let d = Duration::from_secs(5);
+        connect_upstream(worker, d, d).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_drained_workers_connection_is_closed_when_it_comes_back() {
+        let (worker, _listener) = worker_and_listener().await;
+        IdleConns::put_upstream(&worker, connection(&worker).await);
+        assert_eq!(IdleConns::count(&worker), 1);
+        worker.state.drain.set(true);
+        IdleConns::put_upstream(&worker, connection(&worker).await);
+        assert_eq!(
+            IdleConns::count(&worker),
+            1,
+            "not kept for a drained worker"
+        );
+    }
+
+    #[tokio::test]
+    async fn expire_closes_connections_idle_since_before_the_cutoff() {
+        let (worker, _listener) = worker_and_listener().await;
+        IdleConns::put_upstream(&worker, connection(&worker).await);
+        IdleConns::put_upstream(&worker, connection(&worker).await);
+        let idle = IdleConns::of(&worker);
+        assert_eq!(
+            idle.expire(0),
+            0,
+            "none idle since before the start of time"
+        );
+        assert_eq!(
+            idle.expire(u64::MAX),
+            2,
+            "every one idle since before the end of it"
+        );
+        assert!(idle.is_empty());
+    }
 
     #[test]
     fn reap_interval_is_a_fraction_of_the_timeout_within_bounds() {

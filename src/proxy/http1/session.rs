@@ -222,6 +222,11 @@ impl Session<'_> {
                     }
                 } else {
                     match rewrite_request(&self.inbuf, &self.peer, &mut self.req_out) {
+                        // A head that arrived whole in the read that crossed the limit.
+                        Ok(Some(head)) if head.len > self.limits.max_header_size => {
+                            self.reject(Reject::TooLarge).await;
+                            return Ok(Next::Closed);
+                        }
                         Ok(Some(head)) => return Ok(Next::Request(head)),
                         Ok(None) if self.inbuf.len() >= self.limits.max_header_size => {
                             self.reject(checks::head_over_limit(&self.inbuf)).await;
