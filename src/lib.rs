@@ -83,63 +83,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
 
-    let db = Db::new(&config.database.url)?;
     let pools: Vec<String> = config.listeners.iter().map(|l| l.pool.clone()).collect();
     let ring = Ring::new(&pools);
     let shutdown = Shutdown::new();
     let sync = Arc::new(SyncStatus::default());
-    let timing = Timing {
-        heartbeat: config.database.heartbeat_interval,
-        anti_entropy: config.database.anti_entropy_interval,
-    };
-    let mut subscriber = Subscriber::new(
-        db,
-        Membership::new(ring.clone()),
-        shutdown.drain.clone(),
-        sync.clone(),
-        timing,
-    );
-    let session = match subscriber.connect("startup").await {
-        Ok(session) => Some(session),
-        Err(e) if e.is_transient() => {
-            // The proxy must be able to start while its database is down: serve the cached
-            // ring (or 503) and keep trying in the background.
-            tracing::warn!(error = %e, "PostgreSQL does not answer; starting without it and retrying");
-            sync.set_unreachable(&e);
-            restore_cache(&mut subscriber, config.database.cache_path.as_deref());
-            None
-        }
-        Err(SubscriberError::Prepare(e)) => return Err(e.into()),
-        Err(e) => return Err(StartError::Sync(e)),
-    };
-    let subscriber_task = tokio::spawn(subscriber.run(session));
-    // One health checker and one idle-connection reaper per pool, shared by every
-    // listener of the pool.
-    for (index, name) in ring.configured_pools().iter().enumerate() {
-        let settings = config.pool(name);
-        if let Some(check) = settings.health_check {
-            tokio::spawn(balance::health::run(
-                ring.clone(),
-                name.to_string(),
-                check,
-                Arc::new(upstream::probe::NetworkProbe),
-                shutdown.drain.clone(),
-            ));
-        }
-        tokio::spawn(upstream::idle::reap(
-            ring.clone(),
-            index,
-            settings.idle_timeout,
-            shutdown.drain.clone(),
-        ));
-    }
-    if let Some(path) = &config.database.cache_path {
-        tokio::spawn(db::cache::writer(
-            path.clone(),
-            ring.clone(),
-            shutdown.drain.clone(),
-        ));
-    }
+    let subscriber_task = start_subscriber(config, &ring, &sync, &shutdown).await?;
+    spawn_pool_tasks(config, &ring, &shutdown);
 
     let mut listeners = Vec::with_capacity(bound.len());
     for (l, tcp) in config.listeners.iter().zip(bound) {
@@ -167,20 +116,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         tracing::info!(%address, protocol = ?l.protocol, pool = %l.pool,
             algorithm = l.algorithm.name(), "listening");
     }
-    let admin = match admin_listener {
-        Some(tcp) => {
-            let address = tcp.local_addr().ok();
-            tokio::spawn(admin::serve(
-                tcp,
-                ring.clone(),
-                sync.clone(),
-                shutdown.clone(),
-            ));
-            tracing::info!(address = ?address, "admin endpoint listening (GET /status)");
-            address
-        }
-        None => None,
-    };
+    let admin = admin_listener.and_then(|tcp| {
+        let address = tcp.local_addr().ok();
+        tokio::spawn(admin::serve(
+            tcp,
+            ring.clone(),
+            sync.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(address = ?address, "admin endpoint listening (GET /status)");
+        address
+    });
     Ok(Running {
         ring,
         sync,
@@ -189,6 +135,71 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shutdown,
         subscriber_task,
     })
+}
+
+/// Migrates, reads the table once and starts following it. The proxy must be able to
+/// start while its database is down: then it serves the cached ring (or 503) and keeps
+/// trying in the background; a database that refuses it for good stops the start.
+async fn start_subscriber(
+    config: &Config,
+    ring: &Arc<Ring>,
+    sync: &Arc<SyncStatus>,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<()>, StartError> {
+    let db = Db::new(&config.database.url)?;
+    let timing = Timing {
+        heartbeat: config.database.heartbeat_interval,
+        anti_entropy: config.database.anti_entropy_interval,
+    };
+    let mut subscriber = Subscriber::new(
+        db,
+        Membership::new(ring.clone()),
+        shutdown.drain.clone(),
+        sync.clone(),
+        timing,
+    );
+    let session = match subscriber.connect("startup").await {
+        Ok(session) => Some(session),
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "PostgreSQL does not answer; starting without it and retrying");
+            sync.set_unreachable(&e);
+            restore_cache(&mut subscriber, config.database.cache_path.as_deref());
+            None
+        }
+        Err(SubscriberError::Prepare(e)) => return Err(e.into()),
+        Err(e) => return Err(StartError::Sync(e)),
+    };
+    if let Some(path) = &config.database.cache_path {
+        tokio::spawn(db::cache::writer(
+            path.clone(),
+            ring.clone(),
+            shutdown.drain.clone(),
+        ));
+    }
+    Ok(tokio::spawn(subscriber.run(session)))
+}
+
+/// One health checker and one idle-connection reaper per pool, shared by every listener of
+/// the pool.
+fn spawn_pool_tasks(config: &Config, ring: &Arc<Ring>, shutdown: &Shutdown) {
+    for (index, name) in ring.configured_pools().iter().enumerate() {
+        let settings = config.pool(name);
+        if let Some(check) = settings.health_check {
+            tokio::spawn(balance::health::run(
+                ring.clone(),
+                name.to_string(),
+                check,
+                Arc::new(upstream::probe::NetworkProbe),
+                shutdown.drain.clone(),
+            ));
+        }
+        tokio::spawn(upstream::idle::reap(
+            ring.clone(),
+            index,
+            settings.idle_timeout,
+            shutdown.drain.clone(),
+        ));
+    }
 }
 
 /// Seeds the ring from the cache file, if there is a usable one; says why not otherwise.

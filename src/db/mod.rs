@@ -32,13 +32,15 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 /// Unacknowledged data older than this kills the connection (Linux `TCP_USER_TIMEOUT`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connection settings and the pool for ordinary queries.
+/// Connection settings and the connections for ordinary queries.
 #[derive(Clone)]
 pub struct Db {
     /// Settings for the subscriber's own connection (never pooled: see `subscriber.rs`).
     pub config: tokio_postgres::Config,
     /// Pooled connections for queries such as the snapshot read.
-    pub pool: deadpool_postgres::Pool,
+    /// A deadpool of connections for snapshot and fingerprint queries (a "pool" of
+    /// workers is another thing: `workers.pool`).
+    pub connections: deadpool_postgres::Pool,
 }
 
 /// Why the proxy could not start against the database. Each says which problem it is and
@@ -86,7 +88,7 @@ impl StartupError {
 }
 
 impl Db {
-    /// Parses `url` into connection settings and a query pool. No I/O: nothing is
+    /// Parses `url` into connection settings and connections for queries. No I/O: nothing is
     /// connected until it is used.
     pub fn new(url: &str) -> Result<Db, StartupError> {
         let mut config =
@@ -115,14 +117,17 @@ impl Db {
                 recycling_method: RecyclingMethod::Verified,
             },
         );
-        let pool = deadpool_postgres::Pool::builder(manager)
+        let connections = deadpool_postgres::Pool::builder(manager)
             .max_size(4)
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .expect("a tokio runtime and timeouts are set");
-        Ok(Db { config, pool })
+        Ok(Db {
+            config,
+            connections,
+        })
     }
 
     /// Connects (a clear error if that fails) and runs the pending migrations.
@@ -161,7 +166,7 @@ impl Db {
 
     /// Reads every row of `workers`: the full state the subscriber resets to.
     pub async fn snapshot(&self) -> Result<Vec<Row>, SnapshotError> {
-        let client = self.pool.get().await?;
+        let client = self.connections.get().await?;
         let rows = client
             .query(
                 "SELECT id, worker_address, weight, pool, version FROM workers",
