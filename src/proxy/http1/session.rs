@@ -464,16 +464,7 @@ impl Session<'_> {
                 }
                 Ok(Tried::Answered(!end.client_close))
             }
-            Err(Down::Client(e)) => Err(Abort::Client(e)),
-            Err(Down::Head(e)) => {
-                self.backend_failed(worker, &e);
-                self.send_own(&Canned::BAD_GATEWAY, true).await;
-                Ok(Tried::Answered(false))
-            }
-            Err(Down::Body(e)) => {
-                self.backend_failed(worker, &e);
-                Err(Abort::Backend(worker.address.text.clone(), e))
-            }
+            Err(down) => self.relay_failed(worker, down).await,
         }
     }
 
@@ -569,22 +560,13 @@ impl Session<'_> {
                 }
                 Ok(Tried::Answered(!end.client_close && complete))
             }
-            Err(Down::Client(e)) => Err(Abort::Client(e)),
             Err(Down::Head(BackendError::Timeout)) => {
                 self.balancer.record(worker, Outcome::Timeout);
                 // The rest of the body is unread: the connection closes after the 504.
                 self.send_own(&Canned::GATEWAY_TIMEOUT, true).await;
                 Ok(Tried::Answered(false))
             }
-            Err(Down::Head(e)) => {
-                self.backend_failed(worker, &e);
-                self.send_own(&Canned::BAD_GATEWAY, true).await;
-                Ok(Tried::Answered(false))
-            }
-            Err(Down::Body(e)) => {
-                self.backend_failed(worker, &e);
-                Err(Abort::Backend(worker.address.text.clone(), e))
-            }
+            Err(down) => self.relay_failed(worker, down).await,
         }
     }
 
@@ -603,6 +585,23 @@ impl Session<'_> {
         .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    }
+
+    /// A response's relay broke: before its head reached the client the proxy can still
+    /// answer 502; after, the client connection just closes.
+    async fn relay_failed(&mut self, worker: &Worker, down: Down) -> Result<Tried, Abort> {
+        match down {
+            Down::Client(e) => Err(Abort::Client(e)),
+            Down::Head(e) => {
+                self.backend_failed(worker, &e);
+                self.send_own(&Canned::BAD_GATEWAY, true).await;
+                Ok(Tried::Answered(false))
+            }
+            Down::Body(e) => {
+                self.backend_failed(worker, &e);
+                Err(Abort::Backend(worker.address.text.clone(), e))
+            }
         }
     }
 
