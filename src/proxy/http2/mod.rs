@@ -142,8 +142,7 @@ async fn handle(
             tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
                     suppressed, "backend failed");
         }
-        // Nothing sent: the body (if any) is still here, and the request goes on.
-        let replayable = replayable || (failure == Failure::NotSent && body.is_some());
+        // After a connect failure the body (if any) was not taken: the request goes on whole.
         if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
             return own(&Canned::BAD_GATEWAY);
         }
