@@ -117,16 +117,20 @@ impl Balancer {
         }
         // The draws found nothing: look at every candidate once.
         let mut any = false;
+        let mut full = false;
         let candidates = pool.active.iter().map(|&i| &pool.slots[i as usize]);
         for w in candidates.filter(|w| !tried.contains(&w.id)) {
             any = true;
             match self.judge(w) {
                 Verdict::Usable | Verdict::Cold(_) => return self.found(w),
                 Verdict::Down => down = down.or(Some(w)),
-                Verdict::Full => {}
+                Verdict::Full => full = true,
             }
         }
         match down {
+            // A healthy worker at its limit is not "no worker is healthy": failing open
+            // would send to a down worker what a healthy one is only too busy to take.
+            Some(_) if full => Pick::Full,
             Some(first) => {
                 // One more draw, ignoring health: the algorithm's cursor moves on with every
                 // request, so failing open spreads over all the workers.
@@ -318,6 +322,23 @@ mod tests {
             matches!(b.pick(&[]), Pick::Empty),
             "weight 0 everywhere: drained"
         );
+    }
+
+    #[test]
+    fn a_full_healthy_worker_is_not_failed_open_to_a_down_one() {
+        let settings = PoolConfig {
+            max_connections: Some(1),
+            ..PoolConfig::default()
+        };
+        let (b, _m) = balancer(2, settings);
+        let _busy = crate::ring::InFlight::new(worker(&b, 1));
+        worker(&b, 2).state.health.record(false, 1, 1);
+        for _ in 0..4 {
+            assert!(
+                matches!(b.pick(&[]), Pick::Full),
+                "503, not the down worker"
+            );
+        }
     }
 
     #[test]

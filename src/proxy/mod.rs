@@ -11,6 +11,7 @@ pub mod forward;
 pub mod http;
 pub mod http1;
 pub mod http2;
+pub mod stamped;
 pub mod tcp;
 
 use std::sync::Arc;

@@ -6,16 +6,14 @@
 //! as in flight on its worker for its whole life, so a drain (weight 0) lets open
 //! connections run — until the pool's `drain_timeout` — while new ones go elsewhere.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::stamped::Stamped;
 
 use crate::accept::accept_loop;
 use crate::balance::{Balancer, Outcome, Pick};
@@ -69,14 +67,8 @@ impl TcpProxy {
         };
         let worker = in_flight.worker().clone();
         let last = AtomicU64::new(now_ms());
-        let mut client = Active {
-            io: client,
-            last: &last,
-        };
-        let mut backend = Active {
-            io: backend,
-            last: &last,
-        };
+        let mut client = Stamped::new(client, &last);
+        let mut backend = Stamped::new(backend, &last);
         let mut drain = worker.state.drain.watch();
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
@@ -136,44 +128,5 @@ async fn idle(last: &AtomicU64, timeout: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(timeout_ms - since)).await;
-    }
-}
-
-/// One side of a TCP session, noting when it last delivered bytes.
-struct Active<'a> {
-    io: TcpStream,
-    last: &'a AtomicU64,
-}
-
-impl AsyncRead for Active<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.last.store(now_ms(), Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Active<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

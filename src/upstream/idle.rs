@@ -136,8 +136,15 @@ impl IdleConns {
     /// Returns a connection whose last response ended cleanly to `worker`'s store, unless
     /// the worker is drained (weight 0, deleted or re-addressed): then it closes now.
     pub fn put_upstream(worker: &Worker, c: Upstream) {
-        if !worker.state.drain.is_drained() {
-            IdleConns::of(worker).h1.put(c);
+        if worker.state.drain.is_drained() {
+            return;
+        }
+        let idle = IdleConns::of(worker);
+        idle.h1.put(c);
+        // Drained meanwhile (a removed worker is no longer visited by the reaper): close
+        // what was just kept.
+        if worker.state.drain.is_drained() {
+            idle.expire(u64::MAX);
         }
     }
 

@@ -16,6 +16,8 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,6 +34,8 @@ use crate::proxy::ClientLimits;
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
+use crate::proxy::stamped::Stamped;
+use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
 use crate::upstream::{ConnectError, IdleConns, Upstream, connect_upstream};
@@ -361,6 +365,7 @@ impl Session<'_> {
                         &mut self.res_out,
                         self.timer.as_mut(),
                         self.limits.max_header_size,
+                        None,
                     )
                     .await
                 }
@@ -483,14 +488,19 @@ impl Session<'_> {
                 .await
                 .map_err(Abort::Client)?;
         }
-        arm(self.timer.as_mut(), self.balancer.settings.response_timeout);
+        let response_timeout = self.balancer.settings.response_timeout;
+        arm(self.timer.as_mut(), response_timeout);
         let draining = self.shutdown.is_draining();
         let max = self.limits.max_header_size;
+        // When the client last sent body bytes: the response timeout runs from there, so a
+        // slow upload is not the worker's failure.
+        let uploading = AtomicU64::new(now_ms());
         // Whether the response head may have reached the client: after that, nothing but
         // closing is left to say.
         let mut answering = false;
         let (uploaded, downloaded) = {
-            let (mut cr, mut cw) = self.client.split();
+            let (cr, mut cw) = self.client.split();
+            let mut cr = Stamped::new(cr, &uploading);
             let (mut br, mut bw) = up.stream.split();
             let mut scratch = Vec::new();
             let upload = relay(
@@ -504,9 +514,12 @@ impl Session<'_> {
             let rbuf = &mut self.rbuf;
             let res_out = &mut self.res_out;
             let timer = self.timer.as_mut();
+            let uploading = Some((&uploading, response_timeout));
             let download = async {
-                let response =
-                    read_head(&mut br, rbuf, &mut cw, head, draining, res_out, timer, max).await?;
+                let response = read_head(
+                    &mut br, rbuf, &mut cw, head, draining, res_out, timer, max, uploading,
+                )
+                .await?;
                 if response.status == 101 {
                     return Err(Down::Head(BackendError::Malformed(
                         Malformed::UnaskedUpgrade,
@@ -559,6 +572,12 @@ impl Session<'_> {
                     IdleConns::put_upstream(worker, up);
                 }
                 Ok(Tried::Answered(!end.client_close && complete))
+            }
+            // The client sent no body byte for the whole timeout: its failure, not the
+            // worker's, and nothing is recorded against the worker.
+            Err(Down::Head(BackendError::Timeout)) if uploaded.is_none() => {
+                self.send_own(&Canned::REQUEST_TIMEOUT, true).await;
+                Ok(Tried::Answered(false))
             }
             Err(Down::Head(BackendError::Timeout)) => {
                 self.balancer.record(worker, Outcome::Timeout);
@@ -709,6 +728,7 @@ async fn read_head<R, W>(
     out: &mut Vec<u8>,
     mut timer: Pin<&mut Sleep>,
     max: usize,
+    uploading: Option<(&AtomicU64, Duration)>,
 ) -> Result<ResponseHead, Down>
 where
     R: AsyncRead + Unpin,
@@ -734,7 +754,19 @@ where
         let read = tokio::select! {
             biased;
             r = br.read_buf(reserved(rbuf, BACKEND_READ)) => r,
-            _ = timer.as_mut() => return Err(Down::Head(BackendError::Timeout)),
+            _ = timer.as_mut() => {
+                // While a body is still arriving, the timeout counts from its last byte.
+                if let Some((last, timeout)) = uploading {
+                    let since = Duration::from_millis(
+                        now_ms().saturating_sub(last.load(Ordering::Relaxed)),
+                    );
+                    if since < timeout {
+                        timer.as_mut().reset(Instant::now() + (timeout - since));
+                        continue;
+                    }
+                }
+                return Err(Down::Head(BackendError::Timeout));
+            }
         };
         match read {
             Ok(0) => return Err(Down::Head(BackendError::Eof)),

@@ -14,16 +14,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
-use hyper::header::{self, HeaderMap};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header;
+use hyper::http::request::Parts;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
@@ -35,21 +38,42 @@ use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put, put_length};
 use crate::balance::{Attempts, NoWorker, Outcome};
+use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
 use worker::{Failed, Outbound, WorkerBody};
 
 /// What a response to the client carries: a worker's body, or the proxy's own answer.
 pub type ProxyBody = Either<WorkerBody, Full<Bytes>>;
 
+/// What keeps a client connection alive: bytes moving either way, or a stream open.
+#[derive(Default)]
+struct Activity {
+    /// When bytes last moved (`now_ms()`).
+    last_ms: AtomicU64,
+    /// Requests whose response has not ended yet.
+    streams: AtomicUsize,
+}
+
 /// A client connection that opened with the HTTP/2 preface: `io` replays the bytes the
-/// HTTP/1 path had already read. When the drain starts, GOAWAY lets the streams in progress
-/// finish; at the cut the connection just closes.
+/// HTTP/1 path had already read. A connection with no stream open and no byte moving for
+/// the listener's `header_read_timeout` is closed, as an idle HTTP/1 connection is. When
+/// the drain starts, GOAWAY lets the streams in progress finish; at the cut the connection
+/// just closes.
 pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown: Shutdown) {
     let limits = proxy.limits.clone();
     let client = Arc::new(Client::new(peer));
+    let activity = io.activity.clone();
+    let counted = activity.clone();
     let service = service_fn(move |request| {
         let (proxy, client) = (proxy.clone(), client.clone());
-        async move { Ok::<_, Infallible>(handle(&proxy, request, &client).await) }
+        let stream = Stream::open(counted.clone());
+        async move {
+            let response = handle(&proxy, request, &client).await;
+            Ok::<_, Infallible>(response.map(|body| Counted {
+                body,
+                _stream: stream,
+            }))
+        }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
@@ -59,6 +83,10 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        _ = idle(&activity, limits.header_read_timeout) => {
+            tracing::debug!(client = %peer, "idle HTTP/2 connection: closing");
+            Ok(())
+        }
         _ = shutdown.drain.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
@@ -72,6 +100,65 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
     }
 }
 
+/// Resolves once no stream is open and nothing has moved for `timeout`.
+async fn idle(activity: &Activity, timeout: Duration) {
+    let timeout_ms = timeout.as_millis() as u64;
+    loop {
+        let since = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
+        if since >= timeout_ms && activity.streams.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(
+            timeout_ms.saturating_sub(since).max(1),
+        ))
+        .await;
+    }
+}
+
+/// One open stream, counted in `Activity::streams` until its response body is dropped.
+struct Stream(Arc<Activity>);
+
+impl Stream {
+    fn open(activity: Arc<Activity>) -> Stream {
+        activity.streams.fetch_add(1, Ordering::Relaxed);
+        Stream(activity)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its stream counted as open while it streams.
+struct Counted {
+    body: ProxyBody,
+    /// Held, not read: dropped with the body, it closes the stream's count.
+    _stream: Stream,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Forwards one request (stream) to a worker picked for it.
 async fn handle(
     proxy: &HttpProxy,
@@ -81,7 +168,7 @@ async fn handle(
     let balancer = &proxy.balancer;
     let settings = &balancer.settings;
     balancer.count_request();
-    let (prepared, body) = match prepare(request, client) {
+    let (parts, length, body) = match prepare(request, client) {
         Ok(prepared) => prepared,
         Err(reject) => {
             if let Reject::BadRequest(why) = reject {
@@ -90,8 +177,18 @@ async fn handle(
             return own(&reject.canned());
         }
     };
-    // A body streams through once: only a request without one can be sent again.
-    let replayable = body.is_none() && prepared.idempotent;
+    let Some((framing, first, body)) = body_framing(length, body).await else {
+        // The client's stream broke before its body began: nobody reads an answer.
+        return own(&Canned::BAD_REQUEST);
+    };
+    let mut out = Outbound {
+        head: write_head(&parts, length, framing),
+        framing,
+        head_request: parts.method == Method::HEAD,
+        // A body streams through once: only a request without one can be sent again.
+        replayable: body.is_none() && retry::idempotent(parts.method.as_str().as_bytes()),
+        first,
+    };
     let mut body = body;
 
     let mut attempts = Attempts::default();
@@ -101,21 +198,15 @@ async fn handle(
             Err(NoWorker::Exhausted) => return own(&Canned::BAD_GATEWAY),
             Err(none) => return own(&Canned::no_worker(none, balancer, &proxy.sync)),
         };
-        let (failure, outcome, error) = match worker::exchange(
-            &worker,
-            settings,
-            &prepared.worker,
-            &mut body,
-        )
-        .await
-        {
+        let exchanged = worker::exchange(&worker, settings, &mut out, &mut body).await;
+        let (failure, outcome, error) = match exchanged {
             Ok(response) => {
                 let status = response.status().as_u16();
                 balancer.record(&worker, Outcome::Status(status));
                 let retry = matches!(status, 502..=504)
                     && retry::should_retry(
                         Failure::GatewayStatus,
-                        replayable,
+                        out.replayable,
                         may_retry,
                         &balancer.budget,
                     );
@@ -131,29 +222,26 @@ async fn handle(
                 balancer.record(&worker, Outcome::Timeout);
                 if let Some(suppressed) = worker.state.log_gate.allow() {
                     tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                                timeout_ms = settings.response_timeout.as_millis() as u64,
-                                suppressed, "no response headers in time");
+                        timeout_ms = settings.response_timeout.as_millis() as u64,
+                        suppressed, "no response headers in time");
                 }
                 return own(&Canned::GATEWAY_TIMEOUT);
             }
+            // The client's doing, not the worker's: nothing is recorded against it.
+            Err(Failed::Refused(reject)) => return own(&reject.canned()),
+            Err(Failed::ClientStalled) => return own(&Canned::REQUEST_TIMEOUT),
+            Err(Failed::ClientGone) => return own(&Canned::BAD_REQUEST),
         };
         balancer.record(&worker, outcome);
         if let Some(suppressed) = worker.state.log_gate.allow() {
             tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
-                    suppressed, "backend failed");
+                suppressed, "backend failed");
         }
         // After a connect failure the body (if any) was not taken: the request goes on whole.
-        if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
+        if !retry::should_retry(failure, out.replayable, may_retry, &balancer.budget) {
             return own(&Canned::BAD_GATEWAY);
         }
     }
-}
-
-/// A checked request, ready for a worker.
-struct Prepared {
-    worker: Outbound,
-    /// Idempotent method (RFC 9110 §9.2.2).
-    idempotent: bool,
 }
 
 /// One of the proxy's own answers, as this transport sends it.
@@ -161,14 +249,14 @@ fn own(answer: &Canned) -> Response<ProxyBody> {
     answer.to_response().map(Either::Right)
 }
 
-/// Checks an HTTP/2 request with the rules the HTTP/1 path applies, and writes its HTTP/1.1
-/// head for the worker: origin-form target, Host from `:authority`, hop-by-hop fields
-/// removed, cookies joined, forwarding fields added; the body is sent as it came when its
-/// length is known, chunked (with the client's trailers) otherwise.
+/// Checks an HTTP/2 request with the rules the HTTP/1 path applies and rewrites its fields
+/// for an HTTP/1.1 worker: Host from `:authority`, hop-by-hop fields removed, cookies
+/// joined, forwarding fields added. Returns the head's parts, the body's declared length
+/// (its Content-Length, which h2 holds the DATA to) and the body.
 fn prepare(
     request: Request<Incoming>,
     client: &Client,
-) -> Result<(Prepared, Option<Incoming>), Reject> {
+) -> Result<(Parts, Option<u64>, Incoming), Reject> {
     let (mut parts, body) = request.into_parts();
     checks::method(parts.method.as_str().as_bytes())?;
     checks::field_count(parts.headers.len())?;
@@ -189,58 +277,76 @@ fn prepare(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     checks::path(path.as_bytes())?;
     headers::rewrite_h2_request(&mut parts.headers, authority.as_deref(), client);
+    // One value, written once by `write_head` (h2 lets equal duplicates through, and some
+    // HTTP/1 servers refuse two Content-Length lines).
+    let mut length = None;
+    for v in parts.headers.get_all(header::CONTENT_LENGTH) {
+        let n = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(Reject::BadRequest("invalid Content-Length"))?;
+        if length.is_some_and(|m| m != n) {
+            return Err(Reject::BadRequest("conflicting Content-Length"));
+        }
+        length = Some(n);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok((parts, length, body))
+}
 
-    let length = match parts.headers.get(header::CONTENT_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            std::str::from_utf8(v.as_bytes())
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(Reject::BadRequest("invalid Content-Length"))?,
-        ),
-    };
-    let (framing, body) = match (body.is_end_stream(), length) {
-        (true, _) => (Framing::Empty, None),
-        (false, Some(n)) => (Framing::Length(n), Some(body)),
-        (false, None) => (Framing::Chunked, Some(body)),
-    };
+/// How the body goes to the worker: as it came when its length is known, chunked when it
+/// is not. Without a length, the body's first frame is awaited: a request whose stream
+/// ends with an empty DATA frame has no body (and so stays replayable, and a GET does not
+/// go out chunked). `None`: the client's stream broke first.
+async fn body_framing(
+    length: Option<u64>,
+    mut body: Incoming,
+) -> Option<(Framing, Option<Frame<Bytes>>, Option<Incoming>)> {
+    if body.is_end_stream() {
+        return Some((Framing::Empty, None, None));
+    }
+    if let Some(n) = length {
+        return Some((Framing::Length(n), None, Some(body)));
+    }
+    loop {
+        match body.frame().await {
+            None => return Some((Framing::Empty, None, None)),
+            Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+            Some(Ok(frame)) => return Some((Framing::Chunked, Some(frame), Some(body))),
+            Some(Err(_)) => return None,
+        }
+    }
+}
+
+/// The worker's HTTP/1.1 request head: origin-form target, Host first (as HTTP/1.1
+/// senders do), every other field as rewritten, then the framing.
+fn write_head(parts: &Parts, length: Option<u64>, framing: Framing) -> Vec<u8> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(&mut head, &parts.headers);
+    if let Some(host) = parts.headers.get(header::HOST) {
+        put(&mut head, b"Host", host.as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        if name != header::HOST {
+            put(&mut head, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
     match framing {
         Framing::Chunked => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(n) => put_length(&mut head, n),
         // A bodiless request whose method usually has a body says so, rather than leave
-        // the worker to guess.
-        Framing::Empty if length.is_none() && expects_body(&parts.method) => {
+        // the worker to guess; a declared zero stays.
+        Framing::Empty if length.is_some() || expects_body(&parts.method) => {
             put_length(&mut head, 0)
         }
-        Framing::Empty | Framing::Length(_) | Framing::Close => {}
+        Framing::Empty | Framing::Close => {}
     }
     head.extend_from_slice(b"\r\n");
-    let prepared = Prepared {
-        worker: Outbound {
-            head,
-            framing,
-            head_request: parts.method == Method::HEAD,
-        },
-        idempotent: retry::idempotent(parts.method.as_str().as_bytes()),
-    };
-    Ok((prepared, body))
-}
-
-/// Host first (as HTTP/1.1 senders do), then every other field as rewritten.
-fn write_fields(head: &mut Vec<u8>, fields: &HeaderMap) {
-    if let Some(host) = fields.get(header::HOST) {
-        put(head, b"Host", host.as_bytes());
-    }
-    for (name, value) in fields {
-        if name != header::HOST {
-            put(head, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
+    head
 }
 
 fn expects_body(method: &Method) -> bool {
@@ -251,11 +357,19 @@ fn expects_body(method: &Method) -> bool {
 pub struct Rewind {
     read: BytesMut,
     stream: TcpStream,
+    /// Stamped on every read and write: the connection's idle timeout counts from it.
+    activity: Arc<Activity>,
 }
 
 impl Rewind {
     pub fn new(read: BytesMut, stream: TcpStream) -> Rewind {
-        Rewind { read, stream }
+        let activity = Activity::default();
+        activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        Rewind {
+            read,
+            stream,
+            activity: Arc::new(activity),
+        }
     }
 }
 
@@ -271,7 +385,12 @@ impl AsyncRead for Rewind {
             self.read.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -281,7 +400,11 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

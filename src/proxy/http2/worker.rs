@@ -7,10 +7,13 @@
 //! path's checks (`http1::response`), and its body streams to the client through a small
 //! channel (which is the backpressure) from a task that owns the connection until both
 //! directions have ended, and puts it back in the idle store only if both ended cleanly.
+//! The task stops as soon as the client's stream is gone, and a body ends for the client
+//! only on the task's explicit word: a relay that broke off is an error, never a short body.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,11 +28,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::balance::Outcome;
 use crate::config::PoolConfig;
 use crate::proxy::forward::checks::MAX_FIELDS;
-use crate::proxy::forward::headers;
+use crate::proxy::forward::{Reject, headers};
 use crate::proxy::http1::body::BodyLeft;
 use crate::proxy::http1::chunked::Output;
 use crate::proxy::http1::head::Framing;
 use crate::proxy::http1::response::response_for_h2;
+use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::upstream::{IdleConns, Upstream, connect_upstream};
 
@@ -44,6 +48,11 @@ pub struct Outbound {
     pub framing: Framing,
     /// HEAD: the response has no body whatever its fields say.
     pub head_request: bool,
+    /// Idempotent and bodiless: it may go out again on another connection when an idle one
+    /// turns out to be closed.
+    pub replayable: bool,
+    /// The first frame of a body whose end was awaited to choose the framing.
+    pub first: Option<Frame<Bytes>>,
 }
 
 /// Why one worker did not give a response head.
@@ -53,17 +62,32 @@ pub enum Failed {
     NotSent(String),
     /// The exchange broke before a response head (what ejection makes of it, and why).
     Broken(Outcome, String),
-    /// No response head within the pool's `response_timeout`.
+    /// No response head within the pool's `response_timeout` of the request being sent.
     Timeout,
+    /// The client's body broke a rule on the way (too many trailer fields): not the
+    /// worker's doing.
+    Refused(Reject),
+    /// The client sent no body byte for `response_timeout`: not the worker's doing.
+    ClientStalled,
+    /// The client's stream went away.
+    ClientGone,
 }
 
 /// What the exchange task says once the response head is read (or cannot be).
 enum Head {
     Response(StatusCode, HeaderMap),
-    /// A pooled connection the worker had closed: nothing came back and no body was sent,
-    /// so the request can go out again on another connection.
+    /// A pooled connection the worker had closed: nothing came back, and the request can
+    /// go out again on another connection.
     Stale,
     Failed(Failed),
+}
+
+/// One piece of a response body on its way to the client.
+enum Piece {
+    Data(Bytes),
+    /// The body ended as its framing said.
+    End,
+    Failed(io::Error),
 }
 
 /// Sends `out` (and `body`, taken once a connection is made) to `worker`; the response
@@ -71,10 +95,13 @@ enum Head {
 pub async fn exchange(
     worker: &Arc<Worker>,
     settings: &PoolConfig,
-    out: &Outbound,
+    out: &mut Outbound,
     body: &mut Option<Incoming>,
 ) -> Result<Response<WorkerBody>, Failed> {
     loop {
+        // Counted before the connection is made, as the HTTP/1 path does: picks that
+        // respect `max_connections` see requests still connecting.
+        let in_flight = InFlight::new(worker.clone());
         let idle = IdleConns::of(worker).take_upstream(settings.idle_timeout);
         let (up, pooled) = match idle {
             Some(up) => (up, true),
@@ -90,31 +117,31 @@ pub async fn exchange(
         let (head_tx, head_rx) = oneshot::channel();
         let (data_tx, data_rx) = mpsc::channel(2);
         let task = Task {
-            in_flight: InFlight::new(worker.clone()),
+            in_flight,
             up,
-            pooled,
+            stale_ok: pooled && out.replayable,
             head: out.head.clone(),
             framing: out.framing,
             head_request: out.head_request,
+            first: out.first.take(),
             body: body.take(),
             response_timeout: settings.response_timeout,
         };
         tokio::spawn(task.run(head_tx, data_tx));
         match head_rx.await {
             Ok(Head::Response(status, fields)) => {
-                let mut response = Response::new(WorkerBody(data_rx));
+                let mut response = Response::new(WorkerBody {
+                    pieces: data_rx,
+                    ended: false,
+                });
                 *response.status_mut() = status;
                 *response.headers_mut() = fields;
                 return Ok(response);
             }
             Ok(Head::Stale) => continue,
             Ok(Head::Failed(f)) => return Err(f),
-            Err(_) => {
-                return Err(Failed::Broken(
-                    Outcome::Reset,
-                    "the exchange ended before a response".into(),
-                ));
-            }
+            // The task ended without a word: only a client body that broke does that.
+            Err(_) => return Err(Failed::ClientGone),
         }
     }
 }
@@ -125,10 +152,12 @@ struct Task {
     /// The request counts on its worker until the response body has ended.
     in_flight: InFlight,
     up: Upstream,
-    pooled: bool,
+    /// A failure with nothing received may be a closed idle connection (see `Head::Stale`).
+    stale_ok: bool,
     head: Vec<u8>,
     framing: Framing,
     head_request: bool,
+    first: Option<Frame<Bytes>>,
     body: Option<Incoming>,
     response_timeout: Duration,
 }
@@ -137,45 +166,83 @@ struct Task {
 enum UploadError {
     /// The client's body broke (stream reset): the whole exchange is abandoned.
     Client,
+    /// The client's body broke the policy's limits.
+    Refused(Reject),
     /// The worker stopped reading: its answer, if any, still comes.
     Worker,
 }
 
+/// What the upload tells the download while both run.
+#[derive(Default)]
+struct Progress {
+    /// When the upload last moved (`now_ms()`).
+    last_ms: AtomicU64,
+    /// The whole body was sent (or there was none).
+    done: AtomicBool,
+}
+
 impl Task {
-    async fn run(self, head_tx: oneshot::Sender<Head>, data_tx: mpsc::Sender<io::Result<Bytes>>) {
+    async fn run(self, head_tx: oneshot::Sender<Head>, data_tx: mpsc::Sender<Piece>) {
         let Task {
             in_flight,
             mut up,
-            pooled,
+            stale_ok,
             head,
             framing,
             head_request,
+            first,
             body,
             response_timeout,
         } = self;
         let worker = in_flight.worker().clone();
+        // Taken by whoever answers the handler first.
+        let mut head_tx = Some(head_tx);
         if let Err(e) = up.stream.write_all(&head).await {
-            let stale = pooled && body.is_none();
-            let _ = head_tx.send(if stale {
+            let head_tx = head_tx.take().expect("not sent yet");
+            let _ = head_tx.send(if stale_ok {
                 Head::Stale
             } else {
                 Head::Failed(Failed::Broken(Outcome::Reset, e.to_string()))
             });
             return;
         }
+        let progress = Progress {
+            last_ms: AtomicU64::new(now_ms()),
+            done: AtomicBool::new(framing == Framing::Empty),
+        };
         let mut rbuf = BytesMut::new();
         let (ended, uploaded) = {
             let (mut rd, mut wr) = up.stream.split();
-            let sent_body = body.is_some();
-            let upload = upload(&mut wr, body, framing);
-            let download = download(
-                &mut rd,
-                &mut rbuf,
-                head_request,
-                response_timeout,
-                (pooled && !sent_body, head_tx),
-                &data_tx,
-            );
+            let upload = upload(&mut wr, first, body, framing, &progress);
+            let head_tx = &mut head_tx;
+            let download = async {
+                let tx = head_tx.as_mut().expect("not sent yet");
+                let head = read_head(
+                    &mut rd,
+                    &mut rbuf,
+                    head_request,
+                    response_timeout,
+                    stale_ok,
+                    &progress,
+                    tx,
+                )
+                .await;
+                let tx = head_tx.take().expect("not sent yet");
+                let (head, status, fields) = match head {
+                    Ok(parsed) => parsed,
+                    Err(said) => {
+                        let _ = tx.send(said);
+                        return Err(None);
+                    }
+                };
+                if tx.send(Head::Response(status, fields)).is_err() {
+                    return Err(None);
+                }
+                match relay_body(&mut rd, &mut rbuf, head.framing, &data_tx).await {
+                    Ok(()) => Ok(head.reusable),
+                    Err(()) => Err(None),
+                }
+            };
             tokio::pin!(upload, download);
             let mut uploaded = (framing == Framing::Empty).then_some(true);
             let ended = loop {
@@ -185,43 +252,71 @@ impl Task {
                     r = &mut upload, if uploaded.is_none() => match r {
                         Ok(()) => uploaded = Some(true),
                         Err(UploadError::Client) => return,
+                        Err(UploadError::Refused(reject)) => break Err(Some(reject)),
                         Err(UploadError::Worker) => uploaded = Some(false),
                     },
                 }
             };
             (ended, uploaded)
         };
-        // Answered before the body ended: the connection's framing cannot be trusted.
-        if ended == Ok(true) && uploaded == Some(true) && rbuf.is_empty() {
-            IdleConns::put_upstream(&worker, up);
+        match ended {
+            // Answered before the body ended: the connection's framing cannot be trusted.
+            Ok(true) if uploaded == Some(true) && rbuf.is_empty() => {
+                IdleConns::put_upstream(&worker, up)
+            }
+            Ok(_) | Err(None) => {}
+            // The body broke the limits mid-way: the worker has part of a request that will
+            // never end, and its connection closes with the task. If the head was not sent
+            // yet, the client is told why; otherwise its response breaks off.
+            Err(Some(reject)) => {
+                if let Some(tx) = head_tx.take() {
+                    let _ = tx.send(Head::Failed(Failed::Refused(reject)));
+                }
+                let _ = data_tx
+                    .send(Piece::Failed(io::Error::other("request body refused")))
+                    .await;
+            }
         }
         drop(in_flight);
     }
 }
 
-/// Streams the client's body to the worker in `framing`.
+/// Streams the client's body to the worker in `framing`, `first` frame first.
 async fn upload<W: AsyncWrite + Unpin>(
     wr: &mut W,
+    first: Option<Frame<Bytes>>,
     body: Option<Incoming>,
     framing: Framing,
+    progress: &Progress,
 ) -> Result<(), UploadError> {
-    let Some(mut body) = body else { return Ok(()) };
+    let Some(mut body) = body else {
+        progress.done.store(true, Ordering::Relaxed);
+        return Ok(());
+    };
+    let mut first = first;
     let mut buf = Vec::new();
     loop {
-        let frame = match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => frame,
-            Some(Err(_)) => return Err(UploadError::Client),
+        let frame = match first.take() {
+            Some(frame) => frame,
+            None => match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(_)) => return Err(UploadError::Client),
+            },
         };
         buf.clear();
-        match frame.into_data() {
+        let last = match frame.into_data() {
             Ok(data) if data.is_empty() => continue,
             Ok(data) if framing == Framing::Chunked => {
                 buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
                 buf.extend_from_slice(&data);
                 buf.extend_from_slice(b"\r\n");
+                false
             }
-            Ok(data) => buf.extend_from_slice(&data),
+            Ok(data) => {
+                buf.extend_from_slice(&data);
+                false
+            }
             Err(frame) => {
                 let Ok(trailers) = frame.into_trailers() else {
                     continue;
@@ -231,22 +326,27 @@ async fn upload<W: AsyncWrite + Unpin>(
                     continue;
                 }
                 if trailers.len() > MAX_FIELDS {
-                    return Err(UploadError::Client);
+                    return Err(UploadError::Refused(Reject::TooLarge));
                 }
                 buf.extend_from_slice(b"0\r\n");
                 write_trailers(&mut buf, &trailers);
                 buf.extend_from_slice(b"\r\n");
-                wr.write_all(&buf).await.map_err(|_| UploadError::Worker)?;
-                return Ok(());
+                true
             }
-        }
+        };
         wr.write_all(&buf).await.map_err(|_| UploadError::Worker)?;
+        progress.last_ms.store(now_ms(), Ordering::Relaxed);
+        if last {
+            progress.done.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
     }
     if framing == Framing::Chunked {
         wr.write_all(b"0\r\n\r\n")
             .await
             .map_err(|_| UploadError::Worker)?;
     }
+    progress.done.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -262,107 +362,127 @@ fn write_trailers(buf: &mut Vec<u8>, trailers: &HeaderMap) {
     }
 }
 
-/// Reads the response head (skipping interim responses), tells the handler, then relays
-/// the body into `data_tx`. `Ok(reusable)` once the body has ended; `Err` when the
-/// exchange broke or the client went away.
-async fn download<R: AsyncRead + Unpin>(
+type Parsed = (
+    crate::proxy::http1::response::ResponseHead,
+    StatusCode,
+    HeaderMap,
+);
+
+/// Reads the response head, skipping interim responses. The timeout runs from the request
+/// having been sent: while the client's body is still coming, from its last byte, and a
+/// client that stalls for the whole timeout is the client's failure, not the worker's.
+async fn read_head<R: AsyncRead + Unpin>(
     rd: &mut R,
     rbuf: &mut BytesMut,
     head_request: bool,
     response_timeout: Duration,
-    (stale_ok, head_tx): (bool, oneshot::Sender<Head>),
-    data_tx: &mpsc::Sender<io::Result<Bytes>>,
-) -> Result<bool, ()> {
-    let read_head = async {
-        loop {
-            if !rbuf.is_empty() {
-                match response_for_h2(rbuf, head_request) {
-                    Ok(Some((head, _, _))) if head.interim() => {
-                        rbuf.advance(head.len);
-                        continue;
-                    }
-                    Ok(Some(parsed)) => return Ok(parsed),
-                    Ok(None) if rbuf.len() >= MAX_HEAD => {
-                        return Err(Head::Failed(Failed::Broken(
-                            Outcome::Protocol,
-                            "response head larger than the limit".into(),
-                        )));
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Err(Head::Failed(Failed::Broken(
-                            Outcome::Protocol,
-                            e.to_string(),
-                        )));
-                    }
+    stale_ok: bool,
+    progress: &Progress,
+    head_tx: &mut oneshot::Sender<Head>,
+) -> Result<Parsed, Head> {
+    let timeout_ms = response_timeout.as_millis() as u64;
+    let mut received = false;
+    loop {
+        if !rbuf.is_empty() {
+            match response_for_h2(rbuf, head_request) {
+                Ok(Some((head, _, _))) if head.interim() => {
+                    rbuf.advance(head.len);
+                    continue;
                 }
-            }
-            let nothing = rbuf.is_empty();
-            match rd.read_buf(reserve(rbuf)).await {
-                Ok(n) if n > 0 => {}
-                Ok(_) | Err(_) if nothing && stale_ok => return Err(Head::Stale),
-                Ok(_) => {
+                Ok(Some(parsed)) => {
+                    rbuf.advance(parsed.0.len);
+                    return Ok(parsed);
+                }
+                Ok(None) if rbuf.len() >= MAX_HEAD => {
                     return Err(Head::Failed(Failed::Broken(
-                        Outcome::Reset,
-                        "closed the connection before a response".into(),
+                        Outcome::Protocol,
+                        "response head larger than the limit".into(),
                     )));
                 }
+                Ok(None) => {}
                 Err(e) => {
-                    return Err(Head::Failed(Failed::Broken(Outcome::Reset, e.to_string())));
+                    return Err(Head::Failed(Failed::Broken(
+                        Outcome::Protocol,
+                        e.to_string(),
+                    )));
                 }
             }
         }
-    };
-    let parsed = match tokio::time::timeout(response_timeout, read_head).await {
-        Ok(Ok(parsed)) => parsed,
-        Ok(Err(failed)) => {
-            let _ = head_tx.send(failed);
-            return Err(());
+        let since = progress.last_ms.load(Ordering::Relaxed);
+        let left = (since + timeout_ms).saturating_sub(now_ms());
+        let read = tokio::select! {
+            r = rd.read_buf(reserve(rbuf)) => r,
+            _ = tokio::time::sleep(Duration::from_millis(left)) => {
+                if progress.last_ms.load(Ordering::Relaxed) != since {
+                    continue;
+                }
+                return Err(Head::Failed(if progress.done.load(Ordering::Relaxed) {
+                    Failed::Timeout
+                } else {
+                    Failed::ClientStalled
+                }));
+            }
+            // Nobody waits for this answer any more.
+            _ = head_tx.closed() => return Err(Head::Failed(Failed::ClientGone)),
+        };
+        match read {
+            Ok(n) if n > 0 => received = true,
+            Ok(_) | Err(_) if !received && stale_ok => return Err(Head::Stale),
+            Ok(_) => {
+                return Err(Head::Failed(Failed::Broken(
+                    Outcome::Reset,
+                    "closed the connection before a response".into(),
+                )));
+            }
+            Err(e) => {
+                return Err(Head::Failed(Failed::Broken(Outcome::Reset, e.to_string())));
+            }
         }
-        Err(_) => {
-            let _ = head_tx.send(Head::Failed(Failed::Timeout));
-            return Err(());
-        }
-    };
-    let (head, status, fields) = parsed;
-    rbuf.advance(head.len);
-    if head_tx.send(Head::Response(status, fields)).is_err() {
-        // The client's stream is gone.
-        return Err(());
     }
-    let mut left = BodyLeft::of(head.framing, Output::Data);
+}
+
+/// Relays a response body into `pieces`, ending it with `Piece::End` once its framing says
+/// so. `Err` when it broke off or the client went away.
+async fn relay_body<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    rbuf: &mut BytesMut,
+    framing: Framing,
+    pieces: &mpsc::Sender<Piece>,
+) -> Result<(), ()> {
+    let mut left = BodyLeft::of(framing, Output::Data);
     let mut out = Vec::new();
     loop {
         if left.take(rbuf, &mut out).is_err() {
-            let _ = data_tx
-                .send(Err(io::Error::other(
-                    "malformed chunked body from the worker",
-                )))
-                .await;
+            let broken = io::Error::other("malformed chunked body from the worker");
+            let _ = pieces.send(Piece::Failed(broken)).await;
             return Err(());
         }
-        if !out.is_empty()
-            && data_tx
-                .send(Ok(Bytes::from(std::mem::take(&mut out))))
-                .await
-                .is_err()
-        {
-            return Err(());
+        if !out.is_empty() {
+            let data = Bytes::from(std::mem::take(&mut out));
+            pieces.send(Piece::Data(data)).await.map_err(|_| ())?;
         }
         if left.done() {
-            return Ok(head.reusable);
+            return pieces.send(Piece::End).await.map_err(|_| ());
         }
-        match rd.read_buf(reserve(rbuf)).await {
-            Ok(0) if matches!(left, BodyLeft::Close) => return Ok(false),
+        let read = tokio::select! {
+            r = rd.read_buf(reserve(rbuf)) => r,
+            // The client's stream is gone: stop now, not at the worker's next byte.
+            _ = pieces.closed() => return Err(()),
+        };
+        match read {
+            Ok(0) if matches!(left, BodyLeft::Close) => {
+                // Close-delimited: the end is the close, and the connection goes with it.
+                let _ = pieces.send(Piece::End).await;
+                return Err(());
+            }
             Ok(0) => {
-                let _ = data_tx
-                    .send(Err(io::Error::from(io::ErrorKind::UnexpectedEof)))
-                    .await;
+                let cut = io::Error::from(io::ErrorKind::UnexpectedEof);
+                let _ = pieces.send(Piece::Failed(cut)).await;
                 return Err(());
             }
             Ok(_) => {}
             Err(e) => {
-                let _ = data_tx.send(Err(e)).await;
+                let _ = pieces.send(Piece::Failed(e)).await;
                 return Err(());
             }
         }
@@ -377,7 +497,11 @@ fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
 }
 
 /// A worker's response body on its way to an HTTP/2 client: what the exchange task relays.
-pub struct WorkerBody(mpsc::Receiver<io::Result<Bytes>>);
+pub struct WorkerBody {
+    pieces: mpsc::Receiver<Piece>,
+    /// The end (or an error) was delivered: nothing more comes.
+    ended: bool,
+}
 
 impl Body for WorkerBody {
     type Data = Bytes;
@@ -387,8 +511,32 @@ impl Body for WorkerBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data)))
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let piece = match self.pieces.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(piece) => piece,
+        };
+        Poll::Ready(match piece {
+            Some(Piece::Data(data)) => Some(Ok(Frame::data(data))),
+            Some(Piece::End) => {
+                self.ended = true;
+                None
+            }
+            Some(Piece::Failed(e)) => {
+                self.ended = true;
+                Some(Err(e))
+            }
+            // The task stopped without saying the body ended: never a short body.
+            None => {
+                self.ended = true;
+                Some(Err(io::Error::from(io::ErrorKind::UnexpectedEof)))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }

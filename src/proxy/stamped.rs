@@ -1,0 +1,57 @@
+//! A stream that notes when it last delivered bytes: how idle timeouts are told from slow
+//! but moving traffic (a TCP session's `idle_timeout`, a request body still arriving while
+//! the response timeout runs), without a timer reset per read.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::ring::state::now_ms;
+
+/// `io`, stamping `last` with `now_ms()` whenever a read delivers bytes.
+pub struct Stamped<'a, T> {
+    io: T,
+    last: &'a AtomicU64,
+}
+
+impl<'a, T> Stamped<'a, T> {
+    pub fn new(io: T, last: &'a AtomicU64) -> Stamped<'a, T> {
+        Stamped { io, last }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stamped<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.last.store(now_ms(), Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
