@@ -437,9 +437,11 @@ async fn slow_but_moving_upload_outlasts_the_response_timeout_over_both_versions
         let mut pace = tokio::time::interval(Duration::from_millis(100));
         let mut pieces = slow_body();
         let last = pieces.pop().unwrap();
-        for piece in pieces {
+        for (i, piece) in pieces.iter().enumerate() {
             pace.tick().await;
-            s.write_all(&piece).await.unwrap();
+            s.write_all(piece).await.unwrap_or_else(|e| {
+                panic!("HTTP/1 piece {i}: the proxy closed the connection mid-upload: {e}")
+            });
         }
         pace.tick().await;
         let reply = exchange(&mut s, &last).await;
@@ -462,7 +464,9 @@ async fn slow_but_moving_upload_outlasts_the_response_timeout_over_both_versions
             pace.tick().await;
             stream
                 .send_data(bytes::Bytes::from(piece), i + 1 == n)
-                .unwrap();
+                .unwrap_or_else(|e| {
+                    panic!("HTTP/2 piece {i}: the proxy ended the stream mid-upload: {e}")
+                });
         }
         let response = tokio::time::timeout(WAIT, response)
             .await
