@@ -316,3 +316,485 @@ async fn without_database_or_cache_the_503_says_the_ring_is_not_loaded_and_since
     assert!(!body.contains("weight > 0"), "{body:?}");
     lb.stop(Duration::from_secs(5)).await;
 }
+
+// ---- 10. Stalled uploads are the client's failure; slow ones are not failures at all ----
+
+/// A pool whose response timeout is 300 ms and whose workers are ejected by their first
+/// failure.
+fn short_response_timeout() -> PoolConfig {
+    eject_on_first_failure(PoolConfig {
+        response_timeout: Duration::from_millis(300),
+        retries: 0,
+        ..PoolConfig::default()
+    })
+}
+
+async fn ejected(lb: &load_balancer::Running, address: &str) -> bool {
+    worker_status(&status(lb).await, address)["ejected"]
+        .as_bool()
+        .unwrap()
+}
+
+/// A client that sends 10 bytes of a 1000-byte body and then nothing gets 408 once the
+/// response timeout has passed since its last byte, and the worker (which never answers
+/// `/hold`) is not blamed. A worker that gets a whole request and does not answer in time is
+/// (504, ejected): the pool's ejection is live, and the 408s were judged, not ignored.
+#[tokio::test]
+async fn stalled_upload_gets_408_over_both_versions_without_ejecting_the_worker() {
+    let db = TestDb::new().await;
+    let a = Backend::start("a").await;
+    let lb = start(&with_pool(&db, short_response_timeout())).await;
+    add(&db, &lb, &[&a]).await;
+    let (proxy, address) = (lb.listeners[0], a.addr.to_string());
+
+    // HTTP/1.
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let reply = exchange(
+        &mut s,
+        b"POST /hold HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 408 "), "HTTP/1: {reply:?}");
+    assert!(
+        !ejected(&lb, &address).await,
+        "HTTP/1 stall ejected the worker"
+    );
+
+    // HTTP/2: HEADERS with content-length 1000, one DATA of 10 bytes, then nothing.
+    let (mut h2, _conn) = h2_connect(proxy).await;
+    let request = hyper::Request::builder()
+        .method("POST")
+        .uri("http://a/hold")
+        .header("content-length", "1000")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = h2.send_request(request, false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from_static(b"0123456789"), false)
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer to the stalled HTTP/2 upload in time")
+        .unwrap_or_else(|e| panic!("the stream was reset instead of answered: {e}"));
+    assert_eq!(response.status(), 408, "HTTP/2");
+    assert!(
+        !ejected(&lb, &address).await,
+        "HTTP/2 stall ejected the worker"
+    );
+
+    // The worker still gets the next request.
+    let hits = a.hits();
+    assert_eq!(get(&client(), proxy, "/").await, (200, "a".into()));
+    assert_eq!(a.hits(), hits + 1);
+
+    // Control: the whole body sent, no answer in time: the worker's failure.
+    let reply = raw_once(
+        proxy,
+        b"POST /hold HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 504 "), "control: {reply:?}");
+    assert!(
+        ejected(&lb, &address).await,
+        "control: a worker's timeout should eject it"
+    );
+    a.release();
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// 20 pieces of 50 bytes, `a` to `t`.
+fn slow_body() -> Vec<Vec<u8>> {
+    (0..20u8).map(|i| vec![b'a' + i; 50]).collect()
+}
+
+/// A body that keeps moving (a piece every 100 ms, 2 s in all) to a worker that answers only
+/// once it has the whole body: 200 with the body echoed, over HTTP/1 and HTTP/2, though the
+/// response timeout (300 ms) passes many times over before the response head.
+#[tokio::test]
+async fn slow_but_moving_upload_outlasts_the_response_timeout_over_both_versions() {
+    let db = TestDb::new().await;
+    let worker = Scripted::start(buffering_echo).await;
+    let lb = start(&with_pool(&db, short_response_timeout())).await;
+    change(
+        &db,
+        &lb,
+        &format!(
+            "INSERT INTO workers(worker_address) VALUES ('{}')",
+            worker.addr
+        ),
+    )
+    .await;
+    let proxy = lb.listeners[0];
+    let whole: Vec<u8> = slow_body().concat();
+    assert_eq!(whole.len(), 1000);
+
+    let http1 = async {
+        let started = Instant::now();
+        let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        let mut pieces = slow_body();
+        let last = pieces.pop().unwrap();
+        for (i, piece) in pieces.iter().enumerate() {
+            pace.tick().await;
+            s.write_all(piece).await.unwrap_or_else(|e| {
+                panic!("HTTP/1 piece {i}: the proxy closed the connection mid-upload: {e}")
+            });
+        }
+        pace.tick().await;
+        let reply = exchange(&mut s, &last).await;
+        (reply, started.elapsed())
+    };
+    let http2 = async {
+        let started = Instant::now();
+        let (mut h2, _conn) = h2_connect(proxy).await;
+        let request = hyper::Request::builder()
+            .method("POST")
+            .uri("http://a/echo")
+            .header("content-length", "1000")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = h2.send_request(request, false).unwrap();
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        let pieces = slow_body();
+        let n = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            pace.tick().await;
+            stream
+                .send_data(bytes::Bytes::from(piece), i + 1 == n)
+                .unwrap_or_else(|e| {
+                    panic!("HTTP/2 piece {i}: the proxy ended the stream mid-upload: {e}")
+                });
+        }
+        let response = tokio::time::timeout(WAIT, response)
+            .await
+            .expect("an HTTP/2 answer in time")
+            .unwrap_or_else(|e| panic!("the stream was reset instead of answered: {e}"));
+        let status = response.status().as_u16();
+        let body = h2_body(&mut response.into_body()).await;
+        (status, body, started.elapsed())
+    };
+    let ((reply, took1), (status2, body2, took2)) = tokio::join!(http1, http2);
+
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("HTTP/1: no response head: {reply:?}"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "HTTP/1: {reply:?}");
+    assert_eq!(body.as_bytes(), &whole[..], "HTTP/1 body");
+    assert_eq!(status2, 200, "HTTP/2: {body2:?}");
+    assert!(
+        matches!(&body2, H2End::Complete(b) if b == &whole),
+        "HTTP/2 body: {body2:?}"
+    );
+    for took in [took1, took2] {
+        assert!(took >= Duration::from_millis(1800), "{took:?}: not slow");
+    }
+    assert_eq!(worker.count(), 2, "both uploads reached the worker once");
+    assert!(!ejected(&lb, &worker.addr.to_string()).await);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+// ---- 11. An HTTP/2 stream reset mid-response frees its worker ----
+
+#[tokio::test]
+async fn http2_stream_reset_mid_response_frees_the_worker_and_closes_its_connection() {
+    let db = TestDb::new().await;
+    let worker = Scripted::start(answer_one_chunk_then_hold).await;
+    let lb = start(&with_pool(&db, PoolConfig::default())).await;
+    let address = worker.addr.to_string();
+    change(
+        &db,
+        &lb,
+        &format!("INSERT INTO workers(worker_address) VALUES ('{address}')"),
+    )
+    .await;
+
+    let (mut h2, conn) = h2_connect(lb.listeners[0]).await;
+    let request = hyper::Request::builder()
+        .uri("http://a/stream")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = h2.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("the head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(WAIT, body.data())
+        .await
+        .expect("the first chunk in time")
+        .expect("a first chunk")
+        .expect("the first chunk");
+    assert_eq!(&first[..], b"first");
+    assert_eq!(in_flight(&lb, &address).await, 1);
+    assert_eq!(worker.open(), 1);
+
+    stream.send_reset(h2::Reason::CANCEL);
+    eventually_within(
+        "in_flight of the worker returns to 0 after the client's RST_STREAM",
+        Duration::from_secs(2),
+        async || in_flight(&lb, &address).await == 0,
+    )
+    .await;
+    eventually_within(
+        "the worker sees its connection closed (EOF)",
+        Duration::from_secs(2),
+        async || worker.open() == 0,
+    )
+    .await;
+    assert!(
+        !conn.is_finished(),
+        "the reset was the stream's, the client connection stays"
+    );
+    drop(h2);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+// ---- 12. Idle HTTP/2 connections are closed; busy ones are not ----
+
+fn with_header_read_timeout(db: &TestDb, timeout: Duration) -> Config {
+    let mut c = with_pool(db, PoolConfig::default());
+    c.listeners[0].header_read_timeout = timeout;
+    c
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_within_the_header_read_timeout() {
+    let db = TestDb::new().await;
+    let timeout = Duration::from_secs(1);
+    let lb = start(&with_header_read_timeout(&db, timeout)).await;
+
+    let mut s = tokio::net::TcpStream::connect(lb.listeners[0])
+        .await
+        .unwrap();
+    let mut hello = h2raw::PREFACE.to_vec();
+    hello.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    let quiet_since = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(1);
+    let mut kinds = Vec::new();
+    let end = loop {
+        match tokio::time::timeout_at(deadline, h2raw::read(&mut s)).await {
+            Err(_) => panic!(
+                "an idle HTTP/2 connection is still open after {:?} (header_read_timeout \
+                 {timeout:?}); frames so far: {kinds:?}",
+                quiet_since.elapsed()
+            ),
+            Ok(Ok(frame)) => kinds.push(frame.kind),
+            Ok(Err(e)) => break e,
+        }
+    };
+    let closed_after = quiet_since.elapsed();
+    assert_eq!(
+        kinds.first(),
+        Some(&h2raw::SETTINGS),
+        "served as HTTP/2: {kinds:?}"
+    );
+    assert!(
+        closed_after >= timeout - Duration::from_millis(200),
+        "closed after {closed_after:?}, before the timeout ({end}; frames {kinds:?})"
+    );
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// Script: answers the request's head with a chunked 200, then sends each piece of `plan`
+/// after its delay, then the last chunk; then waits for the proxy to close.
+async fn paced(mut s: tokio::net::TcpStream, log: Log, plan: Vec<(Duration, String)>) {
+    if read_request_head(&mut s, &log).await.is_none() {
+        return;
+    }
+    if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return;
+    }
+    for (delay, piece) in plan {
+        tokio::time::sleep(delay).await;
+        let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+    if s.write_all(b"0\r\n\r\n").await.is_err() {
+        return;
+    }
+    until_eof(&mut s).await;
+}
+
+/// Sends one GET over a new HTTP/2 connection to a worker that answers by `plan`; checks
+/// the whole body arrives and ends cleanly, then that the connection, idle at last, is
+/// closed within the timeout (and slack).
+async fn slow_response_is_not_cut(plan: Vec<(Duration, String)>) {
+    let db = TestDb::new().await;
+    let timeout = Duration::from_secs(1);
+    let expected: String = plan.iter().map(|(_, p)| p.as_str()).collect();
+    let total: Duration = plan.iter().map(|(d, _)| *d).sum();
+    let worker = Scripted::start(move |s, log| paced(s, log, plan.clone())).await;
+    let lb = start(&with_header_read_timeout(&db, timeout)).await;
+    change(
+        &db,
+        &lb,
+        &format!(
+            "INSERT INTO workers(worker_address) VALUES ('{}')",
+            worker.addr
+        ),
+    )
+    .await;
+
+    let started = Instant::now();
+    let (mut h2, conn) = h2_connect(lb.listeners[0]).await;
+    let request = hyper::Request::builder()
+        .uri("http://a/slow")
+        .body(())
+        .unwrap();
+    let (response, _stream) = h2.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("the head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let body = h2_body(&mut response.into_body()).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(&body, H2End::Complete(b) if b == expected.as_bytes()),
+        "after {took:?}: {body:?}"
+    );
+    assert!(took >= total, "{took:?}");
+
+    // Idle now: closed by the timeout.
+    tokio::time::timeout(timeout + Duration::from_secs(1), conn)
+        .await
+        .expect("the connection, idle after its response, is closed in time")
+        .unwrap()
+        .ok();
+    drop(h2);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn http2_connection_streaming_a_slow_response_is_not_closed_by_the_header_read_timeout() {
+    // A chunk every 300 ms for 2.7 s.
+    let plan = (0..10)
+        .map(|i| (Duration::from_millis(300), format!("piece {i}\n")))
+        .collect();
+    slow_response_is_not_cut(plan).await;
+}
+
+#[tokio::test]
+async fn http2_connection_with_a_response_silent_but_unfinished_is_not_closed_by_the_header_read_timeout()
+ {
+    // Nothing moves for 1.6 s (> 1 s) in mid-response: the open stream alone keeps it.
+    let plan = vec![
+        (Duration::ZERO, "first\n".to_string()),
+        (Duration::from_millis(1600), "last\n".to_string()),
+    ];
+    slow_response_is_not_cut(plan).await;
+}
+
+// ---- 13. A full worker beside a down one: 503, never the down one ----
+
+#[derive(Clone, Copy, Debug)]
+enum Down {
+    /// Ejected after answering 503 once.
+    Ejected,
+    /// Marked unhealthy by active health checks.
+    Unhealthy,
+}
+
+async fn full_worker_beside_a_down_one_gives_503(down: Down) {
+    let db = TestDb::new().await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let mut pool = PoolConfig {
+        max_connections: Some(1),
+        ejection: load_balancer::config::EjectionConfig {
+            consecutive_failures: 1,
+            base_time: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..PoolConfig::default()
+    };
+    if let Down::Unhealthy = down {
+        pool.health_check = Some(load_balancer::config::HealthCheckConfig {
+            kind: load_balancer::config::HealthCheckKind::Http {
+                method: hyper::Method::GET,
+                path: "/health".into(),
+                expect_status: 200,
+            },
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(500),
+            rise: 1,
+            fall: 1,
+        });
+    }
+    let lb = start(&with_pool(&db, pool)).await;
+    add(&db, &lb, &[&a, &b]).await;
+    let proxy = lb.listeners[0];
+    let b_address = b.addr.to_string();
+    let c = client();
+
+    match down {
+        Down::Ejected => {
+            b.status.store(503, Ordering::SeqCst);
+            eventually_within(
+                "b is ejected after its 503",
+                Duration::from_secs(5),
+                async || {
+                    // b's 503 is retried on a: the client gets a's answer.
+                    assert_eq!(get(&c, proxy, "/").await, (200, "a".into()));
+                    worker_status(&status(&lb).await, &b_address)["ejected"] == true
+                },
+            )
+            .await;
+        }
+        Down::Unhealthy => {
+            b.health.store(503, Ordering::SeqCst);
+            eventually_within(
+                "b is marked unhealthy",
+                Duration::from_secs(5),
+                async || worker_status(&status(&lb).await, &b_address)["healthy"] == false,
+            )
+            .await;
+        }
+    }
+
+    let held = tokio::spawn(async move { get(&client(), proxy, "/hold").await });
+    eventually("a request is parked on a", || {
+        a.holding.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let b_hits = b.hits();
+    for i in 0..4 {
+        let (status, body) = get(&c, proxy, "/").await;
+        assert_eq!(status, 503, "HTTP/1 request {i} ({down:?}): {body}");
+        assert!(body.contains("max_connections"), "{body}");
+        let (mut h2, _conn) = h2_connect(proxy).await;
+        let request = hyper::Request::builder().uri("http://a/").body(()).unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(WAIT, response)
+            .await
+            .expect("an HTTP/2 answer in time")
+            .expect("a response");
+        assert_eq!(response.status(), 503, "HTTP/2 request {i} ({down:?})");
+    }
+    assert_eq!(b.hits(), b_hits, "a request went to the {down:?} worker");
+
+    a.release();
+    assert_eq!(held.await.unwrap(), (200, "a".into()));
+    assert_eq!(get(&c, proxy, "/").await, (200, "a".into()));
+    assert_eq!(b.hits(), b_hits, "a request went to the {down:?} worker");
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn full_worker_beside_an_ejected_one_gives_503_and_never_routes_to_the_ejected_one() {
+    full_worker_beside_a_down_one_gives_503(Down::Ejected).await;
+}
+
+#[tokio::test]
+async fn full_worker_beside_an_unhealthy_one_gives_503_and_never_routes_to_the_unhealthy_one() {
+    full_worker_beside_a_down_one_gives_503(Down::Unhealthy).await;
+}

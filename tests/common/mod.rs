@@ -801,3 +801,276 @@ async fn record_connection(
         }
     }
 }
+
+/// A raw TCP worker on 127.0.0.1:0 that runs its script on every connection it accepts and
+/// counts them: a connection is open until its script returns, and the scripts below return
+/// when the proxy closes the connection (they see EOF), so `open` falling is the close.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What a [`Scripted`] worker's script is given: its connection and the request log.
+pub type Log = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+impl Scripted {
+    pub async fn start<F, Fut>(script: F) -> Scripted
+    where
+        F: Fn(tokio::net::TcpStream, Log) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Log = Arc::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (log, count, gauge) = (requests.clone(), accepted.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let open = Gauge::up(&gauge);
+                let run = script(s, log.clone());
+                tokio::spawn(async move {
+                    let _open = open;
+                    run.await;
+                });
+            }
+        });
+        Scripted {
+            addr,
+            accepted,
+            open,
+            requests,
+            task,
+        }
+    }
+
+    /// A [`Recorder`] whose connections are counted: it answers each complete request with
+    /// 200 `ok`, and waits for the rest of an incomplete one until the proxy closes.
+    pub async fn recorder() -> Scripted {
+        Scripted::start(record_connection).await
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Every request (or, for scripts that answer after the head, every head) logged.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads a request head (up to its empty line) from `s`, logs it and returns it; `None` if
+/// the connection ends first.
+pub async fn read_request_head(s: &mut tokio::net::TcpStream, log: &Log) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => head.push(byte[0]),
+        }
+    }
+    log.lock().unwrap().push(head.clone());
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads and discards until the proxy closes the connection.
+pub async fn until_eof(s: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 8192];
+    while let Ok(n) = s.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+/// Script: answers the first request's head at once with a chunked 200 and one chunk
+/// (`first`), then sends nothing more and holds the connection until the proxy closes it.
+pub async fn answer_one_chunk_then_hold(mut s: tokio::net::TcpStream, log: Log) {
+    use tokio::io::AsyncWriteExt;
+    if read_request_head(&mut s, &log).await.is_none() {
+        return;
+    }
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+    if s.write_all(response).await.is_err() {
+        return;
+    }
+    until_eof(&mut s).await;
+}
+
+/// Script: answers each request (bodiless, or with a Content-Length) only once its whole
+/// body is in, echoing the body back with a Content-Length: a worker whose response head
+/// waits for the end of the upload.
+pub async fn buffering_echo(mut s: tokio::net::TcpStream, log: Log) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Some(head) = read_request_head(&mut s, &log).await else {
+            return;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if s.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let mut response =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+        response.extend_from_slice(&body);
+        if s.write_all(&response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A new HTTP/2 (prior knowledge) connection to `proxy` with the h2 crate. The handle ends
+/// when the connection does (with the connection's error, if any).
+pub async fn h2_connect(
+    proxy: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let client = client.ready().await.expect("h2 connection ready");
+    (client, connection)
+}
+
+/// How an HTTP/2 response body ended.
+#[derive(Debug)]
+pub enum H2End {
+    /// END_STREAM after this body.
+    Complete(Vec<u8>),
+    /// A stream or connection error after this much body.
+    Broken(Vec<u8>, h2::Error),
+}
+
+/// Reads `body` to its end (bounded by [`WAIT`]), releasing flow-control capacity.
+pub async fn h2_body(body: &mut h2::RecvStream) -> H2End {
+    let mut got = Vec::new();
+    loop {
+        let next = tokio::time::timeout(WAIT, body.data())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the HTTP/2 body neither went on nor ended within {WAIT:?}; got {:?}",
+                    String::from_utf8_lossy(&got)
+                )
+            });
+        match next {
+            None => return H2End::Complete(got),
+            Some(Err(e)) => return H2End::Broken(got, e),
+            Some(Ok(chunk)) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// A pool whose workers are ejected by their first failure, whatever share of the pool that
+/// is: a failure recorded against a worker shows in `/status` at once.
+pub fn eject_on_first_failure(
+    pool: load_balancer::config::PoolConfig,
+) -> load_balancer::config::PoolConfig {
+    load_balancer::config::PoolConfig {
+        ejection: load_balancer::config::EjectionConfig {
+            consecutive_failures: 1,
+            max_percent: 100,
+            base_time: Duration::from_secs(60),
+            ..Default::default()
+        },
+        ..pool
+    }
+}
+
+/// Raw HTTP/2 frames, for what the h2 crate would not send or a test must see byte by byte.
+pub mod h2raw {
+    use tokio::io::AsyncReadExt;
+
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const GOAWAY: u8 = 0x7;
+    pub const END_STREAM: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+
+    /// An HPACK literal field without indexing, new name, no Huffman (RFC 7541 §6.2.2);
+    /// names and values under 127 bytes.
+    pub fn literal(name: &str, value: &str) -> Vec<u8> {
+        assert!(name.len() < 127 && value.len() < 127);
+        let mut out = vec![0x00, name.len() as u8];
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+        out
+    }
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut out = len.to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// One frame read from `s`: kind, flags, stream, payload.
+    pub struct Frame {
+        pub kind: u8,
+        pub flags: u8,
+        pub stream: u32,
+        pub payload: Vec<u8>,
+    }
+
+    /// The next frame; `Err` at the end of the connection (EOF or reset).
+    pub async fn read(s: &mut tokio::net::TcpStream) -> std::io::Result<Frame> {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await?;
+        Ok(Frame {
+            kind: head[3],
+            flags: head[4],
+            stream: u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff,
+            payload,
+        })
+    }
+}

@@ -1,0 +1,359 @@
+//! HTTP/2 clients forwarded to HTTP/1.1 workers: the regressions a review found in the
+//! translation, each checked at the worker (what it received, whether its connection closed)
+//! and at the client (what its stream said), through the real proxy.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use load_balancer::config::{AlgorithmKind, Config, PoolConfig, Protocol};
+use tokio::io::AsyncWriteExt;
+
+fn with_pool(db: &TestDb, pool: PoolConfig) -> Config {
+    let mut c = config(db, Protocol::Http, AlgorithmKind::RoundRobin);
+    c.pools.insert("default".into(), pool);
+    c
+}
+
+/// A proxy whose one worker is `worker`, with `pool`'s settings.
+async fn proxy_to(db: &TestDb, pool: PoolConfig, worker: SocketAddr) -> load_balancer::Running {
+    let lb = load_balancer::start(&with_pool(db, pool))
+        .await
+        .expect("proxy starts");
+    change(
+        db,
+        &lb,
+        &format!("INSERT INTO workers(worker_address) VALUES ('{worker}')"),
+    )
+    .await;
+    lb
+}
+
+async fn ejected(lb: &load_balancer::Running, worker: SocketAddr) -> bool {
+    worker_status(&status(lb).await, &worker.to_string())["ejected"]
+        .as_bool()
+        .unwrap()
+}
+
+/// Lines of a recorded request whose field name is `name` (case-insensitive), as sent.
+fn fields<'a>(request: &'a str, name: &str) -> Vec<&'a str> {
+    request
+        .lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+/// A POST with no Content-Length (so its body goes to the worker chunked).
+fn chunked_post() -> hyper::Request<()> {
+    hyper::Request::builder()
+        .method("POST")
+        .uri("http://a/upload")
+        .body(())
+        .unwrap()
+}
+
+/// 129 trailer fields: one more than the proxy takes in any header section.
+fn trailers_129() -> HeaderMap {
+    let mut t = HeaderMap::new();
+    for i in 0..129 {
+        t.insert(
+            HeaderName::from_bytes(format!("x-t{i}").as_bytes()).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+    }
+    assert_eq!(t.len(), 129);
+    t
+}
+
+// ---- Request trailers over the field limit ----
+
+/// The worker waits for the end of the chunked body, so nothing has been answered when the
+/// trailers come: the client is told 431, the worker's half-sent request is cut off with
+/// its connection, and the refusal is not held against the worker.
+#[tokio::test]
+async fn http2_trailers_with_129_fields_get_431_close_the_worker_connection_and_eject_no_one() {
+    let db = TestDb::new().await;
+    let worker = Scripted::recorder().await;
+    let lb = proxy_to(
+        &db,
+        eject_on_first_failure(PoolConfig::default()),
+        worker.addr,
+    )
+    .await;
+
+    let (mut client, _conn) = h2_connect(lb.listeners[0]).await;
+    let (response, mut stream) = client.send_request(chunked_post(), false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"hello"), false)
+        .unwrap();
+    stream.send_trailers(trailers_129()).unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+        .unwrap_or_else(|e| panic!("the stream was reset instead of answered: {e}"));
+    assert_eq!(response.status(), 431);
+
+    eventually_within(
+        "the worker's connection (with half a request on it) is closed",
+        Duration::from_secs(2),
+        async || worker.open() == 0,
+    )
+    .await;
+    assert_eq!(worker.accepted(), 1);
+    assert_eq!(worker.count(), 0, "no complete request reached the worker");
+    assert!(
+        !ejected(&lb, worker.addr).await,
+        "the client's trailers ejected the worker"
+    );
+
+    // The same worker still serves the next request.
+    let (response, _) = client
+        .send_request(
+            hyper::Request::builder()
+                .uri("http://a/next")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let body = h2_body(&mut response.into_body()).await;
+    assert!(
+        matches!(&body, H2End::Complete(b) if b == b"ok"),
+        "{body:?}"
+    );
+    assert!(
+        worker.requests()[0].starts_with("GET /next HTTP/1.1\r\n"),
+        "{:?}",
+        worker.requests()
+    );
+    assert!(!ejected(&lb, worker.addr).await);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// The worker answers (head and a chunk) before the body ends; then the trailers break the
+/// limit. The client already has its 200: its body must end in a stream error, never in a
+/// clean END_STREAM after the one chunk.
+#[tokio::test]
+async fn http2_trailers_with_129_fields_after_the_answer_began_break_the_response_off() {
+    let db = TestDb::new().await;
+    let worker = Scripted::start(answer_one_chunk_then_hold).await;
+    let lb = proxy_to(
+        &db,
+        eject_on_first_failure(PoolConfig::default()),
+        worker.addr,
+    )
+    .await;
+
+    let (mut client, _conn) = h2_connect(lb.listeners[0]).await;
+    let (response, mut stream) = client.send_request(chunked_post(), false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"hello"), false)
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("the worker's head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(WAIT, body.data())
+        .await
+        .expect("the first chunk in time")
+        .expect("a first chunk")
+        .expect("the first chunk");
+    assert_eq!(&first[..], b"first");
+    let _ = body.flow_control().release_capacity(first.len());
+
+    stream.send_trailers(trailers_129()).unwrap();
+    match h2_body(&mut body).await {
+        H2End::Broken(rest, _) => assert!(rest.is_empty(), "{rest:?}"),
+        H2End::Complete(rest) => panic!(
+            "the response ended cleanly (END_STREAM) after {:?}: a short body",
+            String::from_utf8_lossy(&rest)
+        ),
+    }
+    eventually_within(
+        "the worker's connection is closed",
+        Duration::from_secs(2),
+        async || worker.open() == 0,
+    )
+    .await;
+    assert!(!ejected(&lb, worker.addr).await);
+
+    // A following request still reaches that worker.
+    let (response, _) = client
+        .send_request(
+            hyper::Request::builder()
+                .uri("http://a/next")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("the worker's head in time")
+        .expect("a response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(worker.accepted(), 2);
+    assert!(
+        worker.requests()[1].starts_with("GET /next HTTP/1.1\r\n"),
+        "{:?}",
+        worker.requests()
+    );
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+// ---- Raw frames: an empty DATA frame ends the stream ----
+
+/// What the server first said about stream 1.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// HEADERS starting with an indexed `:status` of the static table (RFC 7541 App. A).
+    Status(u16),
+    /// HEADERS starting otherwise: its block.
+    Headers(Vec<u8>),
+    Reset(u32),
+    GoAway(u32),
+    /// The connection ended (EOF or reset) before any answer on stream 1.
+    Closed,
+}
+
+/// Sends `frames` on stream 1 of a new prior-knowledge connection (after the preface and an
+/// empty SETTINGS) and returns the server's first word about it.
+async fn raw_h2(proxy: SocketAddr, frames: &[Vec<u8>]) -> Answer {
+    let mut out = h2raw::PREFACE.to_vec();
+    out.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let read = async {
+        loop {
+            let Ok(f) = h2raw::read(&mut s).await else {
+                return Answer::Closed;
+            };
+            let code = |p: &[u8]| u32::from_be_bytes(p[..4].try_into().unwrap());
+            match (f.kind, f.stream) {
+                (h2raw::HEADERS, 1) => {
+                    return match f.payload.first() {
+                        Some(0x88) => Answer::Status(200),
+                        Some(0x8c) => Answer::Status(400),
+                        Some(0x8e) => Answer::Status(500),
+                        _ => Answer::Headers(f.payload),
+                    };
+                }
+                (h2raw::RST_STREAM, 1) => return Answer::Reset(code(&f.payload)),
+                (h2raw::GOAWAY, _) => return Answer::GoAway(code(&f.payload[4..])),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("an answer on stream 1 in time")
+}
+
+fn request_block(method: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = h2raw::literal(":method", method);
+    block.extend(h2raw::literal(":scheme", "http"));
+    block.extend(h2raw::literal(":authority", "a"));
+    block.extend(h2raw::literal(":path", "/"));
+    for (n, v) in extra {
+        block.extend(h2raw::literal(n, v));
+    }
+    block
+}
+
+#[tokio::test]
+async fn http2_get_ended_by_an_empty_data_frame_reaches_the_worker_without_framing_fields_and_a_post_with_content_length_0()
+ {
+    let db = TestDb::new().await;
+    let worker = Recorder::start().await;
+    let lb = proxy_to(&db, PoolConfig::default(), worker.addr).await;
+
+    for (method, expected) in [("GET", vec![]), ("POST", vec!["content-length: 0"])] {
+        let frames = [
+            // HEADERS with END_HEADERS but not END_STREAM, then an empty DATA that ends it.
+            h2raw::frame(
+                h2raw::HEADERS,
+                h2raw::END_HEADERS,
+                1,
+                &request_block(method, &[]),
+            ),
+            h2raw::frame(h2raw::DATA, h2raw::END_STREAM, 1, &[]),
+        ];
+        let answer = raw_h2(lb.listeners[0], &frames).await;
+        assert_eq!(answer, Answer::Status(200), "{method}");
+        let seen = worker.last();
+        assert!(
+            seen.starts_with(&format!("{method} / HTTP/1.1\r\n")),
+            "{seen:?}"
+        );
+        assert!(
+            fields(&seen, "transfer-encoding").is_empty(),
+            "{method} went to the worker chunked: {seen:?}"
+        );
+        let lengths: Vec<String> = fields(&seen, "content-length")
+            .iter()
+            .map(|l| l.to_lowercase())
+            .collect();
+        assert_eq!(lengths, expected, "{method}: the worker got {seen:?}");
+        assert!(seen.ends_with("\r\n\r\n"), "no body: {seen:?}");
+    }
+    assert_eq!(worker.count(), 2);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+// ---- Raw frames: two equal Content-Length fields ----
+
+/// The h2 server lets equal duplicates through (it checks the first value only); the worker
+/// must get the length once, since some HTTP/1 servers refuse two Content-Length lines.
+/// Should the h2 server refuse the request instead, nothing may reach the worker.
+#[tokio::test]
+async fn http2_request_with_two_equal_content_lengths_reaches_the_worker_with_one() {
+    let db = TestDb::new().await;
+    let worker = Recorder::start().await;
+    let lb = proxy_to(&db, PoolConfig::default(), worker.addr).await;
+
+    let block = request_block("POST", &[("content-length", "5"), ("content-length", "5")]);
+    let frames = [
+        h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block),
+        h2raw::frame(h2raw::DATA, h2raw::END_STREAM, 1, b"hello"),
+    ];
+    match raw_h2(lb.listeners[0], &frames).await {
+        Answer::Status(200) => {
+            let seen = worker.last();
+            let lengths: Vec<String> = fields(&seen, "content-length")
+                .iter()
+                .map(|l| l.to_lowercase())
+                .collect();
+            assert_eq!(lengths, vec!["content-length: 5"], "{seen:?}");
+            assert!(fields(&seen, "transfer-encoding").is_empty(), "{seen:?}");
+            assert!(seen.ends_with("\r\n\r\nhello"), "{seen:?}");
+        }
+        refused @ (Answer::Reset(_) | Answer::Status(400)) => {
+            assert_eq!(
+                worker.count(),
+                0,
+                "refused ({refused:?}) but reached the worker: {:?}",
+                worker.requests()
+            );
+            eprintln!("the h2 server refused equal duplicate Content-Length fields: {refused:?}");
+        }
+        other => panic!("unexpected answer: {other:?}"),
+    }
+    lb.stop(Duration::from_secs(5)).await;
+}
