@@ -85,7 +85,12 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
         result = conn.as_mut() => result,
         _ = idle(&activity, limits.header_read_timeout) => {
             tracing::debug!(client = %peer, "idle HTTP/2 connection: closing");
-            Ok(())
+            // GOAWAY first (RFC 9113 §6.8), then the close: no stream is open to wait for,
+            // only the client's PING acknowledgement of the GOAWAY, given a moment.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(GOAWAY_GRACE, conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
         }
         _ = shutdown.drain.cancelled() => {
             conn.as_mut().graceful_shutdown();
@@ -99,6 +104,9 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
         tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
     }
 }
+
+/// How long an idle connection's GOAWAY may take before the connection just closes.
+const GOAWAY_GRACE: Duration = Duration::from_millis(250);
 
 /// Resolves once no stream is open and nothing has moved for `timeout`.
 async fn idle(activity: &Activity, timeout: Duration) {
