@@ -172,6 +172,12 @@ impl Balancer {
     /// What real traffic to `w` came to: passive ejection counts the failures the pool's
     /// `[ejection] on` names, unless ejecting would take more than `max_percent` of the pool.
     pub fn record(&self, w: &Worker, outcome: Outcome) {
+        // Every request ends here: a success costs one flag check, and only a failure loads
+        // the snapshot (to count what is ejected already).
+        if !outcome.is_failure(self.settings.ejection.on) {
+            w.state.ejection.success();
+            return;
+        }
         let snapshot = self.ring.load();
         availability::record(
             w,

@@ -32,6 +32,7 @@ impl BodyLeft {
 
     /// Moves the body bytes at the start of `buf` to `out` (a chunked body's framing as the
     /// parser writes it, not as it came).
+    #[inline]
     pub fn take(&mut self, buf: &mut BytesMut, out: &mut Vec<u8>) -> Result<(), ChunkError> {
         match self {
             BodyLeft::Done => {}

@@ -32,6 +32,7 @@ pub fn merge_length(seen: &mut Option<u64>, value: &[u8]) -> bool {
     true
 }
 
+#[inline]
 pub fn put_length(out: &mut Vec<u8>, n: u64) {
     put(
         out,
@@ -40,6 +41,7 @@ pub fn put_length(out: &mut Vec<u8>, n: u64) {
     );
 }
 
+#[inline]
 pub fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

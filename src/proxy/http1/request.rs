@@ -54,7 +54,8 @@ pub fn rewrite_request(
     checks::method(method.as_bytes())?;
     let http10 = version == 0;
     let (path, authority) = split_target(target)?;
-    let scan = Scan::of(req.headers)?;
+    let mut scan = Scan::new(req.headers);
+    scan.read()?;
     let framing = scan.framing(http10)?;
     if let Some(a) = authority {
         checks::host(a.as_bytes())?;
@@ -125,8 +126,11 @@ struct Scan<'b> {
 }
 
 impl<'b> Scan<'b> {
-    fn of(fields: &'b [httparse::Header<'b>]) -> Result<Scan<'b>, Reject> {
-        let mut scan = Scan {
+    /// Nothing read yet. Filled in place by [`Scan::read`]: the struct is large (a kind
+    /// per field), and returning it in a `Result` would copy it on every request.
+    #[inline(always)]
+    fn new(fields: &'b [httparse::Header<'b>]) -> Scan<'b> {
+        Scan {
             kinds: [Field::Other; MAX_FIELDS],
             host: None,
             length: None,
@@ -137,7 +141,13 @@ impl<'b> Scan<'b> {
             prior_xff: false,
             prior_forwarded: false,
             fields,
-        };
+        }
+    }
+
+    #[inline(always)]
+    fn read(&mut self) -> Result<(), Reject> {
+        let fields = self.fields;
+        let scan = self;
         for (f, kind) in fields.iter().zip(scan.kinds.iter_mut()) {
             *kind = classify(f.name.as_bytes());
             match *kind {
@@ -162,7 +172,7 @@ impl<'b> Scan<'b> {
                 _ => {}
             }
         }
-        Ok(scan)
+        Ok(())
     }
 
     /// RFC 9112 §6.1 and §6.3: both framings at once is how requests are smuggled, and a

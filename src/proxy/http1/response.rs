@@ -64,25 +64,32 @@ struct Scan<'b> {
 }
 
 impl<'b> Scan<'b> {
-    fn of(fields: &'b [httparse::Header<'b>]) -> Result<Scan<'b>, Malformed> {
-        let mut scan = Scan {
+    /// Nothing read yet. Filled in place by [`Scan::read`]: the struct is large (a kind
+    /// per field), and returning it in a `Result` would copy it on every request.
+    #[inline(always)]
+    fn new() -> Scan<'b> {
+        Scan {
             kinds: [Field::Other; MAX_FIELDS],
             length: None,
             transfer: None,
             connection: ConnectionTokens::default(),
-        };
-        for (f, kind) in fields.iter().zip(scan.kinds.iter_mut()) {
+        }
+    }
+
+    #[inline(always)]
+    fn read(&mut self, fields: &'b [httparse::Header<'b>]) -> Result<(), Malformed> {
+        for (f, kind) in fields.iter().zip(self.kinds.iter_mut()) {
             *kind = classify(f.name.as_bytes());
             match *kind {
-                Field::ContentLength if !merge_length(&mut scan.length, f.value) => {
+                Field::ContentLength if !merge_length(&mut self.length, f.value) => {
                     return Err(Malformed::Length);
                 }
-                Field::TransferEncoding => scan.transfer = Some(f.value),
-                Field::Connection => scan.connection.add(f.value),
+                Field::TransferEncoding => self.transfer = Some(f.value),
+                Field::Connection => self.connection.add(f.value),
                 _ => {}
             }
         }
-        Ok(scan)
+        Ok(())
     }
 
     /// The response's framing (RFC 9112 §6.3, in its order) and whether the worker's
@@ -155,7 +162,8 @@ pub fn rewrite_response(
     let Some((len, version, status, reason, headers)) = parse(buf, &mut fields)? else {
         return Ok(None);
     };
-    let scan = Scan::of(headers)?;
+    let mut scan = Scan::new();
+    scan.read(headers)?;
     let switching = status == 101;
     if switching && !request.upgrade {
         return Err(Malformed::UnaskedUpgrade);
@@ -243,7 +251,8 @@ pub fn response_for_h2(
     let Some((len, version, status, _reason, headers)) = parse(buf, &mut fields)? else {
         return Ok(None);
     };
-    let scan = Scan::of(headers)?;
+    let mut scan = Scan::new();
+    scan.read(headers)?;
     if status == 101 {
         // No upgrade is ever asked of a worker on behalf of an HTTP/2 client.
         return Err(Malformed::UnaskedUpgrade);
