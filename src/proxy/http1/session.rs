@@ -1,17 +1,18 @@
-//! The HTTP/1.x path: one task per client connection reads each request, picks a worker
-//! for it afresh, forwards it on one of that worker's keep-alive connections and relays the
-//! response back.
+//! One HTTP/1.x client connection: a task reads each request, picks a worker for it afresh,
+//! forwards it on one of that worker's keep-alive connections and relays the response back.
 //!
 //! It is the hot path, so it is written for it: the task drives both sockets itself (no
 //! hand-off to a connection task), heads are parsed in place and written once straight into
-//! the buffer that goes out (`message`), bodies are relayed as they come, with their framing
-//! checked (`chunked`) but not re-encoded, and a request's head and the body bytes already
-//! read leave in one write, as does a response's. An idle client connection holds no buffer.
+//! the buffer that goes out (`request`, `response`), bodies are relayed as they come (a
+//! chunked request body's size lines written plainly by `chunked`, everything else as it
+//! came), and a request's head and the body bytes already read leave in one write, as does
+//! a response's. An idle client connection holds no buffer.
 //!
-//! Failures are retried on another worker when that is safe: always when nothing was sent
-//! (connect failure); for idempotent requests whose body was read whole, when the worker
-//! failed before answering or answered 502/503/504, within the retry budget; never once the
-//! response has started. An upgrade (WebSocket) becomes a tunnel after the backend's 101.
+//! What is refused, what the proxy answers itself and when a request goes to another worker
+//! are the forwarding policy's (`forward`): always when nothing was sent (connect failure);
+//! for idempotent requests whose body was read whole, when the worker failed before
+//! answering or answered 502/503/504, within the retry budget; never once the response has
+//! started. An upgrade (WebSocket) becomes a tunnel after the backend's 101.
 
 use std::io;
 use std::pin::Pin;
