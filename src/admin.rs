@@ -1,8 +1,10 @@
 //! The admin endpoint: `GET /status`, a JSON view of the ring every listener reads and of
-//! the database subscriber that feeds it (shown under the key `"listener"`).
+//! the database subscriber that feeds it (shown under the key `"listener"`); `GET /livez`
+//! and `GET /readyz` for orchestrators.
 //!
 //! It loads the same snapshot as the proxy and reads the per-worker counters beside it, so
-//! what it shows is what the hot path sees.
+//! what it shows is what the hot path sees. With a token configured (required when the
+//! endpoint is reachable from other hosts), every request must carry it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -96,21 +98,28 @@ pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
     serde_json::to_string_pretty(&status).expect("plain data serializes")
 }
 
+/// What the admin endpoint answers from.
+pub struct Admin {
+    pub ring: Arc<Ring>,
+    pub sync: Arc<SyncStatus>,
+    /// Readiness ends when the drain starts.
+    pub shutdown: Shutdown,
+    /// `Authorization: Bearer <token>` required on every request when set.
+    pub token: Option<String>,
+}
+
 /// Serves the admin endpoint from `listener` until the shutdown drains it.
-pub async fn serve(
-    listener: TcpListener,
-    ring: Arc<Ring>,
-    sync: Arc<SyncStatus>,
-    shutdown: Shutdown,
-) {
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    let admin = Arc::new(admin);
+    let shutdown = admin.shutdown.clone();
     let sd = shutdown.clone();
     accept_loop(listener, shutdown, None, move |stream, _peer| {
-        let (ring, sync) = (ring.clone(), sync.clone());
+        let admin = admin.clone();
         let shutdown = sd.clone();
         async move {
             let service = service_fn(move |request| {
-                let (ring, sync) = (ring.clone(), sync.clone());
-                async move { Ok::<_, Infallible>(respond(&ring, &sync, &request)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(&request)) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -132,28 +141,143 @@ pub async fn serve(
     .await
 }
 
-fn respond(ring: &Ring, sync: &SyncStatus, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/status") => (
-            StatusCode::OK,
-            "application/json",
-            status_json(&ring.load_full(), sync.get()) + "\n",
-        ),
-        (_, "/status") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain; charset=utf-8",
-            "use GET\n".to_string(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found; try GET /status\n".to_string(),
-        ),
-    };
+impl Admin {
+    fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if !self.authorized(request) {
+            let mut response = text(StatusCode::UNAUTHORIZED, "a bearer token is required\n");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"load_balancer admin\""),
+            );
+            return response;
+        }
+        let path = request.uri().path();
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return match path {
+                "/status" | "/livez" | "/readyz" => {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+                }
+                _ => not_found(),
+            };
+        }
+        match path {
+            "/status" => {
+                let snapshot = self.ring.load_full();
+                // 503 until a ring is loaded: a scraper must not take "no pools" for news.
+                let status = if snapshot.generation == 0 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                let body = status_json(&snapshot, self.sync.get()) + "\n";
+                respond_with(status, "application/json", body)
+            }
+            "/livez" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => match self.not_ready() {
+                None => text(StatusCode::OK, "ready\n"),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            },
+            _ => not_found(),
+        }
+    }
+
+    /// Why new traffic should not come here, if it should not: no ring loaded yet (every
+    /// request would get 503), or the listeners are draining for shutdown.
+    fn not_ready(&self) -> Option<&'static str> {
+        if self.shutdown.is_draining() {
+            Some("not ready: shutting down\n")
+        } else if self.ring.load().generation == 0 {
+            Some("not ready: no ring loaded yet (the database has not answered)\n")
+        } else {
+            None
+        }
+    }
+
+    /// Whether the request carries the token, when one is required. Compared in constant
+    /// time, so the comparison does not tell how much of a guess was right.
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let offered = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        constant_time_eq(offered, token.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    respond_with(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::NOT_FOUND,
+        "not found; try GET /status, /livez or /readyz\n",
+    )
+}
+
+fn respond_with(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::ring::{Membership, Row};
+
+    fn admin(ring: Arc<Ring>, shutdown: Shutdown) -> Admin {
+        Admin {
+            ring,
+            sync: Arc::new(SyncStatus::default()),
+            shutdown,
+            token: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_once_a_ring_is_loaded_and_until_the_drain_starts() {
+        let ring = Ring::new(&["default".into()]);
+        let shutdown = Shutdown::new();
+        let a = admin(ring.clone(), shutdown.clone());
+        assert!(a.not_ready().unwrap().contains("no ring loaded"));
+        Membership::new(ring).reset(vec![Row {
+            id: 1,
+            address: "127.0.0.1:1".into(),
+            weight: 1,
+            pool: "default".into(),
+            version: 1,
+        }]);
+        assert_eq!(a.not_ready(), None);
+        // Nothing in flight: the drain completes at once, and readiness ends with it.
+        shutdown.run(Duration::from_secs(1)).await;
+        assert!(a.not_ready().unwrap().contains("shutting down"));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"s3creT", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+    }
 }

@@ -118,13 +118,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
     let admin = admin_listener.and_then(|tcp| {
         let address = tcp.local_addr().ok();
-        tokio::spawn(admin::serve(
-            tcp,
-            ring.clone(),
-            sync.clone(),
-            shutdown.clone(),
-        ));
-        tracing::info!(address = ?address, "admin endpoint listening (GET /status)");
+        let endpoint = admin::Admin {
+            ring: ring.clone(),
+            sync: sync.clone(),
+            shutdown: shutdown.clone(),
+            token: config.admin.as_ref().and_then(|a| a.token.clone()),
+        };
+        tokio::spawn(admin::serve(tcp, endpoint));
+        tracing::info!(address = ?address, "admin endpoint listening (GET /status, /livez, /readyz)");
         address
     });
     Ok(Running {

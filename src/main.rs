@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use load_balancer::config::Config;
+use load_balancer::config::{Config, Overrides};
 use load_balancer::shutdown::Signals;
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +34,11 @@ struct Cli {
     /// PostgreSQL URL; when set it overrides `[database] url` of the configuration file.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+
+    /// Token the admin endpoint requires (`Authorization: Bearer <token>`); when set it
+    /// overrides `[admin] token`.
+    #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -60,8 +65,11 @@ fn main() -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
 
-    let database_url = cli.database_url.filter(|u| !u.is_empty());
-    let config = match Config::load(&cli.config, database_url) {
+    let overrides = Overrides {
+        database_url: cli.database_url.filter(|u| !u.is_empty()),
+        admin_token: cli.admin_token.filter(|t| !t.is_empty()),
+    };
+    let config = match Config::load(&cli.config, overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));

@@ -60,6 +60,14 @@ fn assert_config_error(text: &str, key: &str, line: usize) {
 #[test]
 fn config_errors_name_the_key_and_line() {
     assert_config_error(
+        &GOOD.replace(
+            "[admin]\nbind = \"127.0.0.1:0\"",
+            "[admin]\nbind = \"0.0.0.0:0\"",
+        ),
+        "admin.bind",
+        11,
+    );
+    assert_config_error(
         &GOOD.replace("pool = \"default\"", "pool = \"default\"\nweigth = 2"),
         "weigth",
         8,

@@ -45,12 +45,12 @@ impl Config {
     }
 
     /// Reads and validates `path`; `database_url` (from `DATABASE_URL`) overrides the file.
-    pub fn load(path: &Path, database_url: Option<String>) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&path.display().to_string(), &text, database_url)
+        Config::parse_with(&path.display().to_string(), &text, overrides)
     }
 
     /// Validates the text of a config file; `name` is shown in diagnostics.
@@ -63,12 +63,21 @@ impl Config {
         text: &str,
         database_url: Option<String>,
     ) -> Result<Config, ConfigError> {
+        let overrides = Overrides {
+            database_url,
+            admin_token: None,
+        };
+        Config::parse_with(name, text, overrides)
+    }
+
+    /// [`Config::parse`] with every environment override.
+    pub fn parse_with(name: &str, text: &str, overrides: Overrides) -> Result<Config, ConfigError> {
         let source = Source { name, text };
         let raw = source.toml()?;
         let config = Config {
-            database: source.database(&raw.database, database_url)?,
+            database: source.database(&raw.database, overrides.database_url)?,
             listeners: source.listeners(&raw.listeners)?,
-            admin: source.admin(raw.admin.as_ref())?,
+            admin: source.admin(raw.admin.as_ref(), overrides.admin_token)?,
             pools: source.pools(&raw.pools)?,
         };
         source.distinct_binds(&raw, &config)?;
@@ -317,6 +326,18 @@ pub enum Protocol {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// Requests must carry `Authorization: Bearer <token>` when set (`[admin] token`, or
+    /// `LB_ADMIN_TOKEN`). Required when `bind` is not a loopback address.
+    pub token: Option<String>,
+}
+
+/// Settings from the environment that replace the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `DATABASE_URL`: replaces `[database] url`.
+    pub database_url: Option<String>,
+    /// `LB_ADMIN_TOKEN`: replaces `[admin] token`.
+    pub admin_token: Option<String>,
 }
 
 /// Why a configuration was refused.
@@ -445,7 +466,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_read_error() {
-        let e = Config::load(Path::new("/nonexistent/config.toml"), None).unwrap_err();
+        let e =
+            Config::load(Path::new("/nonexistent/config.toml"), Overrides::default()).unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
     }
 
@@ -453,6 +475,20 @@ mod tests {
     fn repo_config_is_valid() {
         let text = include_str!("../../config.toml");
         parse(text).unwrap();
+    }
+
+    #[test]
+    fn docker_config_is_valid_with_the_token_compose_passes() {
+        let text = include_str!("../../docker/config.toml");
+        assert!(
+            parse(text).is_err(),
+            "an open admin endpoint without a token is refused"
+        );
+        let overrides = Overrides {
+            admin_token: Some("demo".into()),
+            ..Overrides::default()
+        };
+        Config::parse_with("docker/config.toml", text, overrides).unwrap();
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub(super) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub bind: Spanned<String>,
+    pub token: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

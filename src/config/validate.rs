@@ -216,14 +216,41 @@ impl Source<'_> {
         })
     }
 
-    /// `[admin]`, optional.
-    pub fn admin(&self, raw: Option<&RawAdmin>) -> Result<Option<AdminConfig>, ConfigError> {
-        raw.map(|a| {
-            Ok(AdminConfig {
-                bind: self.bind("admin.bind", &a.bind)?,
-            })
-        })
-        .transpose()
+    /// `[admin]`, optional; `env_token` (from `LB_ADMIN_TOKEN`) replaces `token`. An
+    /// endpoint reachable from other hosts shows the whole backend map and, soon, steers it:
+    /// it needs a token, and starting without one is refused.
+    pub fn admin(
+        &self,
+        raw: Option<&RawAdmin>,
+        env_token: Option<String>,
+    ) -> Result<Option<AdminConfig>, ConfigError> {
+        let Some(a) = raw else { return Ok(None) };
+        let bind = self.bind("admin.bind", &a.bind)?;
+        let token = match (env_token.filter(|t| !t.is_empty()), &a.token) {
+            (Some(env), _) => Some(env),
+            (None, Some(t)) if t.get_ref().trim().is_empty() => {
+                return Err(self.invalid(
+                    "`admin.token` is empty".into(),
+                    t.span(),
+                    "empty token",
+                    Some("set a long random value, e.g. from `openssl rand -hex 32`"),
+                ));
+            }
+            (None, Some(t)) => Some(t.get_ref().clone()),
+            (None, None) => None,
+        };
+        if token.is_none() && !bind.ip().is_loopback() {
+            return Err(self.invalid(
+                format!("`admin.bind` {bind} is reachable from other hosts, and no token is set"),
+                a.bind.span(),
+                "not a loopback address",
+                Some(
+                    "set `token = \"...\"` in [admin] (or LB_ADMIN_TOKEN); clients then send \
+                     `Authorization: Bearer <token>`. Or bind 127.0.0.1.",
+                ),
+            ));
+        }
+        Ok(Some(AdminConfig { bind, token }))
     }
 
     /// No address is bound twice, by two listeners or by a listener and the admin endpoint.
@@ -299,6 +326,41 @@ mod tests {
 
     use super::super::test_support::{GOOD, help_of, line_of, parse};
     use super::*;
+
+    #[test]
+    fn an_admin_endpoint_reachable_from_other_hosts_needs_a_token() {
+        let open = GOOD.replace("127.0.0.1:9901", "0.0.0.0:9901");
+        let e = parse(&open).unwrap_err();
+        assert!(e.to_string().contains("admin.bind"), "{e}");
+        assert!(help_of(&e).contains("LB_ADMIN_TOKEN"), "{e:?}");
+        assert_eq!(line_of(&open, &e), 15);
+
+        let with_token = open.replace("0.0.0.0:9901\"", "0.0.0.0:9901\"\ntoken = \"s3cret\"");
+        let admin = parse(&with_token).unwrap().admin.unwrap();
+        assert_eq!(admin.token.as_deref(), Some("s3cret"));
+
+        let env = super::super::Overrides {
+            admin_token: Some("from-env".into()),
+            ..Default::default()
+        };
+        let admin = Config::parse_with("config.toml", &open, env)
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(
+            admin.token.as_deref(),
+            Some("from-env"),
+            "LB_ADMIN_TOKEN replaces the file's"
+        );
+
+        let empty = with_token.replace("\"s3cret\"", "\" \"");
+        let e = parse(&empty).unwrap_err();
+        assert!(e.to_string().contains("admin.token"), "{e}");
+        assert_eq!(line_of(&empty, &e), 16);
+
+        let loopback = parse(GOOD).unwrap().admin.unwrap();
+        assert_eq!(loopback.token, None, "a loopback endpoint may go without");
+    }
 
     #[test]
     fn unknown_key_points_at_its_line() {

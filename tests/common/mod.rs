@@ -303,6 +303,7 @@ pub fn config(db: &TestDb, protocol: Protocol, algorithm: AlgorithmKind) -> Conf
         )],
         admin: Some(AdminConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
+            token: None,
         }),
         pools: Default::default(),
     }
