@@ -113,11 +113,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
         };
-        tracing::info!(%address, protocol = ?l.protocol, pool = %l.pool,
+        tracing::info!(%address, protocol = l.protocol.name(), pool = %l.pool,
             algorithm = l.algorithm.name(), "listening");
     }
     let admin = admin_listener.and_then(|tcp| {
         let address = tcp.local_addr().ok();
+        let shown = address.map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let endpoint = admin::Admin {
             ring: ring.clone(),
             sync: sync.clone(),
@@ -125,7 +126,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
         };
         tokio::spawn(admin::serve(tcp, endpoint));
-        tracing::info!(address = ?address, "admin endpoint listening (GET /status, /livez, /readyz)");
+        tracing::info!(address = %shown, "admin endpoint listening (GET /status, /livez, /readyz)");
         address
     });
     Ok(Running {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use std::io::IsTerminal;
+
+use clap::{Parser, ValueEnum};
 use load_balancer::config::{Config, Overrides};
 use load_balancer::shutdown::Signals;
 use tracing_subscriber::EnvFilter;
@@ -39,19 +41,44 @@ struct Cli {
     /// overrides `[admin] token`.
     #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+
+    /// How log lines are written to stderr: `text` for people, `json` (one object a line)
+    /// for log collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr at `RUST_LOG`'s levels (default info). Colours only for a terminal,
+/// and never with `NO_COLOR` set (no-color.org): escape codes in a file or a collector are
+/// noise. refinery reports each migration itself at info, and PostgreSQL's notices come
+/// through tokio-postgres at info too; the proxy's own line says what matters, once, so
+/// both are kept to warnings.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = std::io::stderr().is_terminal() && !no_color;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // A closed stderr (a log collector that died) must not take the proxy down: by
+        // default a failed log write is reported with eprintln!, which panics.
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // A closed stderr (a log collector that died) must not take the proxy down: by
-        // default a failed log write is reported with eprintln!, which panics.
-        .log_internal_errors(false)
-        .init();
+    init_logging(cli.log_format);
 
     // Unwrapped lines keep a suggested command (e.g. `createdb ...`) copy-pasteable.
     let _ = miette::set_hook(Box::new(|_| {

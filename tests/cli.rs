@@ -354,3 +354,53 @@ async fn sighup_is_logged_and_ignored_while_serving() {
     drop(log);
     stop(child).await;
 }
+
+/// `--log-format json` (here through `LOG_FORMAT`): every line a JSON object a collector can
+/// read; values written plainly (no `Some(…)`, milliseconds to three decimals); each
+/// migration said once; no colour codes when stderr is not a terminal.
+#[tokio::test]
+async fn json_logs_are_one_plain_object_a_line_and_each_migration_is_said_once() {
+    let db = TestDb::new().await;
+    let (_dir, path) = write_config(GOOD);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .env("DATABASE_URL", &db.url)
+        .env("LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = read_until(&mut child, &["admin endpoint listening"]).await;
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(
+            object["level"].is_string() && object["message"].is_string(),
+            "{line}"
+        );
+        assert!(
+            !line.contains("Some(") && !line.contains('\u{1b}'),
+            "{line}"
+        );
+    }
+    let synced = lines
+        .iter()
+        .find(|l| l.contains("ring synced from workers table"))
+        .expect("the first sync is logged");
+    let synced: serde_json::Value = serde_json::from_str(synced).unwrap();
+    let took = synced["took_ms"].as_f64().expect("took_ms is a number");
+    assert_eq!(
+        (took * 1000.0).round() / 1000.0,
+        took,
+        "three decimals: {took}"
+    );
+    assert_eq!(synced["generation"], 1);
+    for migration in ["V1__workers", "V2__notify"] {
+        let said = lines.iter().filter(|l| l.contains(migration)).count();
+        assert_eq!(said, 1, "{migration} said {said} times: {lines:#?}");
+    }
+    stop(child).await;
+}

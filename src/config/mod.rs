@@ -323,6 +323,16 @@ pub enum Protocol {
     Tcp,
 }
 
+impl Protocol {
+    /// As written in `config.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,

@@ -179,6 +179,11 @@ impl SyncStatus {
     }
 }
 
+/// A duration for a log line: milliseconds to three decimals (7.885, not 7.8845670000000005).
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -291,8 +296,10 @@ impl Subscriber {
             reason,
             rows = count,
             changes = applied.changes.len(),
-            generation = ?applied.generation,
-            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            generation = applied
+                .generation
+                .unwrap_or(self.membership.ring().load().generation),
+            took_ms = millis(started.elapsed()),
             "ring synced from workers table"
         );
         Ok(())
