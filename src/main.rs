@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::io::IsTerminal;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use load_balancer::config::{Config, Overrides};
 use load_balancer::shutdown::Signals;
 use tracing_subscriber::EnvFilter;
@@ -29,23 +29,37 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Path of the configuration file.
-    #[arg(long, default_value = "config.toml")]
+    #[arg(long, default_value = "config.toml", global = true)]
     config: PathBuf,
 
     /// PostgreSQL URL; when set it overrides `[database] url` of the configuration file.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     database_url: Option<String>,
 
     /// Token the admin endpoint requires (`Authorization: Bearer <token>`); when set it
     /// overrides `[admin] token`.
-    #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true, global = true)]
     admin_token: Option<String>,
 
     /// How log lines are written to stderr: `text` for people, `json` (one object a line)
     /// for log collectors.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (what `load_balancer` alone does).
+    Serve,
+    /// Validate the configuration (file and environment) and exit: 0 when it is valid,
+    /// 1 with every diagnostic.
+    CheckConfig,
+    /// Apply the database migrations (under the same lock as the proxy's) and exit.
+    Migrate,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +117,56 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::CheckConfig => {
+            println!(
+                "{} is valid: {} listener(s), admin {}",
+                cli.config.display(),
+                config.listeners.len(),
+                config
+                    .admin
+                    .as_ref()
+                    .map_or_else(|| "off".to_string(), |a| a.bind.to_string()),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Migrate => migrate(&config),
+    }
+}
+
+/// Applies the migrations and says so; a database that cannot be reached, or refuses, is
+/// the same diagnostic the proxy gives at startup.
+fn migrate(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let migrated = runtime.block_on(async {
+        load_balancer::db::Db::new(&config.database.url)?
+            .migrate()
+            .await
+    });
+    match migrated {
+        Ok(()) => {
+            println!("migrations applied; the schema is current");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+fn serve(config: Config) -> ExitCode {
     // On one core, the single-threaded scheduler does the same work without the
     // work-stealing machinery.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -318,7 +318,7 @@ async fn sighup_is_logged_and_ignored_while_serving() {
     let mut child = spawn(&path, Some(&db.url));
     let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
-    let line = next_line(&mut log, &mut seen, "protocol=Http").await;
+    let line = next_line(&mut log, &mut seen, "protocol=\"http\"").await;
     let proxy: std::net::SocketAddr = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("address="))
@@ -403,4 +403,64 @@ async fn json_logs_are_one_plain_object_a_line_and_each_migration_is_said_once()
         assert_eq!(said, 1, "{migration} said {said} times: {lines:#?}");
     }
     stop(child).await;
+}
+
+/// Runs the binary with `args` after `--config <text as a file>`, without DATABASE_URL
+/// unless given; (exit code, stdout, stderr).
+fn run_command(text: &str, args: &[&str], database_url: Option<&str>) -> (i32, String, String) {
+    let (_dir, path) = write_config(text);
+    let mut command = Command::new("timeout");
+    command
+        .args(["20", env!("CARGO_BIN_EXE_load_balancer")])
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1");
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_exits_0_when_valid_and_1_with_the_diagnostic() {
+    let (code, stdout, _) = run_command(GOOD, &["check-config"], None);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("is valid: 1 listener(s)"), "{stdout}");
+    let bad = GOOD.replace("\"weighted\"", "\"fastest\"");
+    let (code, _, stderr) = run_command(&bad, &["check-config"], None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("listeners[0].algorithm") && stderr.contains("config.toml:8:"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_exits() {
+    let db = TestDb::new().await;
+    let (code, stdout, stderr) = run_command(GOOD, &["migrate"], Some(&db.url));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("migrations applied"), "{stdout}");
+    let n: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM workers", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the workers table exists");
+    // Again: nothing left to do, still success.
+    assert_eq!(run_command(GOOD, &["migrate"], Some(&db.url)).0, 0);
+    // A database that does not exist: the startup diagnostic, and a failure.
+    let missing = db.url.replace(&db.name, "lb_no_such_db_here");
+    let (code, _, stderr) = run_command(GOOD, &["migrate"], Some(&missing));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
 }
