@@ -1,6 +1,6 @@
 //! Membership: turns table rows and change events into published snapshots.
 //!
-//! Owned by the listener task, the ring's only publisher. It keeps the last known version of
+//! Owned by the database subscriber, the ring's only publisher. It keeps the last known version of
 //! every row, applies changes idempotently (a change whose version is not newer than the
 //! known one is dropped, which makes the overlap between LISTEN and the snapshot harmless),
 //! rebuilds only the pools a batch touched and publishes them all as one snapshot. A full

@@ -179,7 +179,7 @@ pub struct Fingerprint {
     pub digest: String,
 }
 
-/// The shared handle: the listener publishes, everyone else loads.
+/// The shared handle: the database subscriber publishes, everyone else loads.
 #[derive(Debug)]
 pub struct Ring {
     current: ArcSwap<Snapshot>,
@@ -233,7 +233,7 @@ impl Ring {
         self.current.load_full()
     }
 
-    /// Publishes `pools` as the next generation. Only the listener task calls this.
+    /// Publishes `pools` as the next generation. Only the database subscriber calls this.
     pub fn publish(&self, pools: Vec<Arc<Pool>>) -> u64 {
         debug_assert!(
             self.configured
