@@ -6,6 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -53,5 +54,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Stamped<'_, T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once nothing was stamped in `last` for `timeout` while `busy` says no. The timer
+/// is set again only when it fires, not per read.
+pub async fn quiet_for(last: &AtomicU64, timeout: Duration, busy: impl Fn() -> bool) {
+    let timeout_ms = timeout.as_millis() as u64;
+    loop {
+        let since = now_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if since >= timeout_ms && !busy() {
+            return;
+        }
+        let left = timeout_ms.saturating_sub(since).max(1);
+        tokio::time::sleep(Duration::from_millis(left)).await;
     }
 }

@@ -8,12 +8,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::stamped::Stamped;
+use super::stamped::{Stamped, quiet_for};
 
 use crate::accept::accept_loop;
 use crate::balance::{Balancer, Outcome, Pick};
@@ -77,7 +77,7 @@ impl TcpProxy {
                         error = %e, "tcp session ended with an error");
                 }
             }
-            _ = idle(&last, self.idle_timeout) => {
+            _ = quiet_for(&last, self.idle_timeout, || false) => {
                 tracing::debug!(client = %peer, backend = %worker.address.text,
                     idle_timeout_ms = self.idle_timeout.as_millis() as u64,
                     "tcp session idle: closing both sides");
@@ -115,18 +115,5 @@ impl TcpProxy {
             }
         }
         None
-    }
-}
-
-/// Resolves once nothing was read from either side for `timeout` (the deadline moves with
-/// every read; the timer is set again only when it fires, not per read).
-async fn idle(last: &AtomicU64, timeout: Duration) {
-    let timeout_ms = timeout.as_millis() as u64;
-    loop {
-        let since = now_ms().saturating_sub(last.load(Ordering::Relaxed));
-        if since >= timeout_ms {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(timeout_ms - since)).await;
     }
 }

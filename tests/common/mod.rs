@@ -645,7 +645,7 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// connection, reading and discarding.
 pub struct Recorder {
     pub addr: SocketAddr,
-    requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    requests: Log,
     pub accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -673,12 +673,7 @@ impl Recorder {
 
     /// Every request received so far, as text (invalid UTF-8 shown lossily).
     pub fn requests(&self) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .collect()
+        lines(&self.requests)
     }
 
     pub fn count(&self) -> usize {
@@ -810,12 +805,21 @@ pub struct Scripted {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
-    requests: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    requests: Log,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// What a [`Scripted`] worker's script is given: its connection and the request log.
 pub type Log = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// What a worker logged, as text (invalid UTF-8 shown lossily).
+fn lines(log: &Log) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect()
+}
 
 impl Scripted {
     pub async fn start<F, Fut>(script: F) -> Scripted
@@ -865,12 +869,7 @@ impl Scripted {
 
     /// Every request (or, for scripts that answer after the head, every head) logged.
     pub fn requests(&self) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .collect()
+        lines(&self.requests)
     }
 
     pub fn count(&self) -> usize {

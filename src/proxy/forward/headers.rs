@@ -1,8 +1,8 @@
 //! Header rewriting between client and worker, for both HTTP versions: which fields are
 //! hop-by-hop (RFC 9110 §7.6.1) and never forwarded, and the forwarding fields that tell a
 //! worker who the client is (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`, RFC 7239).
-//! The HTTP/1 path applies it to bytes as it copies a head (`http1::message`); the HTTP/2
-//! path to hyper's header map ([`rewrite_h2_request`], [`strip_response`]).
+//! The HTTP/1 path applies it to bytes as it copies a head (`http1::request`, `http1::response`); the HTTP/2
+//! path to hyper's header map ([`rewrite_h2_request`]).
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -179,11 +179,6 @@ pub fn rewrite_h2_request(headers: &mut HeaderMap, authority: Option<&str>, clie
     add_forwarded(headers, client);
 }
 
-/// Removes a worker's response fields that are about its connection to the proxy.
-pub fn strip_response(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-}
-
 /// Removes hop-by-hop fields, including those the `Connection` field names, and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Runs twice per request. Most messages carry none of these fields: one pass of cheap
@@ -294,7 +289,7 @@ mod tests {
             ("host", "example.com"),
             ("x-keep", "1"),
         ]);
-        strip_response(&mut h);
+        strip_hop_by_hop(&mut h);
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["host", "x-keep"]);

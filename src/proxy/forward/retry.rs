@@ -2,7 +2,8 @@
 //! tell: when nothing reached the worker, or when the request is idempotent and was held
 //! whole (no streamed body), and the worker failed before its answer started or answered
 //! 502/503/504, within the pool's `retries` and retry budget. Never once any of the
-//! response reached the client.
+//! response reached the client, and never after a response timeout: that is answered 504
+//! by the transport, since a slow worker may still be executing the request.
 
 use crate::balance::RetryBudget;
 
@@ -15,9 +16,6 @@ pub enum Failure {
     Broken,
     /// The worker answered 502, 503 or 504.
     GatewayStatus,
-    /// No response head within the pool's `response_timeout`: answered 504, never retried
-    /// (a slow worker may still be executing it).
-    Timeout,
 }
 
 /// Methods whose repetition has the effect of one (RFC 9110 §9.2.2).
@@ -40,7 +38,6 @@ pub fn should_retry(
     match failure {
         Failure::NotSent => may_retry,
         Failure::Broken | Failure::GatewayStatus => replayable && may_retry && budget.take_retry(),
-        Failure::Timeout => false,
     }
 }
 
@@ -63,7 +60,6 @@ mod tests {
         assert!(should_retry(Failure::GatewayStatus, true, true, &budget));
         assert!(!should_retry(Failure::Broken, false, true, &budget));
         assert!(!should_retry(Failure::GatewayStatus, true, false, &budget));
-        assert!(!should_retry(Failure::Timeout, true, true, &budget));
         while budget.take_retry() {}
         assert!(
             !should_retry(Failure::Broken, true, true, &budget),

@@ -60,3 +60,11 @@ impl BodyLeft {
         Ok(())
     }
 }
+
+/// `buf` with room for a read of about `size` bytes.
+pub fn reserved(buf: &mut BytesMut, size: usize) -> &mut BytesMut {
+    if buf.capacity() - buf.len() < size / 4 {
+        buf.reserve(size);
+    }
+    buf
+}

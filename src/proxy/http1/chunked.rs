@@ -9,7 +9,7 @@
 //! smuggled. Nothing is buffered but a trailer field's name (a few bytes): a size line's
 //! extensions are checked by a state machine as they pass.
 
-use crate::proxy::forward::checks::MAX_FIELDS;
+use crate::proxy::forward::checks::{MAX_FIELDS, is_tchar};
 use crate::proxy::forward::headers;
 
 /// Longest chunk-size line accepted, its CRLF included.
@@ -53,27 +53,6 @@ const NAME_HELD: usize = 19;
 
 fn dropped(name: &[u8]) -> bool {
     !headers::trailer_allowed(name)
-}
-
-/// `tchar` (RFC 9110 §5.6.2), the bytes of a token.
-const TCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&')
-            || matches!(
-                c,
-                b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-            );
-        b += 1;
-    }
-    t
-};
-
-fn tchar(b: u8) -> bool {
-    TCHAR[b as usize]
 }
 
 fn hex(b: u8) -> Option<u64> {
@@ -273,12 +252,12 @@ impl Chunked {
             },
             // `5;\r\n`, `5;;`: `;` always introduces a name.
             ExtNameStart => match b {
-                _ if tchar(b) => ExtName,
+                _ if is_tchar(b) => ExtName,
                 _ if ws(b) => ExtNameStart,
                 _ => return Err(Malformed("chunk extension without a name")),
             },
             ExtName => match b {
-                _ if tchar(b) => ExtName,
+                _ if is_tchar(b) => ExtName,
                 b'=' => ExtValueStart,
                 b';' => ExtNameStart,
                 b'\r' => SizeLf,
@@ -294,13 +273,13 @@ impl Chunked {
             },
             // `5;a=\r\n`, `5;a=\xff`: a value is a token or a quoted string, never empty.
             ExtValueStart => match b {
-                _ if tchar(b) => ExtToken,
+                _ if is_tchar(b) => ExtToken,
                 b'"' => ExtQuoted,
                 _ if ws(b) => ExtValueStart,
                 _ => return Err(Malformed("chunk extension value missing or invalid")),
             },
             ExtToken => match b {
-                _ if tchar(b) => ExtToken,
+                _ if is_tchar(b) => ExtToken,
                 b';' => ExtNameStart,
                 b'\r' => SizeLf,
                 _ if ws(b) => ExtWs,
@@ -342,7 +321,7 @@ impl Chunked {
             DataCr | DataLf => return Err(Malformed("chunk data not followed by CRLF")),
             TrailerStart => match b {
                 b'\r' => EndLf,
-                _ if tchar(b) => {
+                _ if is_tchar(b) => {
                     self.fields += 1;
                     if self.fields > MAX_FIELDS {
                         return Err(ChunkError::TooManyTrailers);
@@ -357,7 +336,7 @@ impl Chunked {
                 _ => return Err(Malformed("invalid byte in a trailer field name")),
             },
             TrailerName => match b {
-                _ if tchar(b) => {
+                _ if is_tchar(b) => {
                     self.name_byte(b, out);
                     TrailerName
                 }

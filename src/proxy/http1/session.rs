@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::body::BodyLeft;
+use super::body::{BodyLeft, reserved};
 use super::chunked::{ChunkError, Output};
 use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
@@ -707,14 +707,6 @@ fn arm(timer: Pin<&mut Sleep>, timeout: std::time::Duration) {
         return;
     }
     timer.reset(want);
-}
-
-/// `buf` with room for a read of about `size` bytes.
-fn reserved(buf: &mut BytesMut, size: usize) -> &mut BytesMut {
-    if buf.capacity() - buf.len() < size / 4 {
-        buf.reserve(size);
-    }
-    buf
 }
 
 /// Reads a response head into `rbuf` (then holding what follows it) and writes the

@@ -37,6 +37,7 @@ use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put, put_length};
+use super::stamped::quiet_for;
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
@@ -83,7 +84,10 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = idle(&activity, limits.header_read_timeout) => {
+        // No stream open and nothing moved either way for the timeout.
+        _ = quiet_for(&activity.last_ms, limits.header_read_timeout, || {
+            activity.streams.load(Ordering::Relaxed) > 0
+        }) => {
             tracing::debug!(client = %peer, "idle HTTP/2 connection: closing");
             // GOAWAY first (RFC 9113 §6.8), then the close: no stream is open to wait for,
             // only the client's PING acknowledgement of the GOAWAY, given a moment.
@@ -107,21 +111,6 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
 
 /// How long an idle connection's GOAWAY may take before the connection just closes.
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
-
-/// Resolves once no stream is open and nothing has moved for `timeout`.
-async fn idle(activity: &Activity, timeout: Duration) {
-    let timeout_ms = timeout.as_millis() as u64;
-    loop {
-        let since = now_ms().saturating_sub(activity.last_ms.load(Ordering::Relaxed));
-        if since >= timeout_ms && activity.streams.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(
-            timeout_ms.saturating_sub(since).max(1),
-        ))
-        .await;
-    }
-}
 
 /// One open stream, counted in `Activity::streams` until its response body is dropped.
 struct Stream(Arc<Activity>);

@@ -29,7 +29,7 @@ use crate::balance::Outcome;
 use crate::config::PoolConfig;
 use crate::proxy::forward::checks::MAX_FIELDS;
 use crate::proxy::forward::{Reject, headers};
-use crate::proxy::http1::body::BodyLeft;
+use crate::proxy::http1::body::{BodyLeft, reserved};
 use crate::proxy::http1::chunked::Output;
 use crate::proxy::http1::head::Framing;
 use crate::proxy::http1::response::response_for_h2;
@@ -411,7 +411,7 @@ async fn read_head<R: AsyncRead + Unpin>(
         let since = progress.last_ms.load(Ordering::Relaxed);
         let left = (since + timeout_ms).saturating_sub(now_ms());
         let read = tokio::select! {
-            r = rd.read_buf(reserve(rbuf)) => r,
+            r = rd.read_buf(reserved(rbuf, READ)) => r,
             _ = tokio::time::sleep(Duration::from_millis(left)) => {
                 if progress.last_ms.load(Ordering::Relaxed) != since {
                     continue;
@@ -465,7 +465,7 @@ async fn relay_body<R: AsyncRead + Unpin>(
             return pieces.send(Piece::End).await.map_err(|_| ());
         }
         let read = tokio::select! {
-            r = rd.read_buf(reserve(rbuf)) => r,
+            r = rd.read_buf(reserved(rbuf, READ)) => r,
             // The client's stream is gone: stop now, not at the worker's next byte.
             _ = pieces.closed() => return Err(()),
         };
@@ -487,13 +487,6 @@ async fn relay_body<R: AsyncRead + Unpin>(
             }
         }
     }
-}
-
-fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
-    if buf.capacity() - buf.len() < READ / 4 {
-        buf.reserve(READ);
-    }
-    buf
 }
 
 /// A worker's response body on its way to an HTTP/2 client: what the exchange task relays.
