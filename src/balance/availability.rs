@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::RandomSource;
 use crate::config::{EjectOn, EjectionConfig, PoolConfig};
+use crate::ring::tally::ErrorKind;
 use crate::ring::{Pool, Slot, Worker};
 
 /// What a pick makes of one worker.
@@ -72,6 +73,17 @@ impl Outcome {
             Outcome::Connect | Outcome::Timeout | Outcome::Reset | Outcome::Protocol => true,
             Outcome::Status(502..=504) => true,
             Outcome::Status(s) => on == EjectOn::ServerError && (500..600).contains(&s),
+        }
+    }
+
+    /// How the worker failed the exchange, if it did (statuses are answers, not errors).
+    pub fn error_kind(self) -> Option<ErrorKind> {
+        match self {
+            Outcome::Status(_) => None,
+            Outcome::Connect => Some(ErrorKind::Connect),
+            Outcome::Timeout => Some(ErrorKind::Timeout),
+            Outcome::Reset => Some(ErrorKind::Reset),
+            Outcome::Protocol => Some(ErrorKind::Protocol),
         }
     }
 }

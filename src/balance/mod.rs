@@ -174,7 +174,9 @@ impl Balancer {
     pub fn record(&self, w: &Worker, outcome: Outcome) {
         // Every request ends here: a success costs one flag check, and only a failure loads
         // the snapshot (to count what is ejected already).
-        if !outcome.is_failure(self.settings.ejection.on) {
+        let failure = outcome.is_failure(self.settings.ejection.on);
+        w.state.tally.ended(outcome.error_kind(), failure);
+        if !failure {
             w.state.ejection.success();
             return;
         }

@@ -12,6 +12,7 @@
 mod membership;
 mod schedule;
 pub mod state;
+pub mod tally;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

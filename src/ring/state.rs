@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::Worker;
+use super::tally::Tally;
 
 /// State that belongs to one backend for as long as its id and address stay the same.
 #[derive(Debug, Default)]
@@ -29,6 +30,8 @@ pub struct WorkerState {
     pub drain: Drain,
     /// Throttles per-request failure logs about this worker.
     pub log_gate: LogGate,
+    /// What it served: read by `/metrics` and `worker_status`.
+    pub tally: Tally,
     /// What the layer that talks to backends keeps per worker (its idle connections). Typed
     /// by that layer: the ring holds it so it lives and dies with the worker, without
     /// knowing what a connection is.
