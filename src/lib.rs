@@ -16,6 +16,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod proxy;
 pub mod ring;
 pub mod shutdown;
@@ -23,6 +24,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use miette::Diagnostic;
@@ -33,8 +35,10 @@ use balance::Balancer;
 use config::{Config, Protocol};
 use db::subscriber::Timing;
 use db::{Db, Subscriber, SubscriberError, SyncStatus};
+use metrics::Metrics;
 use proxy::ClientLimits;
 use proxy::HttpProxy;
+use proxy::report::Reports;
 use proxy::tcp::TcpProxy;
 use ring::{Membership, Ring};
 use shutdown::Shutdown;
@@ -64,6 +68,8 @@ pub struct Running {
     pub ring: Arc<Ring>,
     /// The database subscriber's connection state, as `/status` shows it.
     pub sync: Arc<SyncStatus>,
+    /// What `/metrics` shows beyond the ring's per-worker counts.
+    pub metrics: Arc<Metrics>,
     /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
@@ -87,7 +93,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let ring = Ring::new(&pools);
     let shutdown = Shutdown::new();
     let sync = Arc::new(SyncStatus::default());
-    let subscriber_task = start_subscriber(config, &ring, &sync, &shutdown).await?;
+    let metrics = Metrics::new();
+    let subscriber_task = start_subscriber(config, &ring, &sync, &metrics, &shutdown).await?;
     spawn_pool_tasks(config, &ring, &shutdown);
 
     let mut listeners = Vec::with_capacity(bound.len());
@@ -97,6 +104,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             source,
         })?;
         listeners.push(address);
+        let http = l.protocol == Protocol::Http;
+        let reports = Reports::new(metrics.listener(&address.to_string(), &l.pool, http));
+        let slow_start = config.pool(&l.pool).slow_start.as_millis() as u64;
+        (reports.metrics.pool_counts.slow_start_ms).store(slow_start, Ordering::Relaxed);
         let balancer = Balancer::new(
             ring.clone(),
             &l.pool,
@@ -105,11 +116,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         );
         match l.protocol {
             Protocol::Http => {
-                let proxy = HttpProxy::new(balancer, ClientLimits::of(l), sync.clone());
+                let limits = ClientLimits::of(l);
+                let proxy = HttpProxy::new(balancer, limits, sync.clone(), reports);
                 tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
             Protocol::Tcp => {
-                let proxy = TcpProxy::new(balancer, l.max_connections, l.idle_timeout);
+                let proxy = TcpProxy::new(balancer, l.max_connections, l.idle_timeout, reports);
                 tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
             }
         };
@@ -122,16 +134,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let endpoint = admin::Admin {
             ring: ring.clone(),
             sync: sync.clone(),
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
         };
         tokio::spawn(admin::serve(tcp, endpoint));
-        tracing::info!(address = %shown, "admin endpoint listening (GET /status, /livez, /readyz)");
+        tracing::info!(address = %shown,
+            "admin endpoint listening (GET /status, /metrics, /livez, /readyz)");
         address
     });
     Ok(Running {
         ring,
         sync,
+        metrics,
         listeners,
         admin,
         shutdown,
@@ -146,6 +161,7 @@ async fn start_subscriber(
     config: &Config,
     ring: &Arc<Ring>,
     sync: &Arc<SyncStatus>,
+    metrics: &Arc<Metrics>,
     shutdown: &Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
     let db = Db::new(&config.database.url)?;
@@ -159,6 +175,7 @@ async fn start_subscriber(
         shutdown.drain.clone(),
         sync.clone(),
         timing,
+        metrics.clone(),
     );
     let session = match subscriber.connect("startup").await {
         Ok(session) => Some(session),

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::event::Event;
 use super::{CHANNEL, Db, SnapshotError};
+use crate::metrics::Metrics;
 use crate::ring::{Applied, Change, Membership};
 
 /// A heartbeat or anti-entropy query unanswered this long (at most) means the server is gone.
@@ -203,6 +204,8 @@ pub struct Subscriber {
     shutdown: CancellationToken,
     status: Arc<SyncStatus>,
     timing: Timing,
+    /// Resyncs by reason, and how long a NOTIFY takes to reach the ring.
+    metrics: Arc<Metrics>,
     /// Migrations run on the first successful connection, which may come long after
     /// startup if the proxy started without its database.
     migrated: bool,
@@ -228,6 +231,7 @@ impl Subscriber {
         shutdown: CancellationToken,
         status: Arc<SyncStatus>,
         timing: Timing,
+        metrics: Arc<Metrics>,
     ) -> Subscriber {
         Subscriber {
             db,
@@ -235,6 +239,7 @@ impl Subscriber {
             shutdown,
             status,
             timing,
+            metrics,
             migrated: false,
         }
     }
@@ -292,6 +297,7 @@ impl Subscriber {
             s.last_resync_unix_ms = Some(unix_ms());
             s.ring_source = "database";
         });
+        self.metrics.resynced(reason);
         tracing::info!(
             reason,
             rows = count,
@@ -503,7 +509,11 @@ impl Subscriber {
         }
         let received = changes.len();
         let applied = self.membership.apply(changes);
-        let latency_us = first.map_or(0, |t| t.elapsed().as_micros() as u64);
+        let latency = first.map(|t| t.elapsed());
+        if let (Some(latency), Some(_)) = (latency, applied.generation) {
+            self.metrics.ring_apply.observe(latency);
+        }
+        let latency_us = latency.map_or(0, |t| t.as_micros() as u64);
         log_applied(&applied, received, latency_us);
         if applied.gap {
             tracing::warn!("an update skipped a version this ring never saw: resyncing");

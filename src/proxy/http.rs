@@ -32,15 +32,8 @@ impl HttpProxy {
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
-        let ended = session::serve(
-            &self.balancer,
-            &self.sync,
-            &self.limits,
-            &shutdown,
-            stream,
-            peer,
-        )
-        .await;
+        let _open = self.reports.metrics.connection();
+        let ended = session::serve(&self, &shutdown, stream, peer).await;
         if let Ended::Http2(stream, read) = ended {
             // Boxed: hyper's HTTP/2 connection is kilobytes, and every HTTP/1 connection
             // task would otherwise be that large too.

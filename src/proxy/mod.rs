@@ -11,6 +11,7 @@ pub mod forward;
 pub mod http;
 pub mod http1;
 pub mod http2;
+pub mod report;
 pub mod stamped;
 pub mod tcp;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 use crate::balance::Balancer;
 use crate::config::ListenerConfig;
 use crate::db::SyncStatus;
+use report::Reports;
 
 /// One `[[listeners]]` entry with `protocol = "http"`: what both HTTP transports need to
 /// serve its clients (`http` accepts them and hands each to the transport it speaks).
@@ -28,14 +30,22 @@ pub struct HttpProxy {
     pub limits: ClientLimits,
     /// The database subscriber's state, for what a 503 says before the ring is loaded.
     pub sync: Arc<SyncStatus>,
+    /// Where each request's report goes.
+    pub reports: Reports,
 }
 
 impl HttpProxy {
-    pub fn new(balancer: Balancer, limits: ClientLimits, sync: Arc<SyncStatus>) -> HttpProxy {
+    pub fn new(
+        balancer: Balancer,
+        limits: ClientLimits,
+        sync: Arc<SyncStatus>,
+        reports: Reports,
+    ) -> HttpProxy {
         HttpProxy {
             balancer,
             limits,
             sync,
+            reports,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::report::Reports;
 use super::stamped::{Stamped, quiet_for};
 
 use crate::accept::accept_loop;
@@ -25,6 +26,7 @@ use crate::upstream::dial;
 /// One `[[listeners]]` entry with `protocol = "tcp"`.
 pub struct TcpProxy {
     balancer: Balancer,
+    reports: Reports,
     max_connections: Option<usize>,
     /// A session with no byte either way for this long is closed: peers that both went
     /// silent (or vanished without a FIN) would otherwise hold it, and count as in use, for
@@ -37,9 +39,11 @@ impl TcpProxy {
         balancer: Balancer,
         max_connections: Option<usize>,
         idle_timeout: Duration,
+        reports: Reports,
     ) -> TcpProxy {
         TcpProxy {
             balancer,
+            reports,
             max_connections,
             idle_timeout,
         }
@@ -61,11 +65,14 @@ impl TcpProxy {
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
+        let metrics = &self.reports.metrics;
+        let _open = metrics.connection();
         let Some((backend, in_flight)) = self.connect().await else {
             tracing::warn!(client = %peer, "no worker reachable; closing the client connection");
             return;
         };
         let worker = in_flight.worker().clone();
+        worker.state.tally.listener(metrics.id).connection();
         let last = AtomicU64::new(now_ms());
         let mut client = Stamped::new(client, &last);
         let mut backend = Stamped::new(backend, &last);

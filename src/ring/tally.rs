@@ -111,7 +111,7 @@ pub struct ListenerTally {
 }
 
 impl ListenerTally {
-    fn new(listener: u32) -> ListenerTally {
+    pub fn new(listener: u32) -> ListenerTally {
         ListenerTally {
             listener,
             responses: Default::default(),

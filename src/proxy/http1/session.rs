@@ -31,11 +31,12 @@ use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
 use crate::balance::{Attempts, Balancer, NoWorker, Outcome};
 use crate::db::SyncStatus;
-use crate::proxy::ClientLimits;
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
+use crate::proxy::report::{Report, Reports};
 use crate::proxy::stamped::Stamped;
+use crate::proxy::{ClientLimits, HttpProxy};
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
@@ -110,6 +111,9 @@ struct Session<'a> {
     sync: &'a SyncStatus,
     limits: &'a ClientLimits,
     shutdown: &'a Shutdown,
+    reports: &'a Reports,
+    /// The request being served.
+    report: Report,
     client: TcpStream,
     peer: Client,
     /// Bytes from the client not yet forwarded.
@@ -127,18 +131,19 @@ struct Session<'a> {
 }
 
 pub async fn serve(
-    balancer: &Balancer,
-    sync: &SyncStatus,
-    limits: &ClientLimits,
+    proxy: &HttpProxy,
     shutdown: &Shutdown,
     client: TcpStream,
     peer: std::net::SocketAddr,
 ) -> Ended {
+    let limits = &proxy.limits;
     let mut session = Session {
-        balancer,
-        sync,
+        balancer: &proxy.balancer,
+        sync: &proxy.sync,
         limits,
         shutdown,
+        reports: &proxy.reports,
+        report: Report::start(),
         client,
         peer: Client::new(peer),
         inbuf: BytesMut::new(),
@@ -229,17 +234,21 @@ impl Session<'_> {
                     match rewrite_request(&self.inbuf, &self.peer, &mut self.req_out) {
                         // A head that arrived whole in the read that crossed the limit.
                         Ok(Some(head)) if head.len > self.limits.max_header_size => {
-                            self.reject(Reject::TooLarge).await;
+                            self.refuse_head(Reject::TooLarge.canned()).await;
                             return Ok(Next::Closed);
                         }
                         Ok(Some(head)) => return Ok(Next::Request(head)),
                         Ok(None) if self.inbuf.len() >= self.limits.max_header_size => {
-                            self.reject(checks::head_over_limit(&self.inbuf)).await;
+                            let reject = checks::head_over_limit(&self.inbuf);
+                            self.refuse_head(reject.canned()).await;
                             return Ok(Next::Closed);
                         }
                         Ok(None) => {}
                         Err(r) => {
-                            self.reject(r).await;
+                            if let Reject::BadRequest(why) = r {
+                                tracing::debug!(why, "bad request");
+                            }
+                            self.refuse_head(r.canned()).await;
                             return Ok(Next::Closed);
                         }
                     }
@@ -270,7 +279,7 @@ impl Session<'_> {
                 r = self.client.read_buf(reserved(&mut self.inbuf, CLIENT_READ)) => r,
                 _ = self.timer.as_mut() => {
                     if !idle {
-                        self.send_own(&Canned::REQUEST_TIMEOUT, true).await;
+                        self.refuse_head(Canned::REQUEST_TIMEOUT).await;
                     }
                     return Ok(Next::Closed);
                 }
@@ -284,8 +293,24 @@ impl Session<'_> {
         }
     }
 
-    /// Forwards one request and its response. Returns whether the connection goes on.
+    /// A request refused before its head was whole: answered, counted, and the connection
+    /// closes.
+    async fn refuse_head(&mut self, answer: Canned) {
+        self.report.begin();
+        self.send_own(&answer, true).await;
+        self.reports.finish(&mut self.report);
+    }
+
+    /// Forwards one request and its response, and reports it. Returns whether the
+    /// connection goes on.
     async fn exchange(&mut self, head: RequestHead) -> Result<bool, Abort> {
+        self.report.begin();
+        let result = self.forward(head).await;
+        self.reports.finish(&mut self.report);
+        result
+    }
+
+    async fn forward(&mut self, head: RequestHead) -> Result<bool, Abort> {
         self.balancer.count_request();
         self.inbuf.advance(head.len);
         // The body bytes already read leave with the head.
@@ -307,10 +332,11 @@ impl Session<'_> {
                     return Ok(self.own_after(&head, whole, &answer).await);
                 }
             };
-            match self
+            let tried = self
                 .try_worker(&worker, &head, &mut body, whole, may_retry)
-                .await?
-            {
+                .await;
+            self.report.tried(worker);
+            match tried? {
                 Tried::Answered(keep) => return Ok(keep),
                 Tried::Own(answer) => return Ok(self.own_after(&head, whole, &answer).await),
                 Tried::Failed { retry: true } => {}
@@ -451,6 +477,7 @@ impl Session<'_> {
                 return Ok(retry);
             }
         }
+        self.report.answered(status);
         if status == 101 {
             Box::pin(self.tunnel(up)).await;
             return Ok(Tried::Answered(false));
@@ -566,6 +593,7 @@ impl Session<'_> {
         match downloaded {
             Ok((status, end)) => {
                 self.balancer.record(worker, Outcome::Status(status));
+                self.report.answered(status);
                 // Answered before the body ended: neither connection's framing can be
                 // trusted to continue.
                 let complete = uploaded == Some(true);
@@ -671,6 +699,7 @@ impl Session<'_> {
     /// unread bytes are drained for a moment after it (a lingering close): closing a socket
     /// with unread input resets it, and the client could lose the answer.
     async fn send_own(&mut self, answer: &Canned, close: bool) -> bool {
+        self.report.answered_own(answer.status);
         answer.write_h1(&mut self.res_out, close);
         let sent = self.client.write_all(&self.res_out).await.is_ok();
         if sent && close {

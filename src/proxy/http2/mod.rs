@@ -37,6 +37,7 @@ use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put, put_length};
+use super::report::Report;
 use super::stamped::quiet_for;
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::ring::state::now_ms;
@@ -69,10 +70,13 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
         let (proxy, client) = (proxy.clone(), client.clone());
         let stream = Stream::open(counted.clone());
         async move {
-            let response = handle(&proxy, request, &client).await;
+            let mut report = Report::start();
+            let response = handle(&proxy, request, &client, &mut report).await;
             Ok::<_, Infallible>(response.map(|body| Counted {
                 body,
                 _stream: stream,
+                report,
+                proxy,
             }))
         }
     });
@@ -129,11 +133,20 @@ impl Drop for Stream {
     }
 }
 
-/// A response body that keeps its stream counted as open while it streams.
+/// A response body that keeps its stream counted as open while it streams, and reports
+/// the request when it ends.
 struct Counted {
     body: ProxyBody,
     /// Held, not read: dropped with the body, it closes the stream's count.
     _stream: Stream,
+    report: Report,
+    proxy: Arc<HttpProxy>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.proxy.reports.finish(&mut self.report);
+    }
 }
 
 impl Body for Counted {
@@ -161,6 +174,7 @@ async fn handle(
     proxy: &HttpProxy,
     request: Request<Incoming>,
     client: &Client,
+    report: &mut Report,
 ) -> Response<ProxyBody> {
     let balancer = &proxy.balancer;
     let settings = &balancer.settings;
@@ -171,12 +185,12 @@ async fn handle(
             if let Reject::BadRequest(why) = reject {
                 tracing::debug!(why, "bad request");
             }
-            return own(&reject.canned());
+            return own(report, &reject.canned());
         }
     };
     let Some((framing, first, body)) = body_framing(length, body).await else {
         // The client's stream broke before its body began: nobody reads an answer.
-        return own(&Canned::BAD_REQUEST);
+        return own(report, &Canned::BAD_REQUEST);
     };
     let mut out = Outbound {
         head: write_head(&parts, length, framing),
@@ -192,9 +206,10 @@ async fn handle(
     loop {
         let (worker, may_retry) = match attempts.next(balancer) {
             Ok(next) => next,
-            Err(NoWorker::Exhausted) => return own(&Canned::BAD_GATEWAY),
-            Err(none) => return own(&Canned::no_worker(none, balancer, &proxy.sync)),
+            Err(NoWorker::Exhausted) => return own(report, &Canned::BAD_GATEWAY),
+            Err(none) => return own(report, &Canned::no_worker(none, balancer, &proxy.sync)),
         };
+        report.tried(worker.clone());
         let exchanged = worker::exchange(&worker, settings, &mut out, &mut body).await;
         let (failure, outcome, error) = match exchanged {
             Ok(response) => {
@@ -208,6 +223,7 @@ async fn handle(
                         &balancer.budget,
                     );
                 if !retry {
+                    report.answered(status);
                     return response.map(Either::Left);
                 }
                 tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
@@ -222,12 +238,12 @@ async fn handle(
                         timeout_ms = settings.response_timeout.as_millis() as u64,
                         suppressed, "no response headers in time");
                 }
-                return own(&Canned::GATEWAY_TIMEOUT);
+                return own(report, &Canned::GATEWAY_TIMEOUT);
             }
             // The client's doing, not the worker's: nothing is recorded against it.
-            Err(Failed::Refused(reject)) => return own(&reject.canned()),
-            Err(Failed::ClientStalled) => return own(&Canned::REQUEST_TIMEOUT),
-            Err(Failed::ClientGone) => return own(&Canned::BAD_REQUEST),
+            Err(Failed::Refused(reject)) => return own(report, &reject.canned()),
+            Err(Failed::ClientStalled) => return own(report, &Canned::REQUEST_TIMEOUT),
+            Err(Failed::ClientGone) => return own(report, &Canned::BAD_REQUEST),
         };
         balancer.record(&worker, outcome);
         if let Some(suppressed) = worker.state.log_gate.allow() {
@@ -236,13 +252,14 @@ async fn handle(
         }
         // After a connect failure the body (if any) was not taken: the request goes on whole.
         if !retry::should_retry(failure, out.replayable, may_retry, &balancer.budget) {
-            return own(&Canned::BAD_GATEWAY);
+            return own(report, &Canned::BAD_GATEWAY);
         }
     }
 }
 
 /// One of the proxy's own answers, as this transport sends it.
-fn own(answer: &Canned) -> Response<ProxyBody> {
+fn own(report: &mut Report, answer: &Canned) -> Response<ProxyBody> {
+    report.answered_own(answer.status);
     answer.to_response().map(Either::Right)
 }
 

@@ -1,6 +1,6 @@
 //! The admin endpoint: `GET /status`, a JSON view of the ring every listener reads and of
-//! the database subscriber that feeds it (shown under the key `"listener"`); `GET /livez`
-//! and `GET /readyz` for orchestrators.
+//! the database subscriber that feeds it (shown under the key `"listener"`); `GET /metrics`
+//! for Prometheus (`metrics.rs`); `GET /livez` and `GET /readyz` for orchestrators.
 //!
 //! It loads the same snapshot as the proxy and reads the per-worker counters beside it, so
 //! what it shows is what the hot path sees. With a token configured (required when the
@@ -22,8 +22,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+pub mod metrics;
+
 use crate::accept::accept_loop;
 use crate::db::{SyncState, SyncStatus};
+use crate::metrics::Metrics;
 use crate::ring::{Ring, Snapshot};
 use crate::shutdown::Shutdown;
 use crate::upstream::IdleConns;
@@ -102,6 +105,7 @@ pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
 pub struct Admin {
     pub ring: Arc<Ring>,
     pub sync: Arc<SyncStatus>,
+    pub metrics: Arc<Metrics>,
     /// Readiness ends when the drain starts.
     pub shutdown: Shutdown,
     /// `Authorization: Bearer <token>` required on every request when set.
@@ -154,7 +158,7 @@ impl Admin {
         let path = request.uri().path();
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return match path {
-                "/status" | "/livez" | "/readyz" => {
+                "/status" | "/metrics" | "/livez" | "/readyz" => {
                     text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
                 }
                 _ => not_found(),
@@ -171,6 +175,18 @@ impl Admin {
                 };
                 let body = status_json(&snapshot, self.sync.get()) + "\n";
                 respond_with(status, "application/json", body)
+            }
+            "/metrics" => {
+                let sources = metrics::Sources {
+                    ring: self.ring.clone(),
+                    metrics: self.metrics.clone(),
+                    sync: self.sync.clone(),
+                };
+                respond_with(
+                    StatusCode::OK,
+                    metrics::CONTENT_TYPE,
+                    metrics::render(&sources),
+                )
             }
             "/livez" => text(StatusCode::OK, "ok\n"),
             "/readyz" => match self.not_ready() {
@@ -222,7 +238,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 fn not_found() -> Response<Full<Bytes>> {
     text(
         StatusCode::NOT_FOUND,
-        "not found; try GET /status, /livez or /readyz\n",
+        "not found; try GET /status, /metrics, /livez or /readyz\n",
     )
 }
 
@@ -249,6 +265,7 @@ mod tests {
         Admin {
             ring,
             sync: Arc::new(SyncStatus::default()),
+            metrics: Metrics::new(),
             shutdown,
             token: None,
         }
