@@ -55,8 +55,8 @@ print(json.dumps(out))
          `pip install prometheus-client`): {}\n{exposition}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let samples: Vec<(String, Vec<(String, String)>, f64)> =
-        serde_json::from_slice(&out.stdout).unwrap();
+    type Sample = (String, Vec<(String, String)>, f64);
+    let samples: Vec<Sample> = serde_json::from_slice(&out.stdout).unwrap();
     samples
         .into_iter()
         .map(|(name, labels, value)| (Series { name, labels }, value))
