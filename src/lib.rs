@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;

@@ -12,6 +12,7 @@
 // A diagnostic carries the file's text to point into it: large, but built once, at startup.
 #![allow(clippy::result_large_err)]
 
+mod access_log;
 mod duration;
 mod pool;
 mod raw;
@@ -132,6 +133,10 @@ pub struct ListenerConfig {
     /// clients that vanish without a FIN do not hold a worker's connection forever. HTTP
     /// listeners refuse the key: `header_read_timeout` already bounds an idle keep-alive client.
     pub idle_timeout: Duration,
+    /// Where this listener's access log goes: one line per HTTP request or TCP connection.
+    pub access_log: AccessLogTarget,
+    /// How each access-log line is written. `Combined` only on HTTP listeners (validated).
+    pub access_log_format: AccessLogFormat,
 }
 
 impl ListenerConfig {
@@ -146,7 +151,51 @@ impl ListenerConfig {
             header_read_timeout: Duration::from_secs(30),
             max_header_size: 64 * 1024,
             idle_timeout: Duration::from_secs(60 * 60),
+            access_log: AccessLogTarget::Off,
+            access_log_format: AccessLogFormat::Json,
         }
+    }
+}
+
+/// A listener's `access_log` key: where its access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// `"off"` (the default): no line is built or written.
+    Off,
+    /// `"stdout"`: the process's standard output, for containers whose runtime collects it
+    /// (stderr stays for the proxy's own diagnostics).
+    Stdout,
+    /// Any other value: a file, created if missing and appended to. Its directory must exist
+    /// (checked at validation). Reopened on SIGHUP, so it can be rotated by renaming it.
+    File(PathBuf),
+}
+
+/// A listener's `access_log_format` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `"json"` (the default): one JSON object per line with fixed keys, what log collectors
+    /// ingest without a parsing rule.
+    Json,
+    /// `"combined"`: Apache/nginx combined log format, then this proxy's own fields, so the
+    /// standard tools (GoAccess, awstats, logstash's COMBINEDAPACHELOG) read it. HTTP only: a
+    /// TCP connection has no request line or status to put in it.
+    Combined,
+}
+
+impl AccessLogFormat {
+    pub const ALL: [AccessLogFormat; 2] = [AccessLogFormat::Json, AccessLogFormat::Combined];
+
+    /// The value written in `config.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Combined => "combined",
+        }
+    }
+
+    /// The format called `name` in `config.toml`, if there is one.
+    pub fn from_name(name: &str) -> Option<AccessLogFormat> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
     }
 }
 

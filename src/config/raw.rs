@@ -43,6 +43,8 @@ pub(super) struct RawListener {
     pub header_read_timeout: Dur,
     pub max_header_size: Option<Spanned<usize>>,
     pub idle_timeout: Dur,
+    pub access_log: Option<Spanned<String>>,
+    pub access_log_format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -168,6 +168,9 @@ impl Source<'_> {
             listener.idle_timeout,
             false,
         )?;
+        listener.access_log = self.access_log(&key("access_log"), &raw.access_log)?;
+        listener.access_log_format =
+            self.access_log_format(&key("access_log_format"), &raw.access_log_format, protocol)?;
         Ok(listener)
     }
 
