@@ -32,6 +32,7 @@ use miette::Diagnostic;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use access_log::AccessLog;
 use balance::Balancer;
 use config::{Config, Protocol};
 use db::subscriber::Timing;
@@ -62,6 +63,12 @@ pub enum StartError {
     #[error("cannot read the workers table: {0}")]
     #[diagnostic(code(startup::sync))]
     Sync(#[source] SubscriberError),
+    #[error(transparent)]
+    #[diagnostic(
+        code(startup::access_log),
+        help("check the listener's `access_log` path and its permissions")
+    )]
+    AccessLog(access_log::AccessLogError),
 }
 
 /// A started proxy: its bound addresses and the handles to stop it.
@@ -74,6 +81,8 @@ pub struct Running {
     /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Every listener's open access log, reopened on SIGHUP (log rotation).
+    access_logs: Vec<AccessLog>,
     shutdown: Shutdown,
     subscriber_task: JoinHandle<()>,
 }
@@ -99,6 +108,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     spawn_pool_tasks(config, &ring, &shutdown);
 
     let mut listeners = Vec::with_capacity(bound.len());
+    let mut access_logs = Vec::new();
     for (l, tcp) in config.listeners.iter().zip(bound) {
         let address = tcp.local_addr().map_err(|source| StartError::Bind {
             address: l.bind,
@@ -106,7 +116,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         })?;
         listeners.push(address);
         let http = l.protocol == Protocol::Http;
-        let reports = Reports::new(metrics.listener(&address.to_string(), &l.pool, http));
+        let name = address.to_string();
+        let dropped = metrics.access_log_dropped.clone();
+        let log = AccessLog::open(&name, &l.access_log, l.access_log_format, dropped)
+            .map_err(StartError::AccessLog)?;
+        access_logs.extend(log.clone());
+        let reports = Reports::new(metrics.listener(&name, &l.pool, http), log);
         let slow_start = config.pool(&l.pool).slow_start.as_millis() as u64;
         (reports.metrics.pool_counts.slow_start_ms).store(slow_start, Ordering::Relaxed);
         let balancer = Balancer::new(
@@ -148,6 +163,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ring,
         sync,
         metrics,
+        access_logs,
         listeners,
         admin,
         shutdown,
@@ -238,6 +254,13 @@ fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
 }
 
 impl Running {
+    /// Reopens every access-log file (after a log rotation moved them away).
+    pub fn reopen_access_logs(&self) {
+        for log in &self.access_logs {
+            log.reopen();
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
     /// and closes the database subscriber. Returns whether everything finished in time.
     pub async fn stop(self, grace: Duration) -> bool {

@@ -178,8 +178,7 @@ async fn a_scrape_parses_and_counts_what_went_through_the_proxy() {
     .unwrap();
     assert!(connect_errors >= 1.0, "{text}");
     let retries = value(&m, "lb_retries_total", &[("pool", "default")]).unwrap();
-    // Every HTTP connect failure was retried; the TCP listener's retries are dials, not
-    // requests, and counted only as errors.
+    // Every connect failure (of a request or a TCP connection) was retried on a.
     assert!(retries >= 1.0 && retries <= connect_errors, "{text}");
     assert_eq!(
         value(

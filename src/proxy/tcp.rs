@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::report::Reports;
+use super::report::{Report, Reports};
 use super::stamped::{Stamped, quiet_for};
+use crate::access_log::Ended;
 
 use crate::accept::accept_loop;
 use crate::balance::{Balancer, Outcome, Pick};
@@ -67,8 +68,11 @@ impl TcpProxy {
     ) {
         let metrics = &self.reports.metrics;
         let _open = metrics.connection();
-        let Some((backend, in_flight)) = self.connect().await else {
+        let mut report = self.reports.start(peer);
+        let Some((backend, in_flight)) = self.connect(&mut report).await else {
             tracing::warn!(client = %peer, "no worker reachable; closing the client connection");
+            report.ended(Ended::BackendFailed);
+            self.reports.finish(&mut report);
             return;
         };
         let worker = in_flight.worker().clone();
@@ -77,28 +81,37 @@ impl TcpProxy {
         let mut client = Stamped::new(client, &last);
         let mut backend = Stamped::new(backend, &last);
         let mut drain = worker.state.drain.watch();
-        tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut client, &mut backend) => {
-                if let Err(e) = result {
+        let ended = tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut client, &mut backend) => match result {
+                Ok((bytes_in, bytes_out)) => {
+                    report.detail(|d| (d.bytes_in, d.bytes_out) = (bytes_in, bytes_out));
+                    Ended::Complete
+                }
+                Err(e) => {
                     tracing::debug!(client = %peer, backend = %worker.address.text,
                         error = %e, "tcp session ended with an error");
+                    Ended::ClientClosed
                 }
-            }
+            },
             _ = quiet_for(&last, self.idle_timeout, || false) => {
                 tracing::debug!(client = %peer, backend = %worker.address.text,
                     idle_timeout_ms = self.idle_timeout.as_millis() as u64,
                     "tcp session idle: closing both sides");
+                Ended::Timeout
             }
             _ = drain.expired(self.balancer.settings.drain_timeout) => {
                 tracing::info!(backend = %worker.address.text, worker = worker.id,
                     "drain deadline passed: cutting a connection still open");
+                Ended::Cut
             }
-            _ = shutdown.cut.cancelled() => {}
-        }
+            _ = shutdown.cut.cancelled() => Ended::Cut,
+        };
+        report.ended(ended);
+        self.reports.finish(&mut report);
     }
 
     /// A connection to a picked worker, trying others if it will not connect.
-    async fn connect(&self) -> Option<(TcpStream, InFlight)> {
+    async fn connect(&self, report: &mut Report) -> Option<(TcpStream, InFlight)> {
         let settings = &self.balancer.settings;
         let mut tried = Vec::new();
         while tried.len() <= settings.retries as usize {
@@ -106,9 +119,12 @@ impl TcpProxy {
                 return None;
             };
             tried.push(worker.id);
+            report.tried(worker.clone());
             let in_flight = InFlight::new(worker.clone());
+            let dialled = std::time::Instant::now();
             match dial(&worker.address, settings.connect_timeout).await {
                 Ok(stream) => {
+                    report.detail(|d| d.connect = Some(dialled.elapsed()));
                     self.balancer.record(&worker, Outcome::OK);
                     return Some((stream, in_flight));
                 }

@@ -91,7 +91,7 @@ impl Drop for TestDb {
     }
 }
 
-fn rand_suffix() -> u32 {
+pub fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now()) as u32
 }

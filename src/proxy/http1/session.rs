@@ -29,12 +29,13 @@ use super::body::{BodyLeft, reserved};
 use super::chunked::{ChunkError, Output};
 use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
+use crate::access_log::Ended as LogEnded;
 use crate::balance::{Attempts, Balancer, NoWorker, Outcome};
 use crate::db::SyncStatus;
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
-use crate::proxy::report::{Report, Reports};
+use crate::proxy::report::{self, Report, Reports};
 use crate::proxy::stamped::Stamped;
 use crate::proxy::{ClientLimits, HttpProxy};
 use crate::ring::state::now_ms;
@@ -143,7 +144,7 @@ pub async fn serve(
         limits,
         shutdown,
         reports: &proxy.reports,
-        report: Report::start(),
+        report: proxy.reports.start(peer),
         client,
         peer: Client::new(peer),
         inbuf: BytesMut::new(),
@@ -156,7 +157,12 @@ pub async fn serve(
     let result = tokio::select! {
         biased;
         r = session.run() => r,
-        _ = shutdown.cut_signal() => Ok(false),
+        _ = shutdown.cut_signal() => {
+            // The grace ran out mid-request: the request is reported as cut.
+            session.report.ended(LogEnded::Cut);
+            session.reports.finish(&mut session.report);
+            Ok(false)
+        }
     };
     match result {
         Ok(true) => Ended::Http2(session.client, session.inbuf),
@@ -191,6 +197,8 @@ struct End {
     /// The backend connection can serve another request.
     reusable: bool,
     client_close: bool,
+    /// Body bytes sent to the client.
+    body_bytes: u64,
 }
 
 /// Where relaying a response failed.
@@ -305,7 +313,18 @@ impl Session<'_> {
     /// connection goes on.
     async fn exchange(&mut self, head: RequestHead) -> Result<bool, Abort> {
         self.report.begin();
+        if self.reports.detailed() {
+            let request = report::h1_request(&self.inbuf[..head.len]);
+            self.report.detail(|d| d.request = request);
+        }
         let result = self.forward(head).await;
+        if let Err(abort) = &result {
+            self.report.ended(match abort {
+                Abort::Client(_) | Abort::ClientGone => LogEnded::ClientClosed,
+                Abort::ClientBody(_) => LogEnded::Refused,
+                Abort::Backend(..) => LogEnded::BackendFailed,
+            });
+        }
         self.reports.finish(&mut self.report);
         result
     }
@@ -315,7 +334,11 @@ impl Session<'_> {
         self.inbuf.advance(head.len);
         // The body bytes already read leave with the head.
         let mut body = BodyLeft::of(head.framing, Output::Normalised);
-        if let Err(e) = body.take(&mut self.inbuf, &mut self.req_out) {
+        let head_out = self.req_out.len();
+        let taken = body.take(&mut self.inbuf, &mut self.req_out);
+        let body_bytes = (self.req_out.len() - head_out) as u64;
+        self.report.detail(|d| d.bytes_in = body_bytes);
+        if let Err(e) = taken {
             // Nothing went to a backend yet.
             self.refuse_body(e).await;
             return Ok(false);
@@ -420,12 +443,16 @@ impl Session<'_> {
     }
 
     /// A connection to `worker`: an idle one (`true`), or a new one.
-    async fn connection(&self, worker: &Worker) -> Result<(Upstream, bool), ConnectError> {
+    async fn connection(&mut self, worker: &Worker) -> Result<(Upstream, bool), ConnectError> {
         let settings = &self.balancer.settings;
         if let Some(up) = IdleConns::of(worker).take_upstream(settings.idle_timeout) {
             return Ok((up, true));
         }
+        let dialled = self.reports.detailed().then(std::time::Instant::now);
         let up = connect_upstream(worker, settings.connect_timeout, settings.drain_timeout).await?;
+        if let Some(t) = dialled {
+            self.report.detail(|d| d.connect = Some(t.elapsed()));
+        }
         Ok((up, false))
     }
 
@@ -492,6 +519,7 @@ impl Session<'_> {
         .await;
         match relayed {
             Ok(end) => {
+                self.report.detail(|d| d.bytes_out = end.body_bytes);
                 if end.reusable {
                     IdleConns::put_upstream(worker, up);
                 }
@@ -526,6 +554,7 @@ impl Session<'_> {
         // Whether the response head may have reached the client: after that, nothing but
         // closing is left to say.
         let mut answering = false;
+        let mut upload_bytes = 0;
         let (uploaded, downloaded) = {
             let (cr, mut cw) = self.client.split();
             let mut cr = Stamped::new(cr, &uploading);
@@ -538,6 +567,7 @@ impl Session<'_> {
                 &mut scratch,
                 body,
                 CLIENT_READ,
+                &mut upload_bytes,
             );
             let rbuf = &mut self.rbuf;
             let res_out = &mut self.res_out;
@@ -594,6 +624,10 @@ impl Session<'_> {
             Ok((status, end)) => {
                 self.balancer.record(worker, Outcome::Status(status));
                 self.report.answered(status);
+                self.report.detail(|d| {
+                    d.bytes_out = end.body_bytes;
+                    d.bytes_in += upload_bytes;
+                });
                 // Answered before the body ended: neither connection's framing can be
                 // trusted to continue.
                 let complete = uploaded == Some(true);
@@ -631,8 +665,12 @@ impl Session<'_> {
             tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await
         }
         .await;
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        match result {
+            Ok((bytes_in, bytes_out)) => self.report.detail(|d| {
+                d.bytes_in = bytes_in;
+                d.bytes_out = bytes_out;
+            }),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
         }
     }
 
@@ -816,16 +854,19 @@ where
         Output::AsReceived
     };
     let mut left = BodyLeft::of(response.framing, output);
+    let head_len = out.len() as u64;
     // A body already broken in the bytes that came with the head: the head is still held
     // back, so the client can be told (502) instead of getting half a response.
     if let Err(e) = left.take(rbuf, out) {
         return Err(Down::Head(BackendError::Chunk(e)));
     }
-    match relay(br, rbuf, cw, out, &mut left, BACKEND_READ).await {
+    let mut sent = 0;
+    match relay(br, rbuf, cw, out, &mut left, BACKEND_READ, &mut sent).await {
         Ok(()) => Ok(End {
             // Bytes after the response were not asked for: that connection is not reused.
             reusable: response.reusable && rbuf.is_empty(),
             client_close: response.client_close,
+            body_bytes: sent.saturating_sub(head_len),
         }),
         Err(RelayError::Write(e)) => Err(Down::Client(e)),
         Err(RelayError::Read(e)) => Err(Down::Body(BackendError::Io(e))),
@@ -843,7 +884,8 @@ enum RelayError {
     Write(io::Error),
 }
 
-/// Sends `out` (a head, possibly empty) and then the body from `src` to `dst`.
+/// Sends `out` (a head, possibly empty) and then the body from `src` to `dst`, counting in
+/// `sent` the bytes written.
 async fn relay<R, W>(
     src: &mut R,
     buf: &mut BytesMut,
@@ -851,6 +893,7 @@ async fn relay<R, W>(
     out: &mut Vec<u8>,
     left: &mut BodyLeft,
     read_size: usize,
+    sent: &mut u64,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -861,6 +904,7 @@ where
         left.take(buf, out).map_err(RelayError::Chunk)?;
         if !out.is_empty() {
             dst.write_all(out).await.map_err(RelayError::Write)?;
+            *sent += out.len() as u64;
             out.clear();
         }
         if left.done() {

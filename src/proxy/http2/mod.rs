@@ -39,6 +39,7 @@ use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
+use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
@@ -70,7 +71,7 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
         let (proxy, client) = (proxy.clone(), client.clone());
         let stream = Stream::open(counted.clone());
         async move {
-            let mut report = Report::start();
+            let mut report = proxy.reports.start(peer);
             let response = handle(&proxy, request, &client, &mut report).await;
             Ok::<_, Infallible>(response.map(|body| Counted {
                 body,
@@ -145,6 +146,10 @@ struct Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
+        if !self.body.is_end_stream() {
+            // Dropped before its end: the client reset the stream, or the connection went.
+            self.report.ended(Ended::ClientClosed);
+        }
         self.proxy.reports.finish(&mut self.report);
     }
 }
@@ -157,7 +162,18 @@ impl Body for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.report.detail(|d| d.bytes_out += n);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.report.ended(Ended::BackendFailed),
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -179,6 +195,10 @@ async fn handle(
     let balancer = &proxy.balancer;
     let settings = &balancer.settings;
     balancer.count_request();
+    if proxy.reports.detailed() {
+        let logged = logged_request(&request);
+        report.detail(|d| d.request = Some(logged));
+    }
     let (parts, length, body) = match prepare(request, client) {
         Ok(prepared) => prepared,
         Err(reject) => {
@@ -199,6 +219,8 @@ async fn handle(
         // A body streams through once: only a request without one can be sent again.
         replayable: body.is_none() && retry::idempotent(parts.method.as_str().as_bytes()),
         first,
+        uploaded: proxy.reports.detailed().then(Default::default),
+        connect: None,
     };
     let mut body = body;
 
@@ -211,6 +233,7 @@ async fn handle(
         };
         report.tried(worker.clone());
         let exchanged = worker::exchange(&worker, settings, &mut out, &mut body).await;
+        report.detail(|d| d.connect = out.connect);
         let (failure, outcome, error) = match exchanged {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -224,6 +247,9 @@ async fn handle(
                     );
                 if !retry {
                     report.answered(status);
+                    if let Some(uploaded) = out.uploaded.take() {
+                        report.detail(|d| d.uploading = Some(uploaded));
+                    }
                     return response.map(Either::Left);
                 }
                 tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
@@ -254,6 +280,29 @@ async fn handle(
         if !retry::should_retry(failure, out.replayable, may_retry, &balancer.budget) {
             return own(report, &Canned::BAD_GATEWAY);
         }
+    }
+}
+
+/// The access log's view of a request, as the client sent it.
+fn logged_request(request: &Request<Incoming>) -> Http {
+    let field = |name: header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into())
+    };
+    Http {
+        method: request.method().as_str().into(),
+        authority: (request.uri().authority().map(|a| a.as_str().into()))
+            .or_else(|| field(header::HOST)),
+        path: request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .into(),
+        version: HttpVersion::Http2,
+        referer: field(header::REFERER),
+        user_agent: field(header::USER_AGENT),
     }
 }
 

@@ -53,6 +53,10 @@ pub struct Outbound {
     pub replayable: bool,
     /// The first frame of a body whose end was awaited to choose the framing.
     pub first: Option<Frame<Bytes>>,
+    /// Counts the body bytes sent to the worker, for the access log (`None` without one).
+    pub uploaded: Option<Arc<AtomicU64>>,
+    /// How long dialling the last worker took (`None`: a reused connection).
+    pub connect: Option<Duration>,
 }
 
 /// Why one worker did not give a response head.
@@ -104,12 +108,19 @@ pub async fn exchange(
         let in_flight = InFlight::new(worker.clone());
         let idle = IdleConns::of(worker).take_upstream(settings.idle_timeout);
         let (up, pooled) = match idle {
-            Some(up) => (up, true),
+            Some(up) => {
+                out.connect = None;
+                (up, true)
+            }
             None => {
+                let dialled = std::time::Instant::now();
                 let connected =
                     connect_upstream(worker, settings.connect_timeout, settings.drain_timeout);
                 match connected.await {
-                    Ok(up) => (up, false),
+                    Ok(up) => {
+                        out.connect = Some(dialled.elapsed());
+                        (up, false)
+                    }
                     Err(e) => return Err(Failed::NotSent(e.to_string())),
                 }
             }
@@ -126,6 +137,7 @@ pub async fn exchange(
             first: out.first.take(),
             body: body.take(),
             response_timeout: settings.response_timeout,
+            uploaded: out.uploaded.clone(),
         };
         tokio::spawn(task.run(head_tx, data_tx));
         match head_rx.await {
@@ -160,6 +172,7 @@ struct Task {
     first: Option<Frame<Bytes>>,
     body: Option<Incoming>,
     response_timeout: Duration,
+    uploaded: Option<Arc<AtomicU64>>,
 }
 
 /// Why the upload stopped early.
@@ -193,6 +206,7 @@ impl Task {
             first,
             body,
             response_timeout,
+            uploaded: uploaded_bytes,
         } = self;
         let worker = in_flight.worker().clone();
         // Taken by whoever answers the handler first.
@@ -213,7 +227,8 @@ impl Task {
         let mut rbuf = BytesMut::new();
         let (ended, uploaded) = {
             let (mut rd, mut wr) = up.stream.split();
-            let upload = upload(&mut wr, first, body, framing, &progress);
+            let counted = uploaded_bytes.as_deref();
+            let upload = upload(&mut wr, first, body, framing, &progress, counted);
             let head_tx = &mut head_tx;
             let download = async {
                 let tx = head_tx.as_mut().expect("not sent yet");
@@ -288,6 +303,7 @@ async fn upload<W: AsyncWrite + Unpin>(
     body: Option<Incoming>,
     framing: Framing,
     progress: &Progress,
+    counted: Option<&AtomicU64>,
 ) -> Result<(), UploadError> {
     let Some(mut body) = body else {
         progress.done.store(true, Ordering::Relaxed);
@@ -305,6 +321,9 @@ async fn upload<W: AsyncWrite + Unpin>(
             },
         };
         buf.clear();
+        if let (Some(n), Some(data)) = (counted, frame.data_ref()) {
+            n.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         let last = match frame.into_data() {
             Ok(data) if data.is_empty() => continue,
             Ok(data) if framing == Framing::Chunked => {
