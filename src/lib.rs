@@ -14,6 +14,7 @@
 pub mod accept;
 pub mod admin;
 pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod proxy;
