@@ -353,3 +353,37 @@ async fn the_worker_status_migration_applies_to_a_database_at_v2() {
         ["127.0.0.1:8000|0"]
     );
 }
+
+/// A database that goes away costs the proxy nothing, and the rows come back with it.
+#[tokio::test]
+async fn rows_come_back_after_an_outage_and_the_proxy_serves_through_it() {
+    use common::{Mode, Relay};
+    let db = TestDb::new().await;
+    let relay = Relay::to_postgres().await;
+    let a = Backend::start("a").await;
+    let mut config = instance(&db, "one", PoolConfig::default());
+    config.database.url = relay.url(&db);
+    let one = start(&config).await;
+    add(&db, &one, &[&a]).await;
+    let count = "SELECT instance, count(*) FROM worker_status GROUP BY instance";
+    until_rows(&db, count, &["one|1"]).await;
+
+    relay.set(Mode::Cut);
+    // Written behind its back while it cannot write: only a write after the outage fixes it.
+    db.exec("DELETE FROM worker_status").await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, one.listeners[0], "/").await, (200, "a".to_string()));
+    }
+    relay.set(Mode::Pass);
+    until_rows(&db, count, &["one|1"]).await;
+    until_rows(
+        &db,
+        "SELECT requests FROM worker_status WHERE instance = 'one'",
+        &["3"],
+    )
+    .await;
+
+    one.stop(Duration::from_secs(5)).await;
+    assert_eq!(rows(&db, count).await, Vec::<String>::new());
+}

@@ -246,14 +246,14 @@ impl Reporter {
         let mut ticks = tokio::time::interval(TICK.min(self.interval));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let now = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
+                scheduled = ticks.tick() => scheduled,
+            };
             // A write stuck on a vanished server must not hold the shutdown up.
             let stopped = tokio::select! {
                 _ = stop.cancelled() => true,
-                _ = self.tick() => false,
+                _ = self.tick(now) => false,
             };
             if stopped {
                 self.client = None;
@@ -263,9 +263,10 @@ impl Reporter {
         self.goodbye().await;
     }
 
-    /// Writes what changed, or everything when the interval is up.
-    async fn tick(&mut self) {
-        let now = Instant::now();
+    /// Writes what changed, or everything when the interval is up. `now` is the tick's
+    /// scheduled instant, not the clock: the next full write then falls exactly on a tick
+    /// (an interval later), instead of one tick late whenever the task woke a little late.
+    async fn tick(&mut self, now: Instant) {
         if now < self.retry_at {
             return;
         }
