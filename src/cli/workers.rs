@@ -43,6 +43,7 @@ pub enum WorkersCommand {
         /// 0 to 10000; 0 adds it drained.
         #[arg(long, default_value = "1", allow_negative_numbers = true)]
         weight: String,
+        /// The worker's pool (an address is unique within its pool).
         #[arg(long, default_value = "default")]
         pool: String,
     },
@@ -50,10 +51,12 @@ pub enum WorkersCommand {
     ///
     /// UPDATE workers SET weight = N WHERE worker_address = ADDR AND pool = P
     SetWeight {
+        /// The worker's `worker_address`.
         address: String,
         /// 0 to 10000.
         #[arg(allow_negative_numbers = true)]
         weight: String,
+        /// The worker's pool (an address is unique within its pool).
         #[arg(long, default_value = "default")]
         pool: String,
     },
@@ -64,7 +67,9 @@ pub enum WorkersCommand {
     /// flight for it (SELECT instance, weight, in_flight FROM worker_status WHERE worker_id
     /// = ID, for each instance with a row written within 3 of its intervals).
     Drain {
+        /// The worker's `worker_address`.
         address: String,
+        /// The worker's pool (an address is unique within its pool).
         #[arg(long, default_value = "default")]
         pool: String,
         /// Return once every fresh instance reports nothing in flight on it (exit 0), or
@@ -79,7 +84,9 @@ pub enum WorkersCommand {
     ///
     /// DELETE FROM workers WHERE worker_address = ADDR AND pool = P
     Remove {
+        /// The worker's `worker_address`.
         address: String,
+        /// The worker's pool (an address is unique within its pool).
         #[arg(long, default_value = "default")]
         pool: String,
     },
