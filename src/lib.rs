@@ -15,6 +15,7 @@ pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod metrics;
@@ -85,6 +86,8 @@ pub struct Running {
     access_logs: Vec<AccessLog>,
     shutdown: Shutdown,
     subscriber_task: JoinHandle<()>,
+    /// Writes `worker_status` until the cut, then deletes this instance's rows.
+    status_task: JoinHandle<()>,
 }
 
 /// Binds every address, migrates the database, syncs the ring once, and starts serving.
@@ -106,6 +109,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let metrics = Metrics::new();
     let subscriber_task = start_subscriber(config, &ring, &sync, &metrics, &shutdown).await?;
     spawn_pool_tasks(config, &ring, &shutdown);
+    let admin_port = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let status_task = db::status::spawn(
+        &config.database.url,
+        &config.status,
+        ring.clone(),
+        admin_port.map(|a| a.port()),
+        shutdown.cut.clone(),
+    )?;
 
     let mut listeners = Vec::with_capacity(bound.len());
     let mut access_logs = Vec::new();
@@ -168,6 +179,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin,
         shutdown,
         subscriber_task,
+        status_task,
     })
 }
 
@@ -262,9 +274,10 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
-    /// and closes the database subscriber. Returns whether everything finished in time.
+    /// deletes this instance's `worker_status` rows and closes the database subscriber. Returns whether everything finished in time.
     pub async fn stop(self, grace: Duration) -> bool {
         let clean = self.shutdown.run(grace).await;
+        let _ = self.status_task.await;
         let _ = self.subscriber_task.await;
         clean
     }

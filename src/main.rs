@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use load_balancer::cli::workers::WorkersCommand;
 use load_balancer::config::{Config, Overrides};
 use load_balancer::shutdown::Signals;
 use tracing_subscriber::EnvFilter;
@@ -58,8 +59,18 @@ enum Command {
     /// Validate the configuration (file and environment) and exit: 0 when it is valid,
     /// 1 with every diagnostic.
     CheckConfig,
-    /// Apply the database migrations (under the same lock as the proxy's) and exit.
+    /// Apply the database migrations (under the same lock as the proxy's) and exit. With
+    /// DATABASE_URL set, no config file is needed.
     Migrate,
+    /// List, add, reweight, drain or remove workers: each one SQL statement on the
+    /// `workers` table (shown in each command's --help).
+    ///
+    /// The database is `--config`'s `[database] url`, or DATABASE_URL; with DATABASE_URL
+    /// set, no config file is needed.
+    Workers {
+        #[command(subcommand)]
+        command: WorkersCommand,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +121,18 @@ fn main() -> ExitCode {
         database_url: cli.database_url.filter(|u| !u.is_empty()),
         admin_token: cli.admin_token.filter(|t| !t.is_empty()),
     };
+    // An operator's shell often has DATABASE_URL and no config.toml at hand; `migrate` and
+    // the workers commands need nothing else. With a config file, its rules apply as to
+    // the proxy.
+    if let Some(url) = &overrides.database_url
+        && !cli.config.exists()
+    {
+        match &cli.command {
+            Some(Command::Workers { command }) => return workers(url, command),
+            Some(Command::Migrate) => return migrate(url),
+            _ => {}
+        }
+    }
     let config = match Config::load(&cli.config, overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -131,13 +154,13 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Migrate => migrate(&config),
+        Command::Migrate => migrate(&config.database.url),
+        Command::Workers { command } => workers(&config.database.url, &command),
     }
 }
 
-/// Applies the migrations and says so; a database that cannot be reached, or refuses, is
-/// the same diagnostic the proxy gives at startup.
-fn migrate(config: &Config) -> ExitCode {
+/// Runs one `workers` command; any failure is one line on stderr and exit 1.
+fn workers(url: &str, command: &WorkersCommand) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -148,11 +171,36 @@ fn migrate(config: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let migrated = runtime.block_on(async {
-        load_balancer::db::Db::new(&config.database.url)?
-            .migrate()
-            .await
-    });
+    match runtime.block_on(load_balancer::cli::workers::run(url, command)) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line, with the fix when the diagnostic has one (e.g. `createdb …`).
+            match miette::Diagnostic::help(&e) {
+                Some(help) => eprintln!("error: {e}; {help}"),
+                None => eprintln!("error: {e}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Applies the migrations and says so; a database that cannot be reached, or refuses, is
+/// the same diagnostic the proxy gives at startup.
+fn migrate(url: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let migrated = runtime.block_on(async { load_balancer::db::Db::new(url)?.migrate().await });
     match migrated {
         Ok(()) => {
             println!("migrations applied; the schema is current");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Parses "250ms", "5s", "2m" or "1h" (a non-negative integer and a unit); `None` for
 /// anything else, including an overflow.
-pub(super) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);

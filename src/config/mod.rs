@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
+pub use duration::parse_duration;
 use source::Source;
 
 /// The validated configuration.
@@ -37,6 +38,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[pools.NAME]` tables; pools not listed use [`PoolConfig::default`].
     pub pools: HashMap<String, PoolConfig>,
+    /// `[status]`: how this instance reports its view of the workers to `worker_status`.
+    pub status: StatusConfig,
 }
 
 impl Config {
@@ -80,6 +83,7 @@ impl Config {
             listeners: source.listeners(&raw.listeners)?,
             admin: source.admin(raw.admin.as_ref(), overrides.admin_token)?,
             pools: source.pools(&raw.pools)?,
+            status: source.status(raw.status.as_ref())?,
         };
         source.distinct_binds(&raw, &config)?;
         source.served_pools(&raw, &config)?;
@@ -388,6 +392,26 @@ pub struct AdminConfig {
     /// Requests must carry `Authorization: Bearer <token>` when set (`[admin] token`, or
     /// `LB_ADMIN_TOKEN`). Required when `bind` is not a loopback address.
     pub token: Option<String>,
+}
+
+/// `[status]`: the instance's rows in `worker_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Every row is rewritten at least this often; a row older than three of them is no
+    /// longer fresh (`worker_health` ignores it). Transitions are written sooner.
+    pub interval: Duration,
+    /// The `instance` column. `None`: `HOSTNAME:admin-port`, or `HOSTNAME:pid` without an
+    /// admin endpoint (see `db::status::instance_name`).
+    pub instance: Option<String>,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            interval: Duration::from_secs(5),
+            instance: None,
+        }
+    }
 }
 
 /// Settings from the environment that replace the file's.

@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     /// Keyed with their spans, so a pool table no listener serves can be pointed at.
     #[serde(default)]
     pub pools: HashMap<Spanned<String>, RawPool>,
+    pub status: Option<RawStatus>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +53,13 @@ pub(super) struct RawListener {
 pub(super) struct RawAdmin {
     pub bind: Spanned<String>,
     pub token: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStatus {
+    pub interval: Dur,
+    pub instance: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -7,13 +7,15 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawAdmin, RawConfig, RawDatabase, RawListener};
+use super::raw::{RawAdmin, RawConfig, RawDatabase, RawListener, RawStatus};
 use super::source::{Source, by_closeness};
 use super::{
     AdminConfig, AlgorithmKind, Config, ConfigError, DatabaseConfig, ListenerConfig, Protocol,
+    StatusConfig,
 };
 
 const LISTENER_EXAMPLE: &str = "add one:\n[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"default\"\nalgorithm = \"weighted\"";
@@ -256,6 +258,39 @@ impl Source<'_> {
         Ok(Some(AdminConfig { bind, token }))
     }
 
+    /// `[status]`, optional. The interval is stored in milliseconds in an `int` column
+    /// (`worker_status.interval_ms`), hence the upper bound; the instance name is the
+    /// primary key's first half, so it may not be empty.
+    pub fn status(&self, raw: Option<&RawStatus>) -> Result<StatusConfig, ConfigError> {
+        let mut status = StatusConfig::default();
+        let Some(raw) = raw else { return Ok(status) };
+        status.interval =
+            self.duration("status.interval", &raw.interval, status.interval, false)?;
+        if let Some(v) = &raw.interval
+            && status.interval > Duration::from_secs(24 * 60 * 60)
+        {
+            return Err(self.invalid(
+                "`status.interval` must be at most 24h".into(),
+                v.span(),
+                "too long",
+                Some("rows older than three intervals count as stale; the default is \"5s\""),
+            ));
+        }
+        if let Some(i) = &raw.instance {
+            let name = i.get_ref().trim();
+            if name.is_empty() || name.len() > 200 {
+                return Err(self.invalid(
+                    "`status.instance` must be 1 to 200 characters".into(),
+                    i.span(),
+                    "bad instance name",
+                    Some("leave it out for HOSTNAME:admin-port (or HOSTNAME:pid without [admin])"),
+                ));
+            }
+            status.instance = Some(name.to_string());
+        }
+        Ok(status)
+    }
+
     /// No address is bound twice, by two listeners or by a listener and the admin endpoint.
     pub fn distinct_binds(&self, raw: &RawConfig, config: &Config) -> Result<(), ConfigError> {
         let listeners = raw.listeners.iter().zip(&config.listeners);
@@ -325,8 +360,6 @@ impl Source<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::super::test_support::{GOOD, help_of, line_of, parse};
     use super::*;
 
@@ -553,5 +586,36 @@ mod tests {
         // The pool of a listener without a `pool` key is "default", and is served.
         let text = GOOD.to_string() + "\n[pools.default]\nretries = 0\n";
         assert_eq!(parse(&text).unwrap().pool("default").retries, 0);
+    }
+
+    #[test]
+    fn status_section_defaults_and_checks() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.status, StatusConfig::default());
+        assert_eq!(c.status.interval, Duration::from_secs(5));
+
+        let text = GOOD.to_string() + "\n[status]\ninterval = \"250ms\"\ninstance = \"lb-a\"\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.status.interval, Duration::from_millis(250));
+        assert_eq!(c.status.instance.as_deref(), Some("lb-a"));
+
+        let text = GOOD.to_string() + "\n[status]\ninterval = \"0s\"\n";
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("status.interval"), "{e}");
+        assert_eq!(line_of(&text, &e), 18);
+
+        let text = GOOD.to_string() + "\n[status]\ninterval = \"25h\"\n";
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.to_string(), "`status.interval` must be at most 24h");
+
+        let text = GOOD.to_string() + "\n[status]\ninstance = \" \"\n";
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("status.instance"), "{e}");
+        assert_eq!(line_of(&text, &e), 18);
+
+        let text = GOOD.to_string() + "\n[status]\nintervall = \"5s\"\n";
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("unknown field `intervall`"), "{e}");
+        assert_eq!(line_of(&text, &e), 18);
     }
 }

@@ -1,11 +1,13 @@
 //! Everything that talks to PostgreSQL: connection settings, the startup checks, migrations,
-//! the snapshot query and the subscriber task that turns NOTIFY events into ring updates.
+//! the snapshot query, the subscriber task that turns NOTIFY events into ring updates, and
+//! the status reporter that writes this instance's view of the workers to `worker_status`.
 //!
 //! The hot path never comes here: it only reads the ring the subscriber publishes.
 
 pub mod cache;
 mod event;
 mod migrate;
+pub mod status;
 pub mod subscriber;
 
 use std::collections::BTreeMap;
