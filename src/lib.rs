@@ -274,7 +274,8 @@ impl Running {
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
-    /// deletes this instance's `worker_status` rows and closes the database subscriber. Returns whether everything finished in time.
+    /// deletes this instance's `worker_status` rows and closes the database subscriber.
+    /// Returns whether everything finished in time.
     pub async fn stop(self, grace: Duration) -> bool {
         let clean = self.shutdown.run(grace).await;
         let _ = self.status_task.await;
