@@ -64,6 +64,7 @@ async fn main() {
         )],
         admin: None,
         pools: Default::default(),
+        log: Default::default(),
     };
     let lb = load_balancer::start(&config).await.expect("proxy starts");
     let epoch = Instant::now();

@@ -36,6 +36,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[pools.NAME]` tables; pools not listed use [`PoolConfig::default`].
     pub pools: HashMap<String, PoolConfig>,
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -79,6 +80,7 @@ impl Config {
             listeners: source.listeners(&raw.listeners)?,
             admin: source.admin(raw.admin.as_ref(), overrides.admin_token)?,
             pools: source.pools(&raw.pools)?,
+            log: source.log(raw.log.as_ref())?,
         };
         source.distinct_binds(&raw, &config)?;
         source.served_pools(&raw, &config)?;
@@ -333,12 +335,20 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
     /// Requests must carry `Authorization: Bearer <token>` when set (`[admin] token`, or
     /// `LB_ADMIN_TOKEN`). Required when `bind` is not a loopback address.
     pub token: Option<String>,
+}
+
+/// `[log]`: what the process logs. Read at startup and at each reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `level`: `tracing` filter directives (`"info"`, `"warn,load_balancer=debug"`), checked
+    /// when the file is read. `None`: not set, `info`. `RUST_LOG`, when set, wins over it.
+    pub level: Option<String>,
 }
 
 /// Settings from the environment that replace the file's.

@@ -306,6 +306,7 @@ pub fn config(db: &TestDb, protocol: Protocol, algorithm: AlgorithmKind) -> Conf
             token: None,
         }),
         pools: Default::default(),
+        log: Default::default(),
     }
 }
 
