@@ -306,8 +306,9 @@ async fn reload(running: &mut Running, path: &Path, overrides: &Overrides, log_l
     let level = config.log.level.clone();
     match running.reload(config, SHUTDOWN_GRACE).await {
         Ok(summary) => {
-            log_level.apply(level.as_deref());
+            // Said before the level changes, so a reload to `warn` is still reported.
             tracing::info!(%summary, "configuration reloaded");
+            log_level.apply(level.as_deref());
         }
         Err(e) => tracing::error!("{}", render(&e)),
     }
