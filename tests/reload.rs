@@ -248,3 +248,45 @@ async fn a_reload_that_cannot_bind_changes_nothing_and_is_counted() {
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
     running.stop(GRACE).await;
 }
+
+/// A kept listener whose protocol changes keeps its socket: connections accepted after the
+/// reload are relayed as TCP (the request reaches the worker untouched, without the HTTP
+/// proxy's forwarding headers), while a client connection open since before it is still
+/// served over HTTP.
+#[tokio::test]
+async fn a_protocol_change_applies_to_new_connections_on_the_same_socket() {
+    let db = TestDb::new().await;
+    let a = Backend::start("a").await;
+    let base = common::config(&db, Protocol::Http, AlgorithmKind::RoundRobin);
+    let mut running = load_balancer::start(&base).await.expect("proxy starts");
+    common::add(&db, &running, &[&a]).await;
+    let listener = running.listeners[0];
+    let before = client();
+    let (_, headers) = get(&before, listener, "/headers").await;
+    assert!(headers.contains("x-forwarded-for"), "{headers}");
+
+    let tcp = ListenerConfig::new(
+        listener,
+        Protocol::Tcp,
+        "default",
+        AlgorithmKind::RoundRobin,
+    );
+    running
+        .reload(with_listeners(&base, vec![tcp]), GRACE)
+        .await
+        .expect("reloads");
+    assert_eq!(running.listeners, [listener], "the same socket");
+
+    let (status, relayed) = get(&client(), listener, "/headers").await;
+    assert_eq!(status, 200);
+    assert!(
+        !relayed.contains("x-forwarded-for"),
+        "relayed as TCP: {relayed}"
+    );
+    let (_, kept) = get(&before, listener, "/headers").await;
+    assert!(
+        kept.contains("x-forwarded-for"),
+        "the open connection stays HTTP: {kept}"
+    );
+    running.stop(GRACE).await;
+}
