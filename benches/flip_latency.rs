@@ -65,6 +65,7 @@ async fn main() {
         admin: None,
         pools: Default::default(),
         status: Default::default(),
+        log: Default::default(),
     };
     let lb = load_balancer::start(&config).await.expect("proxy starts");
     let epoch = Instant::now();

@@ -6,8 +6,9 @@
 //! snapshot) → [`balance`] (which worker: pure policy) → [`upstream`] (connections to
 //! workers) and [`proxy`] (the client-facing transports and their one forwarding policy) →
 //! [`admin`] (reads it all). [`accept`] and [`shutdown`] serve every listening socket.
-//! [`start`] wires these together; `main.rs` only adds the command line, logging and
-//! signals.
+//! [`start`] wires these together: the served [`listeners`] and each pool's
+//! [`pool_tasks`]; [`reload`] applies a new configuration to them. `main.rs` only adds the
+//! command line, logging and signals.
 
 #![forbid(unsafe_code)]
 
@@ -18,46 +19,37 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod listeners;
 pub mod metrics;
+pub mod pool_tasks;
 pub mod proxy;
+pub mod reload;
 pub mod ring;
 pub mod shutdown;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use miette::Diagnostic;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use access_log::AccessLog;
-use balance::Balancer;
-use config::{Config, Protocol};
+use config::Config;
 use db::subscriber::Timing;
 use db::{Db, Subscriber, SubscriberError, SyncStatus};
+use listeners::{BindError, Listeners, bind};
 use metrics::Metrics;
-use proxy::ClientLimits;
-use proxy::HttpProxy;
-use proxy::report::Reports;
-use proxy::tcp::TcpProxy;
+use pool_tasks::PoolTasks;
 use ring::{Membership, Ring};
 use shutdown::Shutdown;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum StartError {
-    #[error("cannot listen on {address}: {source}")]
-    #[diagnostic(
-        code(startup::bind),
-        help("another process may hold this address; change `bind` in config.toml")
-    )]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Bind(#[from] BindError),
     #[error(transparent)]
     #[diagnostic(transparent)]
     Database(#[from] db::StartupError),
@@ -69,7 +61,7 @@ pub enum StartError {
         code(startup::access_log),
         help("check the listener's `access_log` path and its permissions")
     )]
-    AccessLog(access_log::AccessLogError),
+    AccessLog(#[from] access_log::AccessLogError),
 }
 
 /// A started proxy: its bound addresses and the handles to stop it.
@@ -82,8 +74,10 @@ pub struct Running {
     /// The bound address of each `[[listeners]]` entry, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
-    /// Every listener's open access log, reopened on SIGHUP (log rotation).
-    access_logs: Vec<AccessLog>,
+    /// The configuration being served, which a reload compares the new one with.
+    config: Config,
+    served: Listeners,
+    pool_tasks: PoolTasks,
     shutdown: Shutdown,
     subscriber_task: JoinHandle<()>,
     /// Writes `worker_status` until the cut, then deletes this instance's rows.
@@ -108,56 +102,28 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let sync = Arc::new(SyncStatus::default());
     let metrics = Metrics::new();
     let subscriber_task = start_subscriber(config, &ring, &sync, &metrics, &shutdown).await?;
-    spawn_pool_tasks(config, &ring, &shutdown);
-    let admin_port = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let mut pool_tasks = PoolTasks::new(ring.clone(), shutdown.drain.clone());
+    pool_tasks.apply(config, &metrics);
     let status_task = db::status::spawn(
         &config.database.url,
         &config.status,
         ring.clone(),
-        admin_port.map(|a| a.port()),
+        admin_listener.as_ref().map(|a| a.address.port()),
         shutdown.cut.clone(),
     )?;
 
-    let mut listeners = Vec::with_capacity(bound.len());
-    let mut access_logs = Vec::new();
-    for (l, tcp) in config.listeners.iter().zip(bound) {
-        let address = tcp.local_addr().map_err(|source| StartError::Bind {
-            address: l.bind,
-            source,
-        })?;
-        listeners.push(address);
-        let http = l.protocol == Protocol::Http;
-        let name = address.to_string();
-        let dropped = metrics.access_log_dropped.clone();
-        let log = AccessLog::open(&name, &l.access_log, l.access_log_format, dropped)
-            .map_err(StartError::AccessLog)?;
-        access_logs.extend(log.clone());
-        let reports = Reports::new(metrics.listener(&name, &l.pool, http), log);
-        let slow_start = config.pool(&l.pool).slow_start.as_millis() as u64;
-        (reports.metrics.pool_counts.slow_start_ms).store(slow_start, Ordering::Relaxed);
-        let balancer = Balancer::new(
-            ring.clone(),
-            &l.pool,
-            balance::build(l.algorithm),
-            config.pool(&l.pool),
-        );
-        match l.protocol {
-            Protocol::Http => {
-                let limits = ClientLimits::of(l);
-                let proxy = HttpProxy::new(balancer, limits, sync.clone(), reports);
-                tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
-            }
-            Protocol::Tcp => {
-                let proxy = TcpProxy::new(balancer, l.max_connections, l.idle_timeout, reports);
-                tokio::spawn(Arc::new(proxy).serve(tcp, shutdown.clone()))
-            }
-        };
-        tracing::info!(%address, protocol = l.protocol.name(), pool = %l.pool,
-            algorithm = l.algorithm.name(), "listening");
+    let mut served = Listeners::new(
+        ring.clone(),
+        sync.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    for (l, socket) in config.listeners.iter().zip(bound) {
+        let log = served.open_log(l, socket.address, None)?;
+        served.serve(l.clone(), socket, config, log);
     }
-    let admin = admin_listener.and_then(|tcp| {
-        let address = tcp.local_addr().ok();
-        let shown = address.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let admin = admin_listener.map(|bound| {
+        let address = bound.address;
         let endpoint = admin::Admin {
             ring: ring.clone(),
             sync: sync.clone(),
@@ -165,8 +131,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             shutdown: shutdown.clone(),
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
         };
-        tokio::spawn(admin::serve(tcp, endpoint));
-        tracing::info!(address = %shown,
+        tokio::spawn(admin::serve(bound.into_listener(), endpoint));
+        tracing::info!(%address,
             "admin endpoint listening (GET /status, /metrics, /livez, /readyz)");
         address
     });
@@ -174,9 +140,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ring,
         sync,
         metrics,
-        access_logs,
-        listeners,
+        listeners: served.addresses(),
         admin,
+        config: config.clone(),
+        served,
+        pool_tasks,
         shutdown,
         subscriber_task,
         status_task,
@@ -227,29 +195,6 @@ async fn start_subscriber(
     Ok(tokio::spawn(subscriber.run(session)))
 }
 
-/// One health checker and one idle-connection reaper per pool, shared by every listener of
-/// the pool.
-fn spawn_pool_tasks(config: &Config, ring: &Arc<Ring>, shutdown: &Shutdown) {
-    for (index, name) in ring.configured_pools().iter().enumerate() {
-        let settings = config.pool(name);
-        if let Some(check) = settings.health_check {
-            tokio::spawn(balance::health::run(
-                ring.clone(),
-                name.to_string(),
-                check,
-                Arc::new(upstream::probe::NetworkProbe),
-                shutdown.drain.clone(),
-            ));
-        }
-        tokio::spawn(upstream::idle::reap(
-            ring.clone(),
-            index,
-            settings.idle_timeout,
-            shutdown.drain.clone(),
-        ));
-    }
-}
-
 /// Seeds the ring from the cache file, if there is a usable one; says why not otherwise.
 fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
     let Some(path) = path else {
@@ -266,11 +211,9 @@ fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
 }
 
 impl Running {
-    /// Reopens every access-log file (after a log rotation moved them away).
+    /// Reopens every listener's access-log file (after a log rotation moved them away).
     pub fn reopen_access_logs(&self) {
-        for log in &self.access_logs {
-            log.reopen();
-        }
+        self.served.reopen_logs();
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,
@@ -282,10 +225,4 @@ impl Running {
         let _ = self.subscriber_task.await;
         clean
     }
-}
-
-async fn bind(address: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Bind { address, source })
 }

@@ -2,16 +2,17 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use std::io::IsTerminal;
-
 use clap::{Parser, Subcommand, ValueEnum};
+use load_balancer::Running;
 use load_balancer::cli::workers::WorkersCommand;
 use load_balancer::config::{Config, Overrides};
-use load_balancer::shutdown::Signals;
+use load_balancer::shutdown::{SignalEvent, Signals};
+use miette::Diagnostic;
 use tracing_subscriber::EnvFilter;
 
 // mimalloc: the hot path allocates small, short-lived buffers and headers on every
@@ -19,14 +20,16 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
+/// How long in-flight requests may run after SIGTERM/SIGINT, or on a listener a reload
+/// removed, before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// HTTP and TCP load balancer whose backends are the rows of a PostgreSQL table.
 ///
 /// Backends are changed live with SQL on the `workers` table, e.g.
 /// `UPDATE workers SET weight = 0 WHERE worker_address = '10.0.0.7:8000'` drains one.
-/// Logs go to stderr; RUST_LOG sets their level (default: info).
+/// Logs go to stderr; `[log] level` or RUST_LOG (which wins) sets their level (default:
+/// info). SIGHUP rereads the configuration file and applies it.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -79,14 +82,45 @@ enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr at `RUST_LOG`'s levels (default info). Colours only for a terminal,
-/// and never with `NO_COLOR` set (no-color.org): escape codes in a file or a collector are
-/// noise. refinery reports each migration itself at info, and PostgreSQL's notices come
-/// through tokio-postgres at info too; the proxy's own line says what matters, once, so
-/// both are kept to warnings.
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn"));
+/// refinery reports each migration itself at info, and PostgreSQL's notices come through
+/// tokio-postgres at info too; the proxy's own line says what matters, once, so both are
+/// kept to warnings unless `[log] level` names them.
+const QUIET: &str = "refinery_core=warn,tokio_postgres=warn";
+
+/// The running process's log filter, which a reload sets again from `[log] level`.
+struct LogLevel {
+    /// `RUST_LOG` was set (and valid): it wins, at startup and on every reload.
+    from_env: bool,
+    /// Replaces the filter of the installed subscriber.
+    set: Box<dyn Fn(EnvFilter) -> Result<(), String>>,
+}
+
+impl LogLevel {
+    /// Applies `level` (`[log] level`, already validated) unless `RUST_LOG` decides.
+    fn apply(&self, level: Option<&str>) {
+        if self.from_env {
+            if level.is_some() {
+                tracing::warn!("RUST_LOG is set and wins over `[log] level`: log level unchanged");
+            }
+            return;
+        }
+        if let Err(e) = (self.set)(configured_filter(level)) {
+            tracing::error!(error = %e, "cannot change the log level");
+        }
+    }
+}
+
+fn configured_filter(level: Option<&str>) -> EnvFilter {
+    EnvFilter::new(format!("{QUIET},{}", level.unwrap_or("info")))
+}
+
+/// Logs go to stderr at `RUST_LOG`'s levels if it is set, else at `level` (`[log] level`,
+/// default info). Colours only for a terminal, and never with `NO_COLOR` set
+/// (no-color.org): escape codes in a file or a collector are noise.
+fn init_logging(format: LogFormat, level: Option<&str>) -> LogLevel {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let is_env = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| configured_filter(level));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let ansi = std::io::stderr().is_terminal() && !no_color;
     let logs = tracing_subscriber::fmt()
@@ -95,27 +129,46 @@ fn init_logging(format: LogFormat) {
         // A closed stderr (a log collector that died) must not take the proxy down: by
         // default a failed log write is reported with eprintln!, which panics.
         .log_internal_errors(false);
-    match format {
-        LogFormat::Text => logs.with_ansi(ansi).init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+    let set: Box<dyn Fn(EnvFilter) -> Result<(), String>> = match format {
+        LogFormat::Text => {
+            let logs = logs.with_ansi(ansi).with_filter_reloading();
+            let handle = logs.reload_handle();
+            logs.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let logs = logs.json().flatten_event(true).with_filter_reloading();
+            let handle = logs.reload_handle();
+            logs.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+    };
+    LogLevel {
+        from_env: is_env,
+        set,
+    }
+}
+
+/// A diagnostic as plain text for one log event: no colours, whatever the terminal.
+fn render(diagnostic: &dyn Diagnostic) -> String {
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_links(false)
+            .with_width(usize::MAX);
+    let mut text = String::new();
+    match handler.render_report(&mut text, diagnostic) {
+        Ok(()) => text,
+        Err(_) => diagnostic.to_string(),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
 
     // Unwrapped lines keep a suggested command (e.g. `createdb ...`) copy-pasteable.
     let _ = miette::set_hook(Box::new(|_| {
         Box::new(miette::MietteHandlerOpts::new().wrap_lines(false).build())
     }));
-
-    // Each client connection and each backend connection is a file descriptor: take all the
-    // hard limit allows (as HAProxy does) instead of a soft default that may be 1024.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
-    }
 
     let overrides = Overrides {
         database_url: cli.database_url.filter(|u| !u.is_empty()),
@@ -133,15 +186,24 @@ fn main() -> ExitCode {
             _ => {}
         }
     }
-    let config = match Config::load(&cli.config, overrides) {
+    let config = match Config::load(&cli.config, overrides.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{:?}", miette::Report::new(e));
             return ExitCode::FAILURE;
         }
     };
+    let log_level = init_logging(cli.log_format, config.log.level.as_deref());
+
+    // Each client connection and each backend connection is a file descriptor: take all the
+    // hard limit allows (as HAProxy does) instead of a soft default that may be 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
+        Command::Serve => serve(config, &cli.config, &overrides, &log_level),
         Command::CheckConfig => {
             println!(
                 "{} is valid: {} listener(s), admin {}",
@@ -213,8 +275,8 @@ fn migrate(url: &str) -> ExitCode {
     }
 }
 
-/// Runs the proxy until SIGTERM or SIGINT.
-fn serve(config: Config) -> ExitCode {
+/// Runs the proxy until SIGTERM or SIGINT, reloading `path` on each SIGHUP.
+fn serve(config: Config, path: &Path, overrides: &Overrides, log_level: &LogLevel) -> ExitCode {
     // On one core, the single-threaded scheduler does the same work without the
     // work-stealing machinery.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -237,7 +299,7 @@ fn serve(config: Config) -> ExitCode {
     runtime.block_on(async {
         // Registered before starting, so a SIGTERM that arrives during startup is not lost
         // to the default action (instant death) once "listening" has been logged, and a
-        // SIGHUP during startup is ignored like any other.
+        // SIGHUP during startup is a reload once started.
         let mut signals = match Signals::register() {
             Ok(s) => s,
             Err(e) => {
@@ -245,14 +307,19 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let running = match load_balancer::start(&config).await {
+        let mut running = match load_balancer::start(&config).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{:?}", miette::Report::new(e));
                 return ExitCode::FAILURE;
             }
         };
-        let signal = signals.stop_requested().await;
+        let signal = loop {
+            match signals.next().await {
+                SignalEvent::Stop(signal) => break signal,
+                SignalEvent::Reload => reload(&mut running, path, overrides, log_level).await,
+            }
+        };
         tracing::info!(
             signal,
             grace_s = SHUTDOWN_GRACE.as_secs(),
@@ -265,4 +332,34 @@ fn serve(config: Config) -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Rereads `path` and applies it. A file that does not validate, or a reload that cannot
+/// apply (an address to add is taken), changes nothing: the running configuration keeps
+/// serving, the diagnostic is logged as one event, and `lb_config_reloads_total{result =
+/// "error"}` counts it.
+async fn reload(running: &mut Running, path: &Path, overrides: &Overrides, log_level: &LogLevel) {
+    tracing::info!(path = %path.display(), "SIGHUP received: reopening access logs, reloading the configuration");
+    // Rotation must work whatever the new file says: the logs are reopened first.
+    running.reopen_access_logs();
+    let config = match Config::load(path, overrides.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            running.metrics.config_reloaded(false);
+            tracing::error!(
+                "configuration not reloaded, the running one stays: {}",
+                render(&e)
+            );
+            return;
+        }
+    };
+    let level = config.log.level.clone();
+    match running.reload(config, SHUTDOWN_GRACE).await {
+        Ok(summary) => {
+            // Said before the level changes, so a reload to `warn` is still reported.
+            tracing::info!(%summary, "configuration reloaded");
+            log_level.apply(level.as_deref());
+        }
+        Err(e) => tracing::error!("{}", render(&e)),
+    }
 }

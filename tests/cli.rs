@@ -188,17 +188,29 @@ async fn unreachable_server_is_reported_and_retried_while_serving_503() {
 
 /// Starts the binary on `path` with RUST_LOG=info; `database_url` sets DATABASE_URL.
 fn spawn(path: &std::path::Path, database_url: Option<&str>) -> tokio::process::Child {
+    spawn_logging(path, database_url, Some("info"))
+}
+
+/// [`spawn`] with RUST_LOG set to `rust_log`, or unset (the file's `[log] level` decides).
+fn spawn_logging(
+    path: &std::path::Path,
+    database_url: Option<&str>,
+    rust_log: Option<&str>,
+) -> tokio::process::Child {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_load_balancer"));
     command
         .arg("--config")
         .arg(path)
         .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info")
+        .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
+    }
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
     }
     command.spawn().unwrap()
 }
@@ -286,71 +298,116 @@ mod tempdir {
     }
 }
 
-/// SIGHUP (sent by habit to reload) is logged at warn and ignored: the process keeps
-/// serving, and SIGTERM still stops it cleanly.
-#[tokio::test]
-async fn sighup_is_logged_and_ignored_while_serving() {
-    use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-    type Log = Lines<BufReader<tokio::process::ChildStderr>>;
+type Log = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
 
-    /// Reads until a line contains `wanted`; returns it. Keeps every line in `seen`.
-    async fn next_line(log: &mut Log, seen: &mut Vec<String>, wanted: &str) -> String {
-        let found = tokio::time::timeout(common::WAIT, async {
-            while let Some(line) = log.next_line().await.unwrap() {
-                seen.push(line.clone());
-                if line.contains(wanted) {
-                    return Some(line);
-                }
+/// Reads until a line contains `wanted`; returns it. Keeps every line in `seen`.
+async fn next_line(log: &mut Log, seen: &mut Vec<String>, wanted: &str) -> String {
+    let found = tokio::time::timeout(common::WAIT, async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line.contains(wanted) {
+                return Some(line);
             }
-            None
-        })
-        .await;
-        match found {
-            Ok(Some(line)) => line,
-            Ok(None) => panic!("exited before logging {wanted:?}: {seen:#?}"),
-            Err(_) => panic!("log never showed {wanted:?}: {seen:#?}"),
         }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("exited before logging {wanted:?}: {seen:#?}"),
+        Err(_) => panic!("log never showed {wanted:?}: {seen:#?}"),
     }
+}
+
+/// The `address=` field of a log line.
+fn address_in(line: &str) -> std::net::SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("address="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// SIGHUP under load, the way an operator does it: a good file (a listener added, the log
+/// level turned to `warn`) applies; then a broken one is refused with its diagnostic in the
+/// log while the running configuration keeps serving; `/metrics` counts one of each, and
+/// no request fails throughout.
+#[tokio::test]
+async fn sighup_reloads_a_good_config_and_keeps_serving_through_a_bad_one() {
+    use tokio::io::AsyncBufReadExt;
 
     let db = TestDb::new().await;
     let backend = common::Backend::start("a").await;
     let (_dir, path) = write_config(GOOD);
-    let mut child = spawn(&path, Some(&db.url));
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    // No RUST_LOG: it would win over `[log] level`.
+    let mut child = spawn_logging(&path, Some(&db.url), None);
+    let mut log: Log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
-    let line = next_line(&mut log, &mut seen, "protocol=\"http\"").await;
-    let proxy: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("address="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no proxy address in {line:?}"));
-    next_line(&mut log, &mut seen, "admin endpoint listening").await;
-
-    let pid = child.id().unwrap().to_string();
-    let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
-    assert!(sent.success(), "kill -HUP {pid}: {sent:?}");
-    let warned = next_line(
-        &mut log,
-        &mut seen,
-        "SIGHUP received: configuration reload is not supported yet; ignoring",
-    )
-    .await;
-    assert!(warned.contains("WARN"), "{warned}");
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "SIGHUP ended the process: {seen:#?}"
-    );
-
-    // Still serving: a worker added now is followed and answers through the proxy.
+    let proxy = address_in(&next_line(&mut log, &mut seen, "protocol=\"http\"").await);
+    let admin = address_in(&next_line(&mut log, &mut seen, "admin endpoint listening").await);
     db.exec(&format!(
         "INSERT INTO workers(worker_address) VALUES ('{}')",
         backend.addr
     ))
     .await;
     next_line(&mut log, &mut seen, "ring change applied").await;
-    let got = common::get(&common::client(), proxy, "/").await;
-    assert_eq!(got, (200, "a".to_string()), "{seen:#?}");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients = common::load(proxy, done.clone());
 
+    let added = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let good = format!("{GOOD}\n[[listeners]]\nbind = \"{added}\"\n\n[log]\nlevel = \"warn\"\n");
+    std::fs::write(&path, good).unwrap();
+    let pid = child.id().unwrap().to_string();
+    let hup = || {
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -HUP {pid}: {sent:?}");
+    };
+    hup();
+    let reloaded = next_line(&mut log, &mut seen, "configuration reloaded").await;
+    assert!(
+        reloaded.contains(&format!("added: {added}")) && reloaded.contains("kept: 1"),
+        "{reloaded}"
+    );
+    let got = common::get(&common::client(), added, "/").await;
+    assert_eq!(got, (200, "a".to_string()), "the added listener serves");
+
+    std::fs::write(&path, GOOD.replace("\"weighted\"", "\"fastest\"")).unwrap();
+    hup();
+    let refused = next_line(&mut log, &mut seen, "configuration not reloaded").await;
+    assert!(refused.contains("ERROR"), "{refused}");
+    next_line(&mut log, &mut seen, "listeners[0].algorithm").await;
+    let since = seen
+        .iter()
+        .rposition(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    assert!(
+        !seen[since..].iter().any(|l| l.contains("SIGHUP received")),
+        "the reloaded level (warn) hides the info line of the next SIGHUP: {seen:#?}"
+    );
+    let got = common::get(&common::client(), added, "/").await;
+    assert_eq!(
+        got,
+        (200, "a".to_string()),
+        "the running configuration stays"
+    );
+
+    let (code, metrics) = common::get(&common::client(), admin, "/metrics").await;
+    assert_eq!(code, 200);
+    for counted in [
+        "lb_config_reloads_total{result=\"ok\"} 1",
+        "lb_config_reloads_total{result=\"error\"} 1",
+    ] {
+        assert!(metrics.contains(counted), "no {counted} in:\n{metrics}");
+    }
+    let (ok, failed) = common::finish(&done, clients).await;
+    assert!(ok > 0);
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running: {seen:#?}"
+    );
     drop(log);
     stop(child).await;
 }

@@ -40,6 +40,7 @@ pub struct Config {
     pub pools: HashMap<String, PoolConfig>,
     /// `[status]`: how this instance reports its view of the workers to `worker_status`.
     pub status: StatusConfig,
+    pub log: LogConfig,
 }
 
 impl Config {
@@ -84,6 +85,7 @@ impl Config {
             admin: source.admin(raw.admin.as_ref(), overrides.admin_token)?,
             pools: source.pools(&raw.pools)?,
             status: source.status(raw.status.as_ref())?,
+            log: source.log(raw.log.as_ref())?,
         };
         source.distinct_binds(&raw, &config)?;
         source.served_pools(&raw, &config)?;
@@ -386,7 +388,7 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
     /// Requests must carry `Authorization: Bearer <token>` when set (`[admin] token`, or
@@ -412,6 +414,14 @@ impl Default for StatusConfig {
             instance: None,
         }
     }
+}
+
+/// `[log]`: what the process logs. Read at startup and at each reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `level`: `tracing` filter directives (`"info"`, `"warn,load_balancer=debug"`), checked
+    /// when the file is read. `None`: not set, `info`. `RUST_LOG`, when set, wins over it.
+    pub level: Option<String>,
 }
 
 /// Settings from the environment that replace the file's.

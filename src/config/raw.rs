@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub database: RawDatabase,
     pub listeners: Vec<RawListener>,
     pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
     /// Keyed with their spans, so a pool table no listener serves can be pointed at.
     #[serde(default)]
     pub pools: HashMap<Spanned<String>, RawPool>,
@@ -60,6 +61,12 @@ pub(super) struct RawAdmin {
 pub(super) struct RawStatus {
     pub interval: Dur,
     pub instance: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawAdmin, RawConfig, RawDatabase, RawListener, RawStatus};
+use super::raw::{RawAdmin, RawConfig, RawDatabase, RawListener, RawLog, RawStatus};
 use super::source::{Source, by_closeness};
 use super::{
-    AdminConfig, AlgorithmKind, Config, ConfigError, DatabaseConfig, ListenerConfig, Protocol,
-    StatusConfig,
+    AdminConfig, AlgorithmKind, Config, ConfigError, DatabaseConfig, ListenerConfig, LogConfig,
+    Protocol, StatusConfig,
 };
 
 const LISTENER_EXAMPLE: &str = "add one:\n[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\npool = \"default\"\nalgorithm = \"weighted\"";
@@ -291,6 +291,30 @@ impl Source<'_> {
         Ok(status)
     }
 
+    /// `[log]`, optional: `level` must parse as the filter it becomes, so a reload with a
+    /// mistyped level is refused like any other mistake, instead of logging nothing.
+    pub fn log(&self, raw: Option<&RawLog>) -> Result<LogConfig, ConfigError> {
+        let Some(level) = raw.and_then(|l| l.level.as_ref()) else {
+            return Ok(LogConfig::default());
+        };
+        tracing_subscriber::EnvFilter::builder()
+            .parse(level.get_ref())
+            .map_err(|e| {
+                self.invalid(
+                    format!("`log.level` is not a valid log filter: {e}"),
+                    level.span(),
+                    "this filter",
+                    Some(
+                        "a level (error, warn, info, debug, trace), optionally with per-module \
+                         levels: e.g. level = \"info,load_balancer::db=debug\"",
+                    ),
+                )
+            })?;
+        Ok(LogConfig {
+            level: Some(level.get_ref().clone()),
+        })
+    }
+
     /// No address is bound twice, by two listeners or by a listener and the admin endpoint.
     pub fn distinct_binds(&self, raw: &RawConfig, config: &Config) -> Result<(), ConfigError> {
         let listeners = raw.listeners.iter().zip(&config.listeners);
@@ -520,6 +544,19 @@ mod tests {
             assert!(e.to_string().contains("database.heartbeat_interval"), "{e}");
             assert_eq!(line_of(&text, &e), 5);
         }
+    }
+
+    #[test]
+    fn log_level_is_a_checked_filter() {
+        assert_eq!(parse(GOOD).unwrap().log.level, None);
+        let text = format!("{GOOD}\n[log]\nlevel = \"warn,load_balancer::db=debug\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.log.level.as_deref(), Some("warn,load_balancer::db=debug"));
+
+        let text = format!("{GOOD}\n[log]\nlevel = \"load_balancer=loud\"\n");
+        let e = parse(&text).unwrap_err();
+        assert!(e.to_string().contains("log.level"), "{e}");
+        assert_eq!(line_of(&text, &e), text.lines().count());
     }
 
     #[test]

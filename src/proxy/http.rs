@@ -7,26 +7,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::HttpProxy;
 use super::http1::session::{self, Ended};
 use super::http2::{self, Rewind};
-use crate::accept::accept_loop;
 use crate::shutdown::Shutdown;
 
 impl HttpProxy {
-    /// Serves clients from `listener` until the shutdown drains it.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
-        let sd = shutdown.clone();
-        let max = self.limits.max_connections;
-        accept_loop(listener, shutdown, max, move |stream, peer| {
-            self.clone().serve_connection(stream, peer, sd.clone())
-        })
-        .await
-    }
-
-    async fn serve_connection(
+    /// Serves one client connection (see `proxy::serve`).
+    pub(super) async fn serve_connection(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,

@@ -5,7 +5,8 @@
 //! (`http1`), HTTP/2 clients (prior knowledge, h2c) through hyper (`http2`). Both are
 //! transports around one forwarding policy (`forward`): what is refused, how heads are
 //! rewritten, what the proxy answers itself and when a request is retried. `tcp` balances
-//! each connection.
+//! each connection. [`serve`] accepts a listener's clients and hands each to the listener's
+//! current [`Proxy`], which a reload replaces.
 
 pub mod forward;
 pub mod http;
@@ -18,10 +19,60 @@ pub mod tcp;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::accept::accept_loop;
 use crate::balance::Balancer;
 use crate::config::ListenerConfig;
 use crate::db::SyncStatus;
+use crate::shutdown::Shutdown;
 use report::Reports;
+use tcp::TcpProxy;
+
+/// What serves one `[[listeners]]` entry's clients, by its protocol.
+#[derive(Clone)]
+pub enum Proxy {
+    Http(Arc<HttpProxy>),
+    Tcp(Arc<TcpProxy>),
+}
+
+impl Proxy {
+    /// The counters of the listener it serves.
+    pub fn reports(&self) -> &Reports {
+        match self {
+            Proxy::Http(p) => &p.reports,
+            Proxy::Tcp(p) => &p.reports,
+        }
+    }
+}
+
+/// Serves clients from `listener` until `shutdown` drains it, each connection with the
+/// proxy `current` holds when it is accepted: a reload swaps in a new proxy (new pool
+/// settings, algorithm, limits, protocol), and a connection keeps the one it started with
+/// until it closes, so a reload never cuts a request. The swap costs one lock-free load
+/// per connection, nothing per request. `max_connections` is the listener's as it was
+/// bound: the accept loop's own limit.
+pub async fn serve(
+    current: Arc<ArcSwap<Proxy>>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+    max_connections: Option<usize>,
+) {
+    let sd = shutdown.clone();
+    accept_loop(listener, shutdown, max_connections, move |stream, peer| {
+        let proxy = Proxy::clone(&current.load());
+        let shutdown = sd.clone();
+        async move {
+            match proxy {
+                Proxy::Http(p) => p.serve_connection(stream, peer, shutdown).await,
+                // Boxed: an HTTP connection's task must not grow to a TCP session's size.
+                Proxy::Tcp(p) => Box::pin(p.serve_connection(stream, peer, shutdown)).await,
+            }
+        }
+    })
+    .await
+}
 
 /// One `[[listeners]]` entry with `protocol = "http"`: what both HTTP transports need to
 /// serve its clients (`http` accepts them and hands each to the transport it speaks).
@@ -50,10 +101,10 @@ impl HttpProxy {
     }
 }
 
-/// A listener's limits on its clients.
+/// A listener's limits on each client connection (how many connections at once is the
+/// accept loop's, see [`serve`]).
 #[derive(Debug, Clone)]
 pub struct ClientLimits {
-    pub max_connections: Option<usize>,
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
 }
@@ -61,7 +112,6 @@ pub struct ClientLimits {
 impl ClientLimits {
     pub fn of(listener: &ListenerConfig) -> ClientLimits {
         ClientLimits {
-            max_connections: listener.max_connections,
             header_read_timeout: listener.header_read_timeout,
             max_header_size: listener.max_header_size,
         }

@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::report::{Report, Reports};
 use super::stamped::{Stamped, quiet_for};
 use crate::access_log::Ended;
 
-use crate::accept::accept_loop;
 use crate::balance::{Balancer, Outcome, Pick};
 use crate::ring::InFlight;
 use crate::ring::state::now_ms;
@@ -27,8 +26,7 @@ use crate::upstream::dial;
 /// One `[[listeners]]` entry with `protocol = "tcp"`.
 pub struct TcpProxy {
     balancer: Balancer,
-    reports: Reports,
-    max_connections: Option<usize>,
+    pub reports: Reports,
     /// A session with no byte either way for this long is closed: peers that both went
     /// silent (or vanished without a FIN) would otherwise hold it, and count as in use, for
     /// ever.
@@ -36,31 +34,16 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    pub fn new(
-        balancer: Balancer,
-        max_connections: Option<usize>,
-        idle_timeout: Duration,
-        reports: Reports,
-    ) -> TcpProxy {
+    pub fn new(balancer: Balancer, idle_timeout: Duration, reports: Reports) -> TcpProxy {
         TcpProxy {
             balancer,
             reports,
-            max_connections,
             idle_timeout,
         }
     }
 
-    /// Serves clients from `listener` until the shutdown drains it.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: Shutdown) {
-        let sd = shutdown.clone();
-        let max = self.max_connections;
-        accept_loop(listener, shutdown, max, move |stream, peer| {
-            self.clone().serve_connection(stream, peer, sd.clone())
-        })
-        .await
-    }
-
-    async fn serve_connection(
+    /// Serves one client connection (see `proxy::serve`).
+    pub(super) async fn serve_connection(
         self: Arc<Self>,
         client: TcpStream,
         peer: SocketAddr,

@@ -247,10 +247,8 @@ impl Membership {
         );
         let mut pools = Vec::with_capacity(self.pools.len());
         for name in order {
-            let members = self
-                .pools
-                .get_mut(&name)
-                .expect("configured pools are kept");
+            // A pool configured by a reload may have no row yet.
+            let members = self.pools.entry(name.clone()).or_default();
             let previous = current.pools.iter().find(|p| p.name == name);
             let pool = match previous {
                 Some(p) if !members.dirty => p.clone(),

@@ -16,7 +16,7 @@ pub mod tally;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -185,8 +185,10 @@ pub struct Fingerprint {
 pub struct Ring {
     current: ArcSwap<Snapshot>,
     /// Pool names whose index in every snapshot is fixed, so the hot path indexes a Vec
-    /// instead of hashing a string.
-    configured: Vec<Arc<str>>,
+    /// instead of hashing a string. Only ever appended to (a reload that serves a new pool
+    /// adds it), so an index once handed out stays right for as long as the ring lives. The
+    /// lock also serialises publishes with that append; the hot path never takes it.
+    configured: Mutex<Vec<Arc<str>>>,
     /// Tells waiters (tests, startup) that a new generation was published.
     published: watch::Sender<u64>,
 }
@@ -209,18 +211,32 @@ impl Ring {
                 generation: 0,
                 pools,
             }),
-            configured: names,
+            configured: Mutex::new(names),
             published: watch::channel(0).0,
         })
     }
 
     /// The fixed index of a configured pool in every snapshot.
     pub fn pool_index(&self, name: &str) -> Option<usize> {
-        self.configured.iter().position(|n| &**n == name)
+        self.configured().iter().position(|n| &**n == name)
     }
 
-    pub fn configured_pools(&self) -> &[Arc<str>] {
-        &self.configured
+    pub fn configured_pools(&self) -> Vec<Arc<str>> {
+        self.configured().clone()
+    }
+
+    /// Gives pool `name` a fixed index, if it has none yet, and publishes a snapshot that
+    /// has it there (with the workers the table already gave it, if any). A reload calls it
+    /// before building a listener for a pool the ring did not serve.
+    pub fn configure(&self, name: &str) -> usize {
+        let mut configured = self.configured();
+        if let Some(index) = configured.iter().position(|n| &**n == name) {
+            return index;
+        }
+        configured.push(name.into());
+        let pools = self.current.load().pools.clone();
+        self.store(&configured, pools);
+        configured.len() - 1
     }
 
     /// The current snapshot: one atomic load, no lock. Do not hold it across an await.
@@ -234,15 +250,32 @@ impl Ring {
         self.current.load_full()
     }
 
-    /// Publishes `pools` as the next generation. Only the database subscriber calls this.
+    /// Publishes `pools` as the next generation. Only the database subscriber calls this
+    /// (and [`Ring::configure`]).
     pub fn publish(&self, pools: Vec<Arc<Pool>>) -> u64 {
-        debug_assert!(
-            self.configured
-                .iter()
-                .enumerate()
-                .all(|(i, n)| pools.get(i).is_some_and(|p| p.name == *n)),
-            "configured pools must keep their indices"
-        );
+        let configured = self.configured();
+        self.store(&configured, pools)
+    }
+
+    /// Stores `pools` with the configured ones at their indices. The subscriber lists them
+    /// there already, unless a pool was configured while it built the snapshot: that pool
+    /// then comes after the others, or not at all if it has no workers yet.
+    fn store(&self, configured: &[Arc<str>], mut pools: Vec<Arc<Pool>>) -> u64 {
+        let in_place = configured
+            .iter()
+            .enumerate()
+            .all(|(i, n)| pools.get(i).is_some_and(|p| p.name == *n));
+        if !in_place {
+            let mut others = std::mem::take(&mut pools);
+            for name in configured {
+                let pool = match others.iter().position(|p| p.name == *name) {
+                    Some(i) => others.remove(i),
+                    None => Arc::new(Pool::empty(name.clone())),
+                };
+                pools.push(pool);
+            }
+            pools.append(&mut others);
+        }
         let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Snapshot { generation, pools }));
         self.published.send_replace(generation);
@@ -252,5 +285,48 @@ impl Ring {
     /// Receives the generation number after each publish.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.published.subscribe()
+    }
+
+    /// A poisoned lock only means a publisher panicked; the names are still good.
+    fn configured(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
+        self.configured.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(ring: &Ring) -> Vec<String> {
+        ring.load()
+            .pools
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_pool_configured_later_gets_the_next_index_and_keeps_its_workers() {
+        let ring = Ring::new(&["web".to_string()]);
+        let worker = Arc::new(Worker {
+            state: Arc::new(WorkerState::default()),
+            id: 7,
+            version: 1,
+            weight: 1,
+            pool: "api".into(),
+            address: Address::new("127.0.0.1:9"),
+        });
+        let api = Arc::new(Pool::new("api".into(), 1, vec![worker]));
+        ring.publish(vec![Arc::new(Pool::empty("web".into())), api]);
+
+        assert_eq!(ring.configure("api"), 1);
+        assert_eq!(ring.configure("web"), 0, "known pools keep their index");
+        assert_eq!(ring.configure("new"), 2);
+        assert_eq!(names(&ring), ["web", "api", "new"]);
+        assert_eq!(ring.load().pool(1).workers[0].id, 7);
+
+        // A snapshot built before "new" was configured (the subscriber's race) is put right.
+        ring.publish(vec![Arc::new(Pool::empty("web".into()))]);
+        assert_eq!(names(&ring), ["web", "api", "new"]);
     }
 }

@@ -307,6 +307,7 @@ pub fn config(db: &TestDb, protocol: Protocol, algorithm: AlgorithmKind) -> Conf
         }),
         pools: Default::default(),
         status: Default::default(),
+        log: Default::default(),
     }
 }
 

@@ -1,0 +1,264 @@
+//! The listeners being served: each `[[listeners]]` entry's bound socket, the proxy its new
+//! connections get, and its own shutdown. `start` fills it; a reload adds, replaces and
+//! removes entries.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use miette::Diagnostic;
+use tokio::net::TcpListener;
+
+use crate::access_log::{AccessLog, AccessLogError};
+use crate::balance::{self, Balancer};
+use crate::config::{Config, ListenerConfig, Protocol};
+use crate::db::SyncStatus;
+use crate::metrics::Metrics;
+use crate::proxy::report::Reports;
+use crate::proxy::tcp::TcpProxy;
+use crate::proxy::{self, ClientLimits, HttpProxy, Proxy};
+use crate::ring::Ring;
+use crate::shutdown::Shutdown;
+
+/// An address that could not be bound.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("cannot listen on {address}: {source}")]
+#[diagnostic(
+    code(listeners::bind),
+    help("another process may hold this address; change `bind` in config.toml")
+)]
+pub struct BindError {
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// A socket bound for a listener, not served yet.
+pub struct Bound {
+    listener: TcpListener,
+    /// Where it is bound (the port the OS chose, for port 0).
+    pub address: SocketAddr,
+}
+
+/// Binds `address` (as configured) for a listener or the admin endpoint.
+pub async fn bind(address: SocketAddr) -> Result<Bound, BindError> {
+    let error = |source| BindError { address, source };
+    let listener = TcpListener::bind(address).await.map_err(error)?;
+    let address = listener.local_addr().map_err(error)?;
+    Ok(Bound { listener, address })
+}
+
+impl Bound {
+    pub fn into_listener(self) -> TcpListener {
+        self.listener
+    }
+}
+
+/// Every served listener, in config order, and what building their proxies takes.
+pub struct Listeners {
+    ring: Arc<Ring>,
+    sync: Arc<SyncStatus>,
+    metrics: Arc<Metrics>,
+    /// The process's shutdown: each listener's is a child of it.
+    shutdown: Shutdown,
+    served: Vec<Served>,
+}
+
+/// One listener being served.
+pub struct Served {
+    /// The entry as configured (a reload matches entries by `bind`, see [`Served::is`]).
+    pub config: ListenerConfig,
+    /// Where it is bound (the port the OS chose, for port 0).
+    pub address: SocketAddr,
+    /// The proxy each new connection gets: a reload swaps it.
+    proxy: Arc<ArcSwap<Proxy>>,
+    /// Its access log, if it has one (also held by its proxies' reports).
+    log: Option<AccessLog>,
+    /// This listener's own drain and cut, so a reload can remove it alone.
+    shutdown: Shutdown,
+}
+
+impl Served {
+    /// Whether `bind` names this listener: as configured, or as bound (so a listener
+    /// configured on port 0 can be named by the port it got).
+    pub fn is(&self, bind: SocketAddr) -> bool {
+        self.config.bind == bind || self.address == bind
+    }
+}
+
+impl Listeners {
+    pub fn new(
+        ring: Arc<Ring>,
+        sync: Arc<SyncStatus>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> Listeners {
+        Listeners {
+            ring,
+            sync,
+            metrics,
+            shutdown,
+            served: Vec::new(),
+        }
+    }
+
+    pub fn served(&self) -> &[Served] {
+        &self.served
+    }
+
+    /// The bound addresses, in config order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.served.iter().map(|s| s.address).collect()
+    }
+
+    /// Takes every served listener out, for a reload to put each back ([`Listeners::keep`],
+    /// in the new config's order) or retire it ([`Listeners::retire`]).
+    pub fn take(&mut self) -> Vec<Served> {
+        std::mem::take(&mut self.served)
+    }
+
+    /// Starts serving `bound` (bound from `entry`) at the end of the list, with the pool
+    /// settings of `config`. The entry's pool must be configured in the ring.
+    pub fn serve(
+        &mut self,
+        entry: ListenerConfig,
+        bound: Bound,
+        config: &Config,
+        log: Option<AccessLog>,
+    ) -> SocketAddr {
+        let Bound { listener, address } = bound;
+        let proxy = self.build(&entry, address, config, log.clone());
+        let proxy = Arc::new(ArcSwap::from_pointee(proxy));
+        let shutdown = self.shutdown.child();
+        let own = shutdown.clone();
+        let current = proxy.clone();
+        let max_connections = entry.max_connections;
+        // Tracked by the process's shutdown: it waits for this listener's connections too.
+        self.shutdown.tracker.spawn(async move {
+            proxy::serve(current, listener, own.clone(), max_connections).await;
+            own.tracker.close();
+            own.tracker.wait().await;
+        });
+        tracing::info!(%address, protocol = entry.protocol.name(), pool = %entry.pool,
+            algorithm = entry.algorithm.name(), "listening");
+        self.served.push(Served {
+            config: entry,
+            address,
+            proxy,
+            log,
+            shutdown,
+        });
+        address
+    }
+
+    /// The access log `entry` asks for on the listener bound at `address`: the one
+    /// `previous` (the same listener before a reload) already writes, when its target and
+    /// format are unchanged, else one opened afresh. Opening is what can fail, so a reload
+    /// opens every log before it changes anything.
+    pub fn open_log(
+        &self,
+        entry: &ListenerConfig,
+        address: SocketAddr,
+        previous: Option<&Served>,
+    ) -> Result<Option<AccessLog>, AccessLogError> {
+        if let Some(p) = previous
+            && p.config.access_log == entry.access_log
+            && p.config.access_log_format == entry.access_log_format
+        {
+            return Ok(p.log.clone());
+        }
+        let dropped = self.metrics.access_log_dropped.clone();
+        let name = address.to_string();
+        AccessLog::open(&name, &entry.access_log, entry.access_log_format, dropped)
+    }
+
+    /// Reopens every access-log file (log rotation).
+    pub fn reopen_logs(&self) {
+        for log in self.served.iter().filter_map(|s| s.log.as_ref()) {
+            log.reopen();
+        }
+    }
+
+    /// Puts `served` back at the end of the list with a proxy built from `entry` and
+    /// `config`: connections accepted from now on get it, open ones keep theirs. Returns
+    /// the id of the listener metrics it stops using, if its pool or protocol changed.
+    pub fn keep(
+        &mut self,
+        mut served: Served,
+        entry: ListenerConfig,
+        config: &Config,
+        log: Option<AccessLog>,
+    ) -> Option<u32> {
+        let old = served.proxy.load().reports().metrics.id;
+        let proxy = self.build(&entry, served.address, config, log.clone());
+        served.log = log;
+        let new = proxy.reports().metrics.id;
+        served.proxy.store(Arc::new(proxy));
+        served.config = entry;
+        self.served.push(served);
+        (old != new).then_some(old)
+    }
+
+    /// Stops accepting on `served` at once (its port is closed), and lets its open
+    /// connections finish as on shutdown: up to `grace`, then they are cut. Returns the id
+    /// of the listener metrics it used.
+    pub fn retire(&self, served: Served, grace: Duration) -> u32 {
+        let metrics = served.proxy.load().reports().metrics.id;
+        tracing::info!(address = %served.address, grace_ms = grace.as_millis() as u64,
+            "listener removed: draining its connections");
+        self.shutdown.tracker.spawn(async move {
+            if !served.shutdown.run(grace).await {
+                tracing::warn!(address = %served.address,
+                    "removed listener's drain deadline passed; its remaining connections were cut");
+            }
+        });
+        metrics
+    }
+
+    /// Drops the series of listener metrics `ids` from `/metrics`, except those a served
+    /// listener still counts in.
+    pub fn forget_unused(&self, ids: &[u32]) {
+        for &id in ids {
+            let used = self
+                .served
+                .iter()
+                .any(|s| s.proxy.load().reports().metrics.id == id);
+            if !used {
+                self.metrics.forget_listener(id);
+            }
+        }
+    }
+
+    /// The proxy of one listener, from its entry and its pool's settings: everything a
+    /// reload changes in how a listener serves comes in here, at startup and at each reload.
+    fn build(
+        &self,
+        entry: &ListenerConfig,
+        address: SocketAddr,
+        config: &Config,
+        log: Option<AccessLog>,
+    ) -> Proxy {
+        let http = entry.protocol == Protocol::Http;
+        let name = address.to_string();
+        let reports = Reports::new(self.metrics.listener(&name, &entry.pool, http), log);
+        let balancer = Balancer::new(
+            self.ring.clone(),
+            &entry.pool,
+            balance::build(entry.algorithm),
+            config.pool(&entry.pool),
+        );
+        match entry.protocol {
+            Protocol::Http => Proxy::Http(Arc::new(HttpProxy::new(
+                balancer,
+                ClientLimits::of(entry),
+                self.sync.clone(),
+                reports,
+            ))),
+            Protocol::Tcp => Proxy::Tcp(Arc::new(TcpProxy::new(
+                balancer,
+                entry.idle_timeout,
+                reports,
+            ))),
+        }
+    }
+}
