@@ -202,3 +202,23 @@ async fn combined_lines_and_a_rotated_file_is_reopened() {
     assert!(old.contains("GET /one"));
     lb.stop(WAIT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_a_listeners_access_log_on_for_new_connections() {
+    let db = TestDb::new().await;
+    let a = Backend::start("a").await;
+    let path = temp_log("reload");
+    let mut cfg = config(&db, Protocol::Http, AlgorithmKind::RoundRobin);
+    let mut lb = load_balancer::start(&cfg).await.unwrap();
+    let proxy = lb.listeners[0];
+    add(&db, &lb, &[&a]).await;
+    assert_eq!(get(&client(), proxy, "/before").await.0, 200);
+
+    cfg.listeners[0].bind = proxy;
+    cfg.listeners[0].access_log = AccessLogTarget::File(path.clone());
+    lb.reload(cfg, WAIT).await.expect("the reload applies");
+    assert_eq!(get(&client(), proxy, "/after").await.0, 200);
+    let logged = lines(&path, 1).await;
+    assert!(logged[0].contains("\"path\":\"/after\""), "{logged:?}");
+    lb.stop(WAIT).await;
+}

@@ -521,3 +521,77 @@ async fn migrate_creates_the_schema_and_exits() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+/// Log rotation the way logrotate does it: the access log is renamed, SIGHUP sent, and the
+/// next line goes to a new file at the configured path — even when the configuration file
+/// was broken in the meantime (the reload is refused, the reopen is not).
+#[tokio::test]
+async fn sighup_reopens_a_rotated_access_log_even_when_the_new_config_is_refused() {
+    use tokio::io::AsyncBufReadExt;
+
+    let db = TestDb::new().await;
+    let backend = common::Backend::start("a").await;
+    let logs = tempdir::Dir::new();
+    let access = logs.0.join("access.log");
+    let with_log = GOOD.replace(
+        "algorithm = \"weighted\"\n",
+        &format!(
+            "algorithm = \"weighted\"\naccess_log = \"{}\"\n",
+            access.display()
+        ),
+    );
+    let (_dir, path) = write_config(&with_log);
+    let mut child = spawn_logging(&path, Some(&db.url), None);
+    let mut log: Log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let proxy = address_in(&next_line(&mut log, &mut seen, "protocol=\"http\"").await);
+    db.exec(&format!(
+        "INSERT INTO workers(worker_address) VALUES ('{}')",
+        backend.addr
+    ))
+    .await;
+    next_line(&mut log, &mut seen, "ring change applied").await;
+    let lines_in = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(common::get(&common::client(), proxy, "/first").await.0, 200);
+    common::eventually_within("the first line written", common::WAIT, async || {
+        lines_in(&access).len() == 1
+    })
+    .await;
+
+    let rotated = logs.0.join("access.log.1");
+    std::fs::rename(&access, &rotated).unwrap();
+    std::fs::write(&path, with_log.replace("\"weighted\"", "\"fastest\"")).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    next_line(&mut log, &mut seen, "configuration not reloaded").await;
+    assert_eq!(
+        common::get(&common::client(), proxy, "/second").await.0,
+        200
+    );
+    common::eventually_within("the second line in a new file", common::WAIT, async || {
+        lines_in(&access).len() == 1
+    })
+    .await;
+    assert!(
+        lines_in(&access)[0].contains("\"/second\""),
+        "{:?}",
+        lines_in(&access)
+    );
+    let old = lines_in(&rotated);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert!(old[0].contains("\"/first\""), "{old:?}");
+    drop(log);
+    stop(child).await;
+}
