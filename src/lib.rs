@@ -19,6 +19,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod db;
+mod io_variants;
 pub mod listeners;
 pub mod metrics;
 pub mod pool_tasks;

@@ -15,11 +15,13 @@ use crate::balance::{self, Balancer};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::db::SyncStatus;
 use crate::metrics::Metrics;
+use crate::proxy::edge::Edge;
 use crate::proxy::report::Reports;
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{self, ClientLimits, HttpProxy, Proxy};
 use crate::ring::Ring;
 use crate::shutdown::Shutdown;
+use crate::upstream::Connector;
 
 /// An address that could not be bound.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -241,6 +243,7 @@ impl Listeners {
         let http = entry.protocol == Protocol::Http;
         let name = address.to_string();
         let reports = Reports::new(self.metrics.listener(&name, &entry.pool, http), log);
+        let connector = Connector::new(&config.pool(&entry.pool));
         let balancer = Balancer::new(
             self.ring.clone(),
             &entry.pool,
@@ -250,12 +253,16 @@ impl Listeners {
         match entry.protocol {
             Protocol::Http => Proxy::Http(Arc::new(HttpProxy::new(
                 balancer,
+                connector,
+                Edge::plain(),
                 ClientLimits::of(entry),
                 self.sync.clone(),
                 reports,
             ))),
             Protocol::Tcp => Proxy::Tcp(Arc::new(TcpProxy::new(
                 balancer,
+                connector,
+                Edge::plain(),
                 entry.idle_timeout,
                 reports,
             ))),

@@ -8,12 +8,14 @@
 //! each connection. [`serve`] accepts a listener's clients and hands each to the listener's
 //! current [`Proxy`], which a reload replaces.
 
+pub mod edge;
 pub mod forward;
 pub mod http;
 pub mod http1;
 pub mod http2;
 pub mod report;
 pub mod stamped;
+pub mod stream;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use crate::balance::Balancer;
 use crate::config::ListenerConfig;
 use crate::db::SyncStatus;
 use crate::shutdown::Shutdown;
+use crate::upstream::Connector;
+use edge::Edge;
 use report::Reports;
 use tcp::TcpProxy;
 
@@ -43,6 +47,14 @@ impl Proxy {
         match self {
             Proxy::Http(p) => &p.reports,
             Proxy::Tcp(p) => &p.reports,
+        }
+    }
+
+    /// What a new connection goes through before the transport sees it.
+    pub fn edge(&self) -> &Edge {
+        match self {
+            Proxy::Http(p) => &p.edge,
+            Proxy::Tcp(p) => &p.edge,
         }
     }
 }
@@ -64,6 +76,9 @@ pub async fn serve(
         let proxy = Proxy::clone(&current.load());
         let shutdown = sd.clone();
         async move {
+            let Some((stream, peer)) = proxy.edge().open(stream, peer).await else {
+                return;
+            };
             match proxy {
                 Proxy::Http(p) => p.serve_connection(stream, peer, shutdown).await,
                 // Boxed: an HTTP connection's task must not grow to a TCP session's size.
@@ -78,6 +93,10 @@ pub async fn serve(
 /// serve its clients (`http` accepts them and hands each to the transport it speaks).
 pub struct HttpProxy {
     pub balancer: Balancer,
+    /// How connections to the pool's workers are made.
+    pub connector: Connector,
+    /// What a client connection goes through first (PROXY header, TLS).
+    pub edge: Edge,
     pub limits: ClientLimits,
     /// The database subscriber's state, for what a 503 says before the ring is loaded.
     pub sync: Arc<SyncStatus>,
@@ -88,12 +107,16 @@ pub struct HttpProxy {
 impl HttpProxy {
     pub fn new(
         balancer: Balancer,
+        connector: Connector,
+        edge: Edge,
         limits: ClientLimits,
         sync: Arc<SyncStatus>,
         reports: Reports,
     ) -> HttpProxy {
         HttpProxy {
             balancer,
+            connector,
+            edge,
             limits,
             sync,
             reports,

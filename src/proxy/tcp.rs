@@ -11,21 +11,25 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
+use super::edge::Edge;
 use super::report::{Report, Reports};
 use super::stamped::{Stamped, quiet_for};
+use super::stream::ClientStream;
 use crate::access_log::Ended;
 
 use crate::balance::{Balancer, Outcome, Pick};
 use crate::ring::InFlight;
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
-use crate::upstream::dial;
+use crate::upstream::{Connector, UpstreamStream};
 
 /// One `[[listeners]]` entry with `protocol = "tcp"`.
 pub struct TcpProxy {
     balancer: Balancer,
+    /// How connections to the pool's workers are made.
+    connector: Connector,
+    /// What a client connection goes through first (PROXY header, TLS).
+    pub edge: Edge,
     pub reports: Reports,
     /// A session with no byte either way for this long is closed: peers that both went
     /// silent (or vanished without a FIN) would otherwise hold it, and count as in use, for
@@ -34,9 +38,17 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    pub fn new(balancer: Balancer, idle_timeout: Duration, reports: Reports) -> TcpProxy {
+    pub fn new(
+        balancer: Balancer,
+        connector: Connector,
+        edge: Edge,
+        idle_timeout: Duration,
+        reports: Reports,
+    ) -> TcpProxy {
         TcpProxy {
             balancer,
+            connector,
+            edge,
             reports,
             idle_timeout,
         }
@@ -45,14 +57,14 @@ impl TcpProxy {
     /// Serves one client connection (see `proxy::serve`).
     pub(super) async fn serve_connection(
         self: Arc<Self>,
-        client: TcpStream,
+        client: ClientStream,
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
         let metrics = &self.reports.metrics;
         let _open = metrics.connection();
         let mut report = self.reports.start(peer);
-        let Some((backend, in_flight)) = self.connect(&mut report).await else {
+        let Some((backend, in_flight)) = self.connect(&mut report, peer).await else {
             tracing::warn!(client = %peer, "no worker reachable; closing the client connection");
             report.ended(Ended::BackendFailed);
             self.reports.finish(&mut report);
@@ -94,7 +106,11 @@ impl TcpProxy {
     }
 
     /// A connection to a picked worker, trying others if it will not connect.
-    async fn connect(&self, report: &mut Report) -> Option<(TcpStream, InFlight)> {
+    async fn connect(
+        &self,
+        report: &mut Report,
+        client: SocketAddr,
+    ) -> Option<(UpstreamStream, InFlight)> {
         let settings = &self.balancer.settings;
         let mut tried = Vec::new();
         while tried.len() <= settings.retries as usize {
@@ -105,7 +121,7 @@ impl TcpProxy {
             report.tried(worker.clone());
             let in_flight = InFlight::new(worker.clone());
             let dialled = std::time::Instant::now();
-            match dial(&worker.address, settings.connect_timeout).await {
+            match self.connector.open(&worker, client).await {
                 Ok(stream) => {
                     report.detail(|d| d.connect = Some(dialled.elapsed()));
                     self.balancer.record(&worker, Outcome::OK);

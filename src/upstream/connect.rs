@@ -1,13 +1,17 @@
-//! Dialing a worker: a TCP connection for the HTTP transports (both speak HTTP/1.1 to
-//! workers) and the TCP proxy. An HTTP connection is cut once its worker has been drained
-//! for the pool's `drain_timeout`.
+//! Dialing a worker: a connection for the HTTP transports (both speak HTTP/1.1 to workers)
+//! and the TCP proxy, made the way the worker's pool says ([`Connector`]). An HTTP
+//! connection is cut once its worker has been drained for the pool's `drain_timeout`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::stream::UpstreamStream;
+use crate::config::PoolConfig;
 use crate::ring::{Address, Worker};
 
 /// Why a backend connection could not be made.
@@ -38,24 +42,55 @@ pub async fn dial(address: &Address, timeout: Duration) -> Result<TcpStream, Con
     }
 }
 
-/// A backend connection the HTTP/1 path drives itself. Dropping it closes it.
+/// How one pool's connections to its workers are made, from `[pools.NAME]`: built when a
+/// listener's proxy is built (at startup and on each reload), used for every new
+/// connection, so nothing about it is worked out per connection.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+impl Connector {
+    pub fn new(settings: &PoolConfig) -> Connector {
+        Connector {
+            connect_timeout: settings.connect_timeout,
+            drain_timeout: settings.drain_timeout,
+        }
+    }
+
+    /// A new connection to `worker`, ready for its first byte. `client` is the address of
+    /// the client it is for.
+    pub async fn open(
+        &self,
+        worker: &Worker,
+        _client: SocketAddr,
+    ) -> Result<UpstreamStream, ConnectError> {
+        let tcp = dial(&worker.address, self.connect_timeout).await?;
+        Ok(UpstreamStream::Plain(tcp))
+    }
+}
+
+/// A backend connection the HTTP transports drive themselves. Dropping it closes it.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     /// Dropped with the connection: tells its drain watcher to stop.
     _closed: oneshot::Sender<()>,
 }
 
-/// Dials a new connection to `worker` for the HTTP/1 path. It is shut down (and whatever
-/// request it carries fails) once the worker has been drained for `drain_timeout`.
+/// Opens a new connection to `worker` for the HTTP transports, for `client`. It is shut
+/// down (and whatever request it carries fails) once the worker has been drained for the
+/// pool's `drain_timeout`.
 pub async fn connect_upstream(
     worker: &Worker,
-    timeout: Duration,
-    drain_timeout: Duration,
+    connector: &Connector,
+    client: SocketAddr,
 ) -> Result<Upstream, ConnectError> {
-    let stream = dial(&worker.address, timeout).await?;
+    let stream = connector.open(worker, client).await?;
+    let drain_timeout = connector.drain_timeout;
     // A second handle on the socket, for the watcher to shut it down under whoever is
     // using it; costs one dup per connection, nothing per request.
-    let handle = socket2::SockRef::from(&stream)
+    let handle = socket2::SockRef::from(stream.tcp())
         .try_clone()
         .map_err(|e| ConnectError::Io(worker.address.text.clone(), e))?;
     let (closed, mut dropped) = oneshot::channel::<()>();

@@ -29,12 +29,10 @@ trait Reusable {
 }
 
 impl Reusable for Upstream {
-    /// Without a system call in the usual case: tokio knows the socket is not readable
-    /// until epoll says otherwise, and an idle connection becomes readable only when the
-    /// backend closes it (or, wrongly, sends something unasked).
+    /// An idle connection becomes readable only when the backend closes it (or, wrongly,
+    /// sends something unasked).
     fn is_closed(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.is_closed()
     }
 }
 
@@ -221,8 +219,9 @@ mod tests {
     }
 
     async fn connection(worker: &Worker) -> Upstream {
-        let d = Duration::from_secs(5);
-        connect_upstream(worker, d, d).await.unwrap()
+        let connector = super::super::Connector::new(&crate::config::PoolConfig::default());
+        let client = "127.0.0.1:1".parse().unwrap();
+        connect_upstream(worker, &connector, client).await.unwrap()
     }
 
     #[tokio::test]

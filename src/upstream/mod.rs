@@ -10,6 +10,8 @@
 pub mod connect;
 pub mod idle;
 pub mod probe;
+pub mod stream;
 
-pub use connect::{ConnectError, Upstream, connect_upstream, dial};
+pub use connect::{ConnectError, Connector, Upstream, connect_upstream, dial};
 pub use idle::IdleConns;
+pub use stream::UpstreamStream;

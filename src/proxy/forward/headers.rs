@@ -123,6 +123,8 @@ pub fn upgrade_allowed(protocols: &[u8]) -> bool {
 /// The client's address, formatted once per connection for the forwarding fields.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// As the connection (or its PROXY header) gave it.
+    pub address: SocketAddr,
     /// `X-Forwarded-For` form: `10.1.2.3` or `::1`.
     pub xff: String,
     /// `Forwarded` form: `for=10.1.2.3` or `for="[::1]"` (RFC 7239 §6).
@@ -137,6 +139,7 @@ impl Client {
             IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
         };
         Client {
+            address: peer,
             xff: ip.to_string(),
             forwarded,
         }

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::body::{BodyLeft, reserved};
@@ -37,11 +36,12 @@ use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
 use crate::proxy::report::{self, Report, Reports};
 use crate::proxy::stamped::Stamped;
+use crate::proxy::stream::ClientStream;
 use crate::proxy::{ClientLimits, HttpProxy};
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
-use crate::upstream::{ConnectError, IdleConns, Upstream, connect_upstream};
+use crate::upstream::{ConnectError, Connector, IdleConns, Upstream, connect_upstream};
 
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
@@ -60,7 +60,7 @@ pub enum Ended {
     /// Closed (cleanly or not: the reason was logged).
     Closed,
     /// The client opened with the HTTP/2 preface: serve it with hyper, these bytes first.
-    Http2(TcpStream, BytesMut),
+    Http2(ClientStream, BytesMut),
 }
 
 /// Why a connection is given up.
@@ -108,6 +108,7 @@ impl BackendError {
 /// One client connection.
 struct Session<'a> {
     balancer: &'a Balancer,
+    connector: &'a Connector,
     /// The database subscriber's state, for a 503 before the ring was ever loaded.
     sync: &'a SyncStatus,
     limits: &'a ClientLimits,
@@ -115,7 +116,8 @@ struct Session<'a> {
     reports: &'a Reports,
     /// The request being served.
     report: Report,
-    client: TcpStream,
+    client: ClientStream,
+    /// The client's address (from a PROXY header, when the listener takes them).
     peer: Client,
     /// Bytes from the client not yet forwarded.
     inbuf: BytesMut,
@@ -134,12 +136,13 @@ struct Session<'a> {
 pub async fn serve(
     proxy: &HttpProxy,
     shutdown: &Shutdown,
-    client: TcpStream,
+    client: ClientStream,
     peer: std::net::SocketAddr,
 ) -> Ended {
     let limits = &proxy.limits;
     let mut session = Session {
         balancer: &proxy.balancer,
+        connector: &proxy.connector,
         sync: &proxy.sync,
         limits,
         shutdown,
@@ -449,7 +452,7 @@ impl Session<'_> {
             return Ok((up, true));
         }
         let dialled = self.reports.detailed().then(std::time::Instant::now);
-        let up = connect_upstream(worker, settings.connect_timeout, settings.drain_timeout).await?;
+        let up = connect_upstream(worker, self.connector, self.peer.address).await?;
         if let Some(t) = dialled {
             self.report.detail(|d| d.connect = Some(t.elapsed()));
         }

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full};
@@ -39,6 +38,7 @@ use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
+use super::stream::ClientStream;
 use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::ring::state::now_ms;
@@ -219,6 +219,7 @@ async fn handle(
         // A body streams through once: only a request without one can be sent again.
         replayable: body.is_none() && retry::idempotent(parts.method.as_str().as_bytes()),
         first,
+        client: client.address,
         uploaded: proxy.reports.detailed().then(Default::default),
         connect: None,
     };
@@ -232,7 +233,8 @@ async fn handle(
             Err(none) => return own(report, &Canned::no_worker(none, balancer, &proxy.sync)),
         };
         report.tried(worker.clone());
-        let exchanged = worker::exchange(&worker, settings, &mut out, &mut body).await;
+        let exchanged =
+            worker::exchange(&worker, &proxy.connector, settings, &mut out, &mut body).await;
         report.detail(|d| d.connect = out.connect);
         let (failure, outcome, error) = match exchanged {
             Ok(response) => {
@@ -419,13 +421,13 @@ fn expects_body(method: &Method) -> bool {
 /// A client connection whose first bytes were already read: they are read again first.
 pub struct Rewind {
     read: BytesMut,
-    stream: TcpStream,
+    stream: ClientStream,
     /// Stamped on every read and write: the connection's idle timeout counts from it.
     activity: Arc<Activity>,
 }
 
 impl Rewind {
-    pub fn new(read: BytesMut, stream: TcpStream) -> Rewind {
+    pub fn new(read: BytesMut, stream: ClientStream) -> Rewind {
         let activity = Activity::default();
         activity.last_ms.store(now_ms(), Ordering::Relaxed);
         Rewind {

@@ -35,7 +35,7 @@ use crate::proxy::http1::head::Framing;
 use crate::proxy::http1::response::response_for_h2;
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
-use crate::upstream::{IdleConns, Upstream, connect_upstream};
+use crate::upstream::{Connector, IdleConns, Upstream, connect_upstream};
 
 /// Bytes read from a worker at a time; the response head must fit in `MAX_HEAD`.
 const READ: usize = 16 * 1024;
@@ -57,6 +57,8 @@ pub struct Outbound {
     pub uploaded: Option<Arc<AtomicU64>>,
     /// How long dialling the last worker took (`None`: a reused connection).
     pub connect: Option<Duration>,
+    /// The client's address, for what new connections to workers carry of it.
+    pub client: std::net::SocketAddr,
 }
 
 /// Why one worker did not give a response head.
@@ -98,6 +100,7 @@ enum Piece {
 /// head, with its body streaming behind it.
 pub async fn exchange(
     worker: &Arc<Worker>,
+    connector: &Connector,
     settings: &PoolConfig,
     out: &mut Outbound,
     body: &mut Option<Incoming>,
@@ -114,8 +117,7 @@ pub async fn exchange(
             }
             None => {
                 let dialled = std::time::Instant::now();
-                let connected =
-                    connect_upstream(worker, settings.connect_timeout, settings.drain_timeout);
+                let connected = connect_upstream(worker, connector, out.client);
                 match connected.await {
                     Ok(up) => {
                         out.connect = Some(dialled.elapsed());
