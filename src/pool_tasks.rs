@@ -87,12 +87,13 @@ impl PoolTasks {
             .ring
             .pool_index(name)
             .expect("served pools are configured in the ring");
+        let tls = upstream::tls::for_pool_tasks(name, settings);
         if let Some(check) = &settings.health_check {
             tokio::spawn(balance::health::run(
                 self.ring.clone(),
                 name.to_string(),
                 check.clone(),
-                Arc::new(upstream::probe::NetworkProbe),
+                Arc::new(upstream::probe::NetworkProbe { tls }),
                 stop.clone(),
             ));
         }

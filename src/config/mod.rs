@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod access_log;
+mod backend_tls;
 mod duration;
 mod pool;
 mod raw;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
+pub use backend_tls::{BackendTlsConfig, ClientIdentity, PemCertificates};
 pub use duration::parse_duration;
 use source::Source;
 
@@ -273,6 +275,8 @@ pub struct PoolConfig {
     pub retry_budget_percent: u32,
     pub health_check: Option<HealthCheckConfig>,
     pub ejection: EjectionConfig,
+    /// `[pools.NAME.tls]`: `None` for cleartext to the workers.
+    pub tls: Option<BackendTlsConfig>,
 }
 
 impl Default for PoolConfig {
@@ -288,6 +292,7 @@ impl Default for PoolConfig {
             retry_budget_percent: 20,
             health_check: None,
             ejection: EjectionConfig::default(),
+            tls: None,
         }
     }
 }

@@ -38,6 +38,10 @@ impl Source<'_> {
             None => EjectionConfig::default(),
             Some(e) => self.ejection(&key("ejection"), e)?,
         };
+        let tls = match &raw.tls {
+            None => None,
+            Some(t) => self.backend_tls(&key("tls"), t)?,
+        };
         Ok(PoolConfig {
             connect_timeout: self.duration(
                 &key("connect_timeout"),
@@ -73,6 +77,7 @@ impl Source<'_> {
             )?,
             health_check,
             ejection,
+            tls,
         })
     }
 

@@ -82,6 +82,7 @@ pub(super) struct RawPool {
     pub retry_budget_percent: Option<Spanned<u32>>,
     pub health_check: Option<RawHealthCheck>,
     pub ejection: Option<RawEjection>,
+    pub tls: Option<super::backend_tls::RawBackendTls>,
 }
 
 #[derive(Deserialize)]

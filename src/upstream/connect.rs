@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::stream::UpstreamStream;
+use super::tls::{self, UpstreamTls};
 use crate::config::PoolConfig;
 use crate::ring::{Address, Worker};
 
@@ -21,6 +22,20 @@ pub enum ConnectError {
     Timeout(Arc<str>),
     #[error("connect to {0}: {1}")]
     Io(Arc<str>, std::io::Error),
+    /// The worker's certificate was refused: not signed by the pool's CA, not for its name,
+    /// expired. Said as such, so an operator does not look for a network fault.
+    #[error("TLS to {0}: certificate verification failed: {1}")]
+    TlsVerify(Arc<str>, rustls::CertificateError),
+    /// Any other handshake failure: the worker refused us (e.g. our client certificate),
+    /// does not speak TLS, or closed.
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(Arc<str>, std::io::Error),
+    #[error(
+        "TLS to {0}: the worker asks for a client certificate and the pool has no `client_cert`"
+    )]
+    TlsClientCertificate(Arc<str>),
+    #[error("TLS to {0}: {1}")]
+    TlsSetup(Arc<str>, Arc<str>),
 }
 
 /// Opens a TCP connection to a backend, with `TCP_NODELAY` (small writes must leave at once).
@@ -49,6 +64,8 @@ pub async fn dial(address: &Address, timeout: Duration) -> Result<TcpStream, Con
 pub struct Connector {
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
+    /// `[pools.NAME.tls]`: `None` for cleartext.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 impl Connector {
@@ -56,6 +73,7 @@ impl Connector {
         Connector {
             connect_timeout: settings.connect_timeout,
             drain_timeout: settings.drain_timeout,
+            tls: UpstreamTls::of(settings),
         }
     }
 
@@ -66,8 +84,14 @@ impl Connector {
         worker: &Worker,
         _client: SocketAddr,
     ) -> Result<UpstreamStream, ConnectError> {
+        // One deadline for the dial and the TLS handshake: `connect_timeout` bounds the
+        // whole connect, whatever it takes.
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let tcp = dial(&worker.address, self.connect_timeout).await?;
-        Ok(UpstreamStream::Plain(tcp))
+        match &self.tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some(tls) => tls::connect_by(deadline, tls, tcp, &worker.address).await,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod connect;
 pub mod idle;
 pub mod probe;
 pub mod stream;
+pub mod tls;
 
 pub use connect::{ConnectError, Connector, Upstream, connect_upstream, dial};
 pub use idle::IdleConns;

@@ -1,5 +1,6 @@
 //! The health checks' probe of a worker: a TCP connect, or an HTTP request answered with the
-//! expected status.
+//! expected status; over TLS when the pool's workers speak it (the same settings as its
+//! traffic, so a worker whose certificate would be refused is not marked healthy).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +13,18 @@ use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
 
 use super::dial;
+use super::stream::UpstreamStream;
+use super::tls::{UpstreamTls, connect_by};
 use crate::balance::health::Probe;
 use crate::config::{HealthCheckConfig, HealthCheckKind};
 use crate::ring::Worker;
 
 /// Probes workers over the network.
-pub struct NetworkProbe;
+#[derive(Default)]
+pub struct NetworkProbe {
+    /// The pool's `[pools.NAME.tls]`: the handshake is part of the check.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
 
 impl Probe for NetworkProbe {
     fn probe(
@@ -25,13 +32,25 @@ impl Probe for NetworkProbe {
         worker: Arc<Worker>,
         check: Arc<HealthCheckConfig>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send>> {
-        Box::pin(async move { probe(&worker, &check).await })
+        let tls = self.tls.clone();
+        Box::pin(async move { probe(&worker, &check, tls.as_deref()).await })
     }
 }
 
-async fn probe(worker: &Worker, check: &HealthCheckConfig) -> bool {
-    let Ok(stream) = dial(&worker.address, check.timeout).await else {
+async fn probe(worker: &Worker, check: &HealthCheckConfig, tls: Option<&UpstreamTls>) -> bool {
+    let deadline = tokio::time::Instant::now() + check.timeout;
+    let Ok(tcp) = dial(&worker.address, check.timeout).await else {
         return false;
+    };
+    let stream = match tls {
+        None => UpstreamStream::Plain(tcp),
+        Some(tls) => match connect_by(deadline, tls, tcp, &worker.address).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(backend = %worker.address.text, error = %e, "health check: TLS failed");
+                return false;
+            }
+        },
     };
     let HealthCheckKind::Http {
         method,
