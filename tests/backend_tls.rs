@@ -272,6 +272,47 @@ async fn server_name_is_sent_as_sni() {
         (200, "a".to_string())
     );
     assert_eq!(*a.sni.lock().unwrap(), vec![Some("localhost".to_string())]);
+
+    // Without `server_name`: a worker written with a host name sends it, and is verified
+    // against it.
+    let db = TestDb::new().await;
+    let lb = start(&db, Protocol::Http, &tls_pool(&pki, "")).await;
+    common::change(
+        &db,
+        &lb,
+        &format!(
+            "INSERT INTO workers(worker_address) VALUES ('localhost:{}')",
+            a.addr.port()
+        ),
+    )
+    .await;
+    assert_eq!(
+        get(&client(), lb.listeners[0], "/").await,
+        (200, "a".to_string())
+    );
+    assert_eq!(a.sni.lock().unwrap()[1], Some("localhost".to_string()));
+}
+
+#[tokio::test]
+async fn verify_false_accepts_a_certificate_of_any_issuer() {
+    let pki = Pki::new();
+    let db = TestDb::new().await;
+    let other = TlsBackend::start("other", &pki, "other", None).await;
+    let lb = start(&db, Protocol::Http, "[pools.default.tls]\nverify = false\n").await;
+    common::change(
+        &db,
+        &lb,
+        &format!(
+            "INSERT INTO workers(worker_address) VALUES ('{}')",
+            other.addr
+        ),
+    )
+    .await;
+    assert_eq!(
+        get(&client(), lb.listeners[0], "/").await,
+        (200, "other".to_string())
+    );
+    assert_eq!(other.handshakes.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -297,6 +297,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_table_defaults_and_bad_server_name() {
+        let c = parse(&with_pool("[pools.default.tls]\n")).unwrap();
+        let tls = c.pool("default").tls.unwrap();
+        assert_eq!((tls.ca, tls.server_name, tls.verify), (None, None, true));
+        assert_eq!(tls.client, None);
+        let c = parse(&with_pool("[pools.default.tls]\nenabled = false\n")).unwrap();
+        assert_eq!(c.pool("default").tls, None);
+
+        let text = with_pool("[pools.default.tls]\nserver_name = \"api internal\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`pools.default.tls.server_name` must be a DNS name or an IP address, not \"api internal\""
+        );
+        assert_eq!(line_of(&text, &e), 19);
+        let text = with_pool("[pools.default.tls]\nclient_key = \"k.pem\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`pools.default.tls.client_key` needs `pools.default.tls.client_cert`"
+        );
+        assert_eq!(line_of(&text, &e), 19);
+    }
+
+    #[test]
     fn unknown_ejection_on_lists_both_values() {
         let text = with_pool("[pools.default.ejection]\non = \"500\"\n");
         let e = parse(&text).unwrap_err();
