@@ -30,10 +30,6 @@ pub enum ConnectError {
     /// does not speak TLS, or closed.
     #[error("TLS handshake with {0} failed: {1}")]
     Tls(Arc<str>, std::io::Error),
-    #[error(
-        "TLS to {0}: the worker asks for a client certificate and the pool has no `client_cert`"
-    )]
-    TlsClientCertificate(Arc<str>),
     #[error("TLS to {0}: {1}")]
     TlsSetup(Arc<str>, Arc<str>),
 }

@@ -93,10 +93,13 @@ impl UpstreamTls {
             .await;
         let stream = result.map_err(|e| classify(text, e))?;
         if asked {
-            // TLS 1.3 ends the client's handshake before the worker has judged the empty
-            // certificate it got: its refusal would only come with the first response, as a
-            // failed request instead of a failed connect (not retried, not counted as one).
-            return Err(ConnectError::TlsClientCertificate(text.clone()));
+            // A worker may ask for a certificate and take connections without one
+            // (`ssl_verify_client optional`), so this is no failure. One that requires it
+            // refuses with an alert, which under TLS 1.3 arrives only after the client's
+            // handshake has ended: with the first response, as a failed exchange (counted
+            // as a reset, its alert in the log line). This line says why, for debugging.
+            tracing::debug!(backend = %text,
+                "the worker asked for a client certificate; the pool has no client_cert");
         }
         Ok(stream)
     }
