@@ -17,6 +17,7 @@ mod duration;
 mod pool;
 mod raw;
 mod source;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -28,6 +29,10 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 
 pub use duration::parse_duration;
 use source::Source;
+pub use tls::{
+    CertificateError, CertificateFiles, LoadedCertificate, TlsConfig, TlsVersion,
+    provider as tls_provider,
+};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -143,6 +148,8 @@ pub struct ListenerConfig {
     pub access_log: AccessLogTarget,
     /// How each access-log line is written. `Combined` only on HTTP listeners (validated).
     pub access_log_format: AccessLogFormat,
+    /// `[listeners.tls]`: `None` serves cleartext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ListenerConfig {
@@ -159,6 +166,7 @@ impl ListenerConfig {
             idle_timeout: Duration::from_secs(60 * 60),
             access_log: AccessLogTarget::Off,
             access_log_format: AccessLogFormat::Json,
+            tls: None,
         }
     }
 }
