@@ -46,7 +46,12 @@ use crate::upstream::{ConnectError, Connector, IdleConns, Upstream, connect_upst
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
 /// connections with a request in flight do not hold 16 KiB each.
+
 const CLIENT_READ: usize = 2048;
+
+/// How long a clean close may wait to hand the TLS close_notify to a client that does not
+/// read: an alert is a few dozen bytes, so only a client with a full receive window waits.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 const BACKEND_READ: usize = 4096;
 const MAX_READ: usize = 64 * 1024;
 /// A lingering close reads at most this much, for at most this long.
@@ -169,7 +174,15 @@ pub async fn serve(
     };
     match result {
         Ok(true) => Ended::Http2(session.client, session.inbuf),
-        Ok(false) => Ended::Closed,
+        Ok(false) => {
+            // A TLS client is told the close is deliberate (close_notify): without it, a
+            // response delimited by the close looks truncated, and clients report an
+            // error. Plain TCP's FIN says as much when the socket is dropped.
+            if session.client.is_tls() {
+                let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, session.client.shutdown()).await;
+            }
+            Ended::Closed
+        }
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             Ended::Closed
