@@ -46,17 +46,15 @@ use crate::upstream::{ConnectError, Connector, IdleConns, Upstream, connect_upst
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
 /// connections with a request in flight do not hold 16 KiB each.
-
 const CLIENT_READ: usize = 2048;
-
-/// How long a clean close may wait to hand the TLS close_notify to a client that does not
-/// read: an alert is a few dozen bytes, so only a client with a full receive window waits.
-const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 const BACKEND_READ: usize = 4096;
 const MAX_READ: usize = 64 * 1024;
 /// A lingering close reads at most this much, for at most this long.
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a clean close may wait to hand the TLS close_notify to a client that does not
+/// read: an alert is a few dozen bytes, so only a client with a full receive window waits.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4): such a client goes to hyper.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
