@@ -643,6 +643,49 @@ async fn a_reload_whose_certificates_do_not_load_changes_nothing() {
     );
 }
 
+/// How a new connection from `connector` (which keeps its sessions) was set up, after a
+/// request on it (TLS 1.3 tickets arrive after the handshake).
+async fn handshake_kind(connector: &TlsConnector, proxy: SocketAddr) -> rustls::HandshakeKind {
+    let tls = connect(connector, proxy, "a.test").await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    assert_eq!(get(tls, "a.test", "/").await.0, 200);
+    kind
+}
+
+#[tokio::test]
+async fn sessions_resume_across_a_reload_that_keeps_the_tls_table() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", Kind::Ecdsa, &["a.test"]);
+    let mut p = start(Protocol::Http, vec![a.clone()]).await;
+    let client = verifying(&pki, &["http/1.1"]);
+    assert_eq!(
+        handshake_kind(&client, p.addr).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(
+        handshake_kind(&client, p.addr).await,
+        rustls::HandshakeKind::Resumed
+    );
+
+    // Same table (another setting changed): the listener's TLS state, tickets included, stays.
+    let mut next = config(&p._db, Protocol::Http, vec![a.clone()]);
+    next.listeners[0].bind = p.addr;
+    next.listeners[0].algorithm = AlgorithmKind::Random;
+    p.running.reload(next.clone(), WAIT).await.unwrap();
+    assert_eq!(
+        handshake_kind(&client, p.addr).await,
+        rustls::HandshakeKind::Resumed
+    );
+
+    // A changed table: built afresh, so the old tickets no longer decrypt.
+    next.listeners[0].tls.as_mut().unwrap().alpn = vec!["http/1.1".into()];
+    p.running.reload(next, WAIT).await.unwrap();
+    assert_eq!(
+        handshake_kind(&client, p.addr).await,
+        rustls::HandshakeKind::Full
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Bad input: each closes its own connection, and nothing else
 
