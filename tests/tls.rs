@@ -1161,3 +1161,71 @@ fn check_config_reports_a_key_mismatch() {
     );
     assert!(stderr.contains(s(&b.key)), "{stderr}");
 }
+
+/// The binary itself: SIGHUP re-reads the certificates (before it rereads the config).
+#[tokio::test]
+async fn sighup_to_the_process_rereads_certificates() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = Pki::new();
+    let a = pki.leaf("a", Kind::Ecdsa, &["a.test"]);
+    let db = TestDb::new().await;
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let path = pki.dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = \"{}\"\n\n[[listeners]]\nbind = \"{addr}\"\n[listeners.tls]\n\
+             certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            db.url,
+            s(&a.cert),
+            s(&a.key)
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut until = async |wanted: &str| {
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                seen.push(line.clone());
+                if line.contains(wanted) {
+                    return;
+                }
+            }
+            panic!("exited before logging {wanted:?}: {seen:#?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never logged {wanted:?}"));
+    };
+    until("listening").await;
+    let verified = verifying(&pki, &[]);
+    assert_eq!(served(&verified, addr, "a.test").await, leaf_der(&a.cert));
+
+    pki.sign(&a, Kind::Rsa, &["a.test"]);
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    until("certificate loaded").await;
+    until("configuration reloaded").await;
+    assert_eq!(served(&verified, addr, "a.test").await, leaf_der(&a.cert));
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let _ = tokio::time::timeout(WAIT, child.wait()).await;
+}

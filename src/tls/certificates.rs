@@ -114,7 +114,7 @@ impl Set {
 }
 
 impl Certificates {
-    /// Loads every entry; the first failure is the error.
+    /// Loads every entry; the first failure is the error. `files` must not be empty.
     pub fn load(
         files: &[CertificateFiles],
         provider: Arc<CryptoProvider>,

@@ -39,6 +39,10 @@ pub enum TlsError {
         help("fix the file (or `[listeners.tls] certificates`); nothing was changed")
     )]
     Certificate(#[from] CertificateError),
+    /// Validation refuses an empty list; a `TlsConfig` built in code may still hold one.
+    #[error("a TLS listener needs at least one certificate")]
+    #[diagnostic(code(tls::no_certificate))]
+    NoCertificate,
     #[error("cannot build the TLS configuration: {0}")]
     #[diagnostic(code(tls::config))]
     Rustls(#[from] rustls::Error),
@@ -78,6 +82,9 @@ impl Terminator {
 
     /// [`Terminator::new`] with another watch interval (tests).
     pub fn with_interval(config: &TlsConfig, interval: Duration) -> Result<Terminator, TlsError> {
+        if config.certificates.is_empty() {
+            return Err(TlsError::NoCertificate);
+        }
         let provider = crate::config::tls_provider();
         let certificates = Arc::new(Certificates::load(&config.certificates, provider.clone())?);
         let versions: &[&'static rustls::SupportedProtocolVersion] = match config.min_version {
