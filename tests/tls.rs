@@ -1223,7 +1223,7 @@ async fn sighup_to_the_process_rereads_certificates() {
             .unwrap()
             .success()
     );
-    until("certificate loaded").await;
+    until("certificate loaded: new handshakes get it").await;
     until("configuration reloaded").await;
     assert_eq!(served(&verified, addr, "a.test").await, leaf_der(&a.cert));
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -124,9 +124,13 @@ impl Certificates {
         for f in files {
             // Stamped before reading: a change made while it is read is seen by the next check.
             let seen = (Stamp::of(&f.cert), Stamp::of(&f.key));
+            let loaded = f.load_with(&provider)?;
+            // Which names each certificate answers is what an operator checks first when a
+            // client gets the wrong one.
+            tracing::info!(cert = %f.cert.display(), names = ?loaded.names, "certificate loaded");
             entries.push(Entry {
                 files: f.clone(),
-                loaded: f.load_with(&provider)?,
+                loaded,
                 seen,
             });
         }
