@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Whole-proxy benchmark: load_balancer against HAProxy and nginx on loopback, HTTP mode.
+# Whole-proxy benchmark: load_balancer against HAProxy and nginx on loopback, HTTP mode (cleartext, or TLS with -t).
 #
 # Layout (needs 2 cores): wrk and the backends on LOAD_CPU, the proxy under test alone on
 # PROXY_CPU, so every proxy gets the same single core. Backends: one nginx worker serving
@@ -8,27 +8,35 @@
 # the measured run divided by the requests served. Prints medians over the repetitions and
 # each figure's ratio to HAProxy.
 #
-# usage: bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"]
-# needs: wrk, haproxy, nginx (installed with apt-get if missing), PostgreSQL on
+# -t (--tls): every proxy terminates TLS 1.3 with the same ECDSA P-256 certificate, made
+# for the run with openssl, and speaks cleartext keep-alive to the backends; wrk uses
+# https://. -n (--new-conn): every request on a new connection (`Connection: close`), to
+# measure connection setup (with -t: a TLS handshake per request; wrk resumes sessions
+# when the proxy offers tickets, as a browser would).
+#
+# usage: bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"] [-t] [-n]
+# needs: wrk, haproxy, nginx, openssl (installed with apt-get if missing), PostgreSQL on
 # 127.0.0.1:5432 (user postgres), and `cargo build --release` done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REPS=3 DUR=5 CONNS="64"
+REPS=3 DUR=5 CONNS="64" TLS=0 NEWCONN=0
 while (($#)); do
   case $1 in
     -r) REPS=$2; shift ;;
     -d) DUR=$2; shift ;;
     -c) CONNS=$2; shift ;;
-    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"]" >&2; exit 2 ;;
+    -t|--tls) TLS=1 ;;
+    -n|--new-conn) NEWCONN=1 ;;
+    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"] [-t] [-n]" >&2; exit 2 ;;
   esac
   shift
 done
 PROXY_CPU=${PROXY_CPU:-1} LOAD_CPU=${LOAD_CPU:-0}
 LB=${LB:-$PWD/target/release/load_balancer}
 [ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 2; }
-for tool in wrk haproxy nginx; do
-  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk haproxy nginx >/dev/null; }
+for tool in wrk haproxy nginx openssl; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk haproxy nginx openssl >/dev/null; }
 done
 
 TMP=$(mktemp -d)
@@ -39,6 +47,22 @@ cleanup() {
 }
 trap cleanup EXIT
 LISTEN=127.0.0.1:18080 PORTS=(19001 19002 19003)
+SCHEME=http WRK_ARGS=()
+((NEWCONN)) && WRK_ARGS+=(-H "Connection: close")
+
+# TLS: one certificate for every proxy. HAProxy reads the certificate and key from one file.
+HAPROXY_BIND="" NGINX_LISTEN="" LB_TLS=""
+if ((TLS)); then
+  SCHEME=https
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$TMP/key.pem" -out "$TMP/cert.pem" -subj /CN=bench.test \
+    -addext subjectAltName=DNS:bench.test,IP:127.0.0.1 2>/dev/null
+  cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
+  HAPROXY_BIND=" ssl crt $TMP/haproxy.pem ssl-min-ver TLSv1.3 alpn http/1.1"
+  NGINX_LISTEN=" ssl; ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;
+    ssl_protocols TLSv1.3; ssl_session_cache shared:tls:10m"
+  LB_TLS=$(printf '[listeners.tls]\ncertificates = [{ cert = "%s", key = "%s" }]\nmin_version = "1.3"\nalpn = ["http/1.1"]' "$TMP/cert.pem" "$TMP/key.pem")
+fi
 
 # Backends: one nginx worker, three ports.
 cat >"$TMP/be.conf" <<EOF
@@ -61,7 +85,7 @@ defaults
   timeout server 30s
   option http-keep-alive
 frontend fe
-  bind $LISTEN
+  bind $LISTEN$HAPROXY_BIND
   default_backend be
 backend be
   balance roundrobin
@@ -77,7 +101,7 @@ http { access_log off; keepalive_requests 100000000;
 $(for p in "${PORTS[@]}"; do echo "    server 127.0.0.1:$p;"; done)
     keepalive 64; keepalive_requests 100000000;
   }
-  server { listen $LISTEN backlog=4096;
+  server { listen $LISTEN backlog=4096$NGINX_LISTEN;
     location / { proxy_pass http://backends; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 EOF
@@ -90,6 +114,7 @@ url = "postgres://postgres@127.0.0.1:5432/$DB"
 [[listeners]]
 bind = "$LISTEN"
 algorithm = "round_robin"
+$LB_TLS
 EOF
 
 start() {   # start proxy $1 pinned to PROXY_CPU; sets PID
@@ -104,7 +129,7 @@ start() {   # start proxy $1 pinned to PROXY_CPU; sets PID
       done
       psql -q -h 127.0.0.1 -U postgres -d $DB -c "TRUNCATE workers; INSERT INTO workers(worker_address) VALUES $(printf "('127.0.0.1:%s')," "${PORTS[@]}" | sed 's/,$//')" >/dev/null ;;
   esac
-  for _ in $(seq 100); do curl -sf "http://$LISTEN/" >/dev/null && return; sleep 0.05; done
+  for _ in $(seq 100); do curl -skf "$SCHEME://$LISTEN/" >/dev/null && return; sleep 0.05; done
   echo "$1 did not start" >&2; exit 1
 }
 
@@ -121,9 +146,9 @@ for rep in $(seq "$REPS"); do
   for c in $CONNS; do
     for proxy in haproxy nginx lb; do
       start $proxy
-      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2 "http://$LISTEN/" >/dev/null
+      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2 "${WRK_ARGS[@]}" "$SCHEME://$LISTEN/" >/dev/null
       t0=$(cpu_ticks $PID)
-      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DUR" --latency "http://$LISTEN/")
+      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DUR" --latency "${WRK_ARGS[@]}" "$SCHEME://$LISTEN/")
       t1=$(cpu_ticks $PID)
       kill $PID; wait $PID 2>/dev/null || true
       requests=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -139,7 +164,7 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
+echo "$SCHEME$( ((NEWCONN)) && echo ", a new connection per request"); medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
 printf "%-8s %5s %10s %10s %8s %8s %7s\n" proxy conns req/s us/req "x req/s" "x us" errors
 python3 - "$RESULTS" "$CONNS" <<'EOF'
 import sys, statistics as st

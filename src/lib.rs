@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod reload;
 pub mod ring;
 pub mod shutdown;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ pub enum StartError {
         help("check the listener's `access_log` path and its permissions")
     )]
     AccessLog(#[from] access_log::AccessLogError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A started proxy: its bound addresses and the handles to stop it.
@@ -96,6 +100,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(a) => Some(bind(a.bind).await?),
         None => None,
     };
+    // Certificates were checked when the file was read, but may have changed since: they
+    // are loaded again before the database is touched, so a bad one stops the start early.
+    let mut terminators = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        terminators.push(match &l.tls {
+            Some(t) => Some(Arc::new(tls::Terminator::new(t)?)),
+            None => None,
+        });
+    }
 
     let pools: Vec<String> = config.listeners.iter().map(|l| l.pool.clone()).collect();
     let ring = Ring::new(&pools);
@@ -119,9 +132,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics.clone(),
         shutdown.clone(),
     );
-    for (l, socket) in config.listeners.iter().zip(bound) {
+    for ((l, socket), tls) in config.listeners.iter().zip(bound).zip(terminators) {
         let log = served.open_log(l, socket.address, None)?;
-        served.serve(l.clone(), socket, config, log);
+        served.serve(l.clone(), socket, config, log, tls);
     }
     let admin = admin_listener.map(|bound| {
         let address = bound.address;
@@ -215,6 +228,14 @@ impl Running {
     /// Reopens every listener's access-log file (after a log rotation moved them away).
     pub fn reopen_access_logs(&self) {
         self.served.reopen_logs();
+    }
+
+    /// What SIGHUP does before the configuration is reread, whatever the new file says:
+    /// reopens the access logs (rotation) and re-reads every TLS listener's certificates
+    /// (renewal), each keeping what it had if the new one cannot be opened.
+    pub fn on_sighup(&self) {
+        self.served.reopen_logs();
+        self.served.reread_certificates();
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `grace`, cuts the rest,

@@ -21,6 +21,7 @@ use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{self, ClientLimits, HttpProxy, Proxy};
 use crate::ring::Ring;
 use crate::shutdown::Shutdown;
+use crate::tls::{Terminator, TlsError};
 use crate::upstream::Connector;
 
 /// An address that could not be bound.
@@ -76,6 +77,8 @@ pub struct Served {
     proxy: Arc<ArcSwap<Proxy>>,
     /// Its access log, if it has one (also held by its proxies' reports).
     log: Option<AccessLog>,
+    /// Its TLS termination, if it has one (also held by its proxies' edges).
+    tls: Option<Arc<Terminator>>,
     /// This listener's own drain and cut, so a reload can remove it alone.
     shutdown: Shutdown,
 }
@@ -127,9 +130,10 @@ impl Listeners {
         bound: Bound,
         config: &Config,
         log: Option<AccessLog>,
+        tls: Option<Arc<Terminator>>,
     ) -> SocketAddr {
         let Bound { listener, address } = bound;
-        let proxy = self.build(&entry, address, config, log.clone());
+        let proxy = self.build(&entry, address, config, log.clone(), tls.clone());
         let proxy = Arc::new(ArcSwap::from_pointee(proxy));
         let shutdown = self.shutdown.child();
         let own = shutdown.clone();
@@ -142,12 +146,13 @@ impl Listeners {
             own.tracker.wait().await;
         });
         tracing::info!(%address, protocol = entry.protocol.name(), pool = %entry.pool,
-            algorithm = entry.algorithm.name(), "listening");
+            algorithm = entry.algorithm.name(), tls = tls.is_some(), "listening");
         self.served.push(Served {
             config: entry,
             address,
             proxy,
             log,
+            tls,
             shutdown,
         });
         address
@@ -174,6 +179,35 @@ impl Listeners {
         AccessLog::open(&name, &entry.access_log, entry.access_log_format, dropped)
     }
 
+    /// The TLS termination `entry` asks for: the one `previous` (the same listener before a
+    /// reload) already has when its tls table is unchanged (its session tickets and cache
+    /// stay valid, and its watcher keeps the certificates current), else one built afresh.
+    /// Building loads the certificates, which can fail, so a reload builds every one before
+    /// it changes anything.
+    pub fn open_tls(
+        &self,
+        entry: &ListenerConfig,
+        previous: Option<&Served>,
+    ) -> Result<Option<Arc<Terminator>>, TlsError> {
+        let Some(config) = &entry.tls else {
+            return Ok(None);
+        };
+        if let Some(kept) = previous.and_then(|p| p.tls.as_ref())
+            && kept.config == *config
+        {
+            return Ok(Some(kept.clone()));
+        }
+        Ok(Some(Arc::new(Terminator::new(config)?)))
+    }
+
+    /// Re-reads every TLS listener's certificate and key files (SIGHUP): new handshakes
+    /// get what loads; a file that does not load is logged and its old certificate stays.
+    pub fn reread_certificates(&self) {
+        for tls in self.served.iter().filter_map(|s| s.tls.as_ref()) {
+            tls.certificates.refresh(true);
+        }
+    }
+
     /// Reopens every access-log file (log rotation).
     pub fn reopen_logs(&self) {
         for log in self.served.iter().filter_map(|s| s.log.as_ref()) {
@@ -190,10 +224,12 @@ impl Listeners {
         entry: ListenerConfig,
         config: &Config,
         log: Option<AccessLog>,
+        tls: Option<Arc<Terminator>>,
     ) -> Option<u32> {
         let old = served.proxy.load().reports().metrics.id;
-        let proxy = self.build(&entry, served.address, config, log.clone());
+        let proxy = self.build(&entry, served.address, config, log.clone(), tls.clone());
         served.log = log;
+        served.tls = tls;
         let new = proxy.reports().metrics.id;
         served.proxy.store(Arc::new(proxy));
         served.config = entry;
@@ -239,8 +275,13 @@ impl Listeners {
         address: SocketAddr,
         config: &Config,
         log: Option<AccessLog>,
+        tls: Option<Arc<Terminator>>,
     ) -> Proxy {
         let http = entry.protocol == Protocol::Http;
+        let edge = || match &tls {
+            Some(tls) => Edge::tls(tls.clone(), entry.header_read_timeout),
+            None => Edge::plain(),
+        };
         let name = address.to_string();
         let reports = Reports::new(self.metrics.listener(&name, &entry.pool, http), log);
         let connector = Connector::new(&config.pool(&entry.pool));
@@ -254,7 +295,7 @@ impl Listeners {
             Protocol::Http => Proxy::Http(Arc::new(HttpProxy::new(
                 balancer,
                 connector,
-                Edge::plain(),
+                edge(),
                 ClientLimits::of(entry),
                 self.sync.clone(),
                 reports,
@@ -262,7 +303,7 @@ impl Listeners {
             Protocol::Tcp => Proxy::Tcp(Arc::new(TcpProxy::new(
                 balancer,
                 connector,
-                Edge::plain(),
+                edge(),
                 entry.idle_timeout,
                 reports,
             ))),

@@ -339,9 +339,9 @@ fn serve(config: Config, path: &Path, overrides: &Overrides, log_level: &LogLeve
 /// serving, the diagnostic is logged as one event, and `lb_config_reloads_total{result =
 /// "error"}` counts it.
 async fn reload(running: &mut Running, path: &Path, overrides: &Overrides, log_level: &LogLevel) {
-    tracing::info!(path = %path.display(), "SIGHUP received: reopening access logs, reloading the configuration");
-    // Rotation must work whatever the new file says: the logs are reopened first.
-    running.reopen_access_logs();
+    tracing::info!(path = %path.display(), "SIGHUP received: reopening access logs, re-reading certificates, reloading the configuration");
+    // Rotation and renewal must work whatever the new file says: they come first.
+    running.on_sighup();
     let config = match Config::load(path, overrides.clone()) {
         Ok(c) => c,
         Err(e) => {

@@ -8,7 +8,8 @@
 //! connections drain as on shutdown; a new one is bound and served. Pools whose settings
 //! changed get new health-check and reaper tasks.
 //!
-//! Everything that can fail (binding new addresses, opening new access logs) happens first: a reload that fails
+//! Everything that can fail (binding new addresses, opening new access logs, loading new
+//! certificates) happens first: a reload that fails
 //! changes nothing. What cannot change without a restart (the database connection, the
 //! admin endpoint, a kept listener's `max_connections`) is reported and left as it is,
 //! while the rest applies, as nginx does for the settings its reload cannot take.
@@ -21,6 +22,7 @@ use crate::Running;
 use crate::access_log::AccessLogError;
 use crate::config::Config;
 use crate::listeners::{self, BindError, Bound, Served};
+use crate::tls::TlsError;
 use miette::Diagnostic;
 
 /// What a reload did, for its one log line.
@@ -82,6 +84,10 @@ pub enum ReloadError {
         help("check the listener's `access_log` path and its permissions")
     )]
     AccessLog(#[from] AccessLogError),
+    /// A listener's new certificates cannot be loaded.
+    #[error("configuration not reloaded: {0}")]
+    #[diagnostic(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Where each entry of the new configuration comes from.
@@ -113,6 +119,7 @@ impl Running {
     ) -> Result<ReloadSummary, ReloadError> {
         let sources = self.match_listeners(&config).await?;
         let mut logs = Vec::with_capacity(sources.len());
+        let mut tls = Vec::with_capacity(sources.len());
         for (entry, source) in config.listeners.iter().zip(&sources) {
             let (address, previous) = match source {
                 Source::Kept(i) => {
@@ -122,6 +129,7 @@ impl Running {
                 Source::Added(bound) => (bound.address, None),
             };
             logs.push(self.served.open_log(entry, address, previous)?);
+            tls.push(self.served.open_tls(entry, previous)?);
         }
         // Nothing can fail from here on.
         let mut summary = ReloadSummary {
@@ -138,15 +146,20 @@ impl Running {
 
         let mut old: Vec<Option<Served>> = self.served.take().into_iter().map(Some).collect();
         let mut unused = Vec::new();
-        for ((entry, source), log) in config.listeners.iter().zip(sources).zip(logs) {
+        let built = config
+            .listeners
+            .iter()
+            .zip(sources)
+            .zip(logs.into_iter().zip(tls));
+        for ((entry, source), (log, tls)) in built {
             match source {
                 Source::Kept(i) => {
                     let served = old[i].take().expect("each old listener is kept once");
-                    unused.extend(self.served.keep(served, entry.clone(), &config, log));
+                    unused.extend(self.served.keep(served, entry.clone(), &config, log, tls));
                     summary.kept += 1;
                 }
                 Source::Added(bound) => {
-                    let address = self.served.serve(entry.clone(), bound, &config, log);
+                    let address = self.served.serve(entry.clone(), bound, &config, log, tls);
                     summary.added.push(address);
                 }
             }

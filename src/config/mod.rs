@@ -18,6 +18,7 @@ mod duration;
 mod pool;
 mod raw;
 mod source;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 pub use backend_tls::{BackendTlsConfig, ClientIdentity, PemCertificates};
 pub use duration::parse_duration;
 use source::Source;
+pub use tls::{
+    CertificateError, CertificateFiles, LoadedCertificate, TlsConfig, TlsVersion,
+    provider as tls_provider,
+};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -145,6 +150,8 @@ pub struct ListenerConfig {
     pub access_log: AccessLogTarget,
     /// How each access-log line is written. `Combined` only on HTTP listeners (validated).
     pub access_log_format: AccessLogFormat,
+    /// `[listeners.tls]`: `None` serves cleartext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ListenerConfig {
@@ -161,6 +168,7 @@ impl ListenerConfig {
             idle_timeout: Duration::from_secs(60 * 60),
             access_log: AccessLogTarget::Off,
             access_log_format: AccessLogFormat::Json,
+            tls: None,
         }
     }
 }

@@ -47,6 +47,24 @@ pub(super) struct RawListener {
     pub idle_timeout: Dur,
     pub access_log: Option<Spanned<String>>,
     pub access_log_format: Option<Spanned<String>>,
+    pub tls: Option<RawTls>,
+}
+
+/// `[listeners.tls]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub certificates: Spanned<Vec<RawCertificate>>,
+    pub min_version: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<String>>>,
+    pub accept_proxy: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Deserialize)]

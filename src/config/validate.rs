@@ -173,6 +173,9 @@ impl Source<'_> {
         listener.access_log = self.access_log(&key("access_log"), &raw.access_log)?;
         listener.access_log_format =
             self.access_log_format(&key("access_log_format"), &raw.access_log_format, protocol)?;
+        if let Some(tls) = &raw.tls {
+            listener.tls = Some(self.tls(&key("tls"), tls, protocol)?);
+        }
         Ok(listener)
     }
 

@@ -5,19 +5,37 @@
 //! else is disturbed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
 use super::stream::ClientStream;
+use crate::tls::Terminator;
 
 /// One listener's edge settings.
 #[derive(Default)]
-pub struct Edge {}
+pub struct Edge {
+    /// The listener's TLS, if it terminates TLS: shared with the listener (and kept across
+    /// reloads that leave its tls table alone).
+    tls: Option<Arc<Terminator>>,
+    /// The listener's `header_read_timeout`: a client that has not finished its handshake
+    /// by then is closed, as one that has not sent a request head would be.
+    handshake_timeout: Duration,
+}
 
 impl Edge {
     /// A listener with neither PROXY protocol nor TLS.
     pub fn plain() -> Edge {
-        Edge {}
+        Edge::default()
+    }
+
+    /// A listener terminating TLS with `tls`; a handshake must end within `timeout`.
+    pub fn tls(tls: Arc<Terminator>, timeout: Duration) -> Edge {
+        Edge {
+            tls: Some(tls),
+            handshake_timeout: timeout,
+        }
     }
 
     /// The client's stream and its address (the one a PROXY header gave, else the peer's),
@@ -27,6 +45,21 @@ impl Edge {
         tcp: TcpStream,
         peer: SocketAddr,
     ) -> Option<(ClientStream, SocketAddr)> {
-        Some((ClientStream::Plain(tcp), peer))
+        let Some(tls) = &self.tls else {
+            return Some((ClientStream::Plain(tcp), peer));
+        };
+        match tokio::time::timeout(self.handshake_timeout, tls.acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => Some((ClientStream::Tls(Box::new(stream)), peer)),
+            // Scanners and broken clients make these all day: not worth more than debug.
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed; connection closed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, timeout_ms = self.handshake_timeout.as_millis() as u64,
+                    "TLS handshake not finished in time; connection closed");
+                None
+            }
+        }
     }
 }

@@ -129,6 +129,9 @@ pub struct Client {
     pub xff: String,
     /// `Forwarded` form: `for=10.1.2.3` or `for="[::1]"` (RFC 7239 §6).
     pub forwarded: String,
+    /// The scheme the client spoke, for `X-Forwarded-Proto` and `Forwarded: proto=`:
+    /// `https` when the listener terminated TLS for it, `http` otherwise.
+    pub proto: &'static str,
 }
 
 impl Client {
@@ -142,7 +145,16 @@ impl Client {
             address: peer,
             xff: ip.to_string(),
             forwarded,
+            proto: "http",
         }
+    }
+
+    /// The same client, over TLS when `tls` (the scheme workers are told becomes `https`).
+    pub fn with_tls(mut self, tls: bool) -> Client {
+        if tls {
+            self.proto = "https";
+        }
+        self
     }
 }
 
@@ -152,9 +164,6 @@ pub fn quotable(host: &[u8]) -> bool {
     host.iter()
         .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
 }
-
-/// The scheme the client spoke, for `X-Forwarded-Proto` and `Forwarded: proto=`.
-pub const PROTO: &str = "http";
 
 /// Rewrites an HTTP/2 request's fields for an HTTP/1.1 worker: `authority` (from
 /// `:authority`) becomes Host, hop-by-hop fields go, the `cookie` fields an HTTP/2 client
@@ -231,7 +240,7 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(PROTO));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
 
     let mut fwd = Vec::with_capacity(96);
     for v in headers.get_all(header::FORWARDED) {
@@ -241,7 +250,7 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
             fwd.extend_from_slice(b", ");
         }
     }
-    let _ = write!(fwd, "{};proto={PROTO}", client.forwarded);
+    let _ = write!(fwd, "{};proto={}", client.forwarded, client.proto);
     if let Some(h) = headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)
@@ -316,6 +325,22 @@ mod tests {
             h["forwarded"],
             "for=203.0.113.9, for=10.1.2.3;proto=http;host=\"example.com\""
         );
+    }
+
+    #[test]
+    fn tls_client_is_forwarded_as_https() {
+        let mut h = map(&[]);
+        rewrite_h2_request(
+            &mut h,
+            Some("example.com"),
+            &client("10.1.2.3:5555").with_tls(true),
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.1.2.3;proto=https;host=\"example.com\""
+        );
+        assert_eq!(client("10.1.2.3:5555").with_tls(false).proto, "http");
     }
 
     #[test]

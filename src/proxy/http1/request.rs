@@ -233,14 +233,14 @@ fn write_forwarding(
     }
     out.extend_from_slice(client.xff.as_bytes());
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(headers::PROTO.as_bytes());
+    out.extend_from_slice(client.proto.as_bytes());
     out.extend_from_slice(b"\r\nForwarded: ");
     if scan.prior_forwarded {
         prior_values(out, fields, &scan.kinds, Field::Forwarded);
     }
     out.extend_from_slice(client.forwarded.as_bytes());
     out.extend_from_slice(b";proto=");
-    out.extend_from_slice(headers::PROTO.as_bytes());
+    out.extend_from_slice(client.proto.as_bytes());
     if let Some(h) = host.filter(|h| headers::quotable(h)) {
         out.extend_from_slice(b";host=\"");
         out.extend_from_slice(h);

@@ -52,6 +52,9 @@ const MAX_READ: usize = 64 * 1024;
 /// A lingering close reads at most this much, for at most this long.
 const LINGER_BYTES: usize = 1 << 20;
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a clean close may wait to hand the TLS close_notify to a client that does not
+/// read: an alert is a few dozen bytes, so only a client with a full receive window waits.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4): such a client goes to hyper.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -148,8 +151,8 @@ pub async fn serve(
         shutdown,
         reports: &proxy.reports,
         report: proxy.reports.start(peer),
+        peer: Client::new(peer).with_tls(client.is_tls()),
         client,
-        peer: Client::new(peer),
         inbuf: BytesMut::new(),
         rbuf: BytesMut::new(),
         req_out: Vec::new(),
@@ -169,7 +172,15 @@ pub async fn serve(
     };
     match result {
         Ok(true) => Ended::Http2(session.client, session.inbuf),
-        Ok(false) => Ended::Closed,
+        Ok(false) => {
+            // A TLS client is told the close is deliberate (close_notify): without it, a
+            // response delimited by the close looks truncated, and clients report an
+            // error. Plain TCP's FIN says as much when the socket is dropped.
+            if session.client.is_tls() {
+                let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, session.client.shutdown()).await;
+            }
+            Ended::Closed
+        }
         Err(e) => {
             tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
             Ended::Closed

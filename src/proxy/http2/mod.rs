@@ -64,7 +64,7 @@ struct Activity {
 /// just closes.
 pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown: Shutdown) {
     let limits = proxy.limits.clone();
-    let client = Arc::new(Client::new(peer));
+    let client = Arc::new(Client::new(peer).with_tls(io.is_tls()));
     let activity = io.activity.clone();
     let counted = activity.clone();
     let service = service_fn(move |request| {
@@ -427,6 +427,11 @@ pub struct Rewind {
 }
 
 impl Rewind {
+    /// Whether the client connection underneath is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
     pub fn new(read: BytesMut, stream: ClientStream) -> Rewind {
         let activity = Activity::default();
         activity.last_ms.store(now_ms(), Ordering::Relaxed);
