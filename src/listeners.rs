@@ -16,6 +16,7 @@ use crate::config::{Config, ListenerConfig, Protocol};
 use crate::db::SyncStatus;
 use crate::metrics::Metrics;
 use crate::proxy::edge::Edge;
+use crate::proxy::proxy_header::AcceptProxy;
 use crate::proxy::report::Reports;
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{self, ClientLimits, HttpProxy, Proxy};
@@ -244,6 +245,7 @@ impl Listeners {
         let name = address.to_string();
         let reports = Reports::new(self.metrics.listener(&name, &entry.pool, http), log);
         let connector = Connector::new(&config.pool(&entry.pool));
+        let edge = || Edge::plain().accepting_proxy(AcceptProxy::of(entry));
         let balancer = Balancer::new(
             self.ring.clone(),
             &entry.pool,
@@ -254,7 +256,7 @@ impl Listeners {
             Protocol::Http => Proxy::Http(Arc::new(HttpProxy::new(
                 balancer,
                 connector,
-                Edge::plain(),
+                edge(),
                 ClientLimits::of(entry),
                 self.sync.clone(),
                 reports,
@@ -262,7 +264,7 @@ impl Listeners {
             Protocol::Tcp => Proxy::Tcp(Arc::new(TcpProxy::new(
                 balancer,
                 connector,
-                Edge::plain(),
+                edge(),
                 entry.idle_timeout,
                 reports,
             ))),

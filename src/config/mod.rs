@@ -15,6 +15,7 @@
 mod access_log;
 mod duration;
 mod pool;
+mod proxy_protocol;
 mod raw;
 mod source;
 mod validate;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use miette::{Diagnostic, NamedSource, SourceSpan};
 
 pub use duration::parse_duration;
+pub use proxy_protocol::{SendProxy, TrustedProxies};
 use source::Source;
 
 /// The validated configuration.
@@ -143,6 +145,11 @@ pub struct ListenerConfig {
     pub access_log: AccessLogTarget,
     /// How each access-log line is written. `Combined` only on HTTP listeners (validated).
     pub access_log_format: AccessLogFormat,
+    /// Whether a connection from `trusted_proxies` must start with a PROXY header (v1 or
+    /// v2), whose address is then the client's. Other peers are served as themselves.
+    pub accept_proxy: bool,
+    /// The peers allowed to send PROXY headers (required, non-empty, with `accept_proxy`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl ListenerConfig {
@@ -159,6 +166,8 @@ impl ListenerConfig {
             idle_timeout: Duration::from_secs(60 * 60),
             access_log: AccessLogTarget::Off,
             access_log_format: AccessLogFormat::Json,
+            accept_proxy: false,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -273,6 +282,9 @@ pub struct PoolConfig {
     pub retry_budget_percent: u32,
     pub health_check: Option<HealthCheckConfig>,
     pub ejection: EjectionConfig,
+    /// The PROXY header written first on each new connection to a worker, carrying the
+    /// client's address.
+    pub send_proxy: SendProxy,
 }
 
 impl Default for PoolConfig {
@@ -288,6 +300,7 @@ impl Default for PoolConfig {
             retry_budget_percent: 20,
             health_check: None,
             ejection: EjectionConfig::default(),
+            send_proxy: SendProxy::Off,
         }
     }
 }

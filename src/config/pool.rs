@@ -73,6 +73,7 @@ impl Source<'_> {
             )?,
             health_check,
             ejection,
+            send_proxy: self.send_proxy(&key("send_proxy"), &raw.send_proxy)?,
         })
     }
 

@@ -47,6 +47,8 @@ pub(super) struct RawListener {
     pub idle_timeout: Dur,
     pub access_log: Option<Spanned<String>>,
     pub access_log_format: Option<Spanned<String>>,
+    pub accept_proxy: Option<Spanned<bool>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +84,7 @@ pub(super) struct RawPool {
     pub retry_budget_percent: Option<Spanned<u32>>,
     pub health_check: Option<RawHealthCheck>,
     pub ejection: Option<RawEjection>,
+    pub send_proxy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
