@@ -92,7 +92,9 @@ impl PoolTasks {
                 self.ring.clone(),
                 name.to_string(),
                 check.clone(),
-                Arc::new(upstream::probe::NetworkProbe),
+                Arc::new(upstream::probe::NetworkProbe {
+                    send_proxy: settings.send_proxy,
+                }),
                 stop.clone(),
             ));
         }

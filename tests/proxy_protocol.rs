@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use load_balancer::config::{
-    AccessLogTarget, AlgorithmKind, Config, PoolConfig, Protocol, SendProxy, TrustedProxies,
+    AccessLogTarget, AlgorithmKind, Config, HealthCheckConfig, HealthCheckKind, PoolConfig,
+    Protocol, SendProxy, TrustedProxies,
 };
 use ppp::v2;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -288,7 +289,7 @@ async fn read_proxy_header(s: &mut TcpStream) -> Option<String> {
         let source = match parsed.addresses {
             ppp::v1::Addresses::Tcp4(a) => SocketAddr::from((a.source_address, a.source_port)),
             ppp::v1::Addresses::Tcp6(a) => SocketAddr::from((a.source_address, a.source_port)),
-            ppp::v1::Addresses::Unknown => panic!("v1 UNKNOWN"),
+            ppp::v1::Addresses::Unknown => return Some("v1 local".into()),
         };
         return Some(format!("v1 {source}"));
     }
@@ -299,7 +300,9 @@ async fn read_proxy_header(s: &mut TcpStream) -> Option<String> {
     header.resize(16 + len, 0);
     s.read_exact(&mut header[16..]).await.ok()?;
     let parsed = v2::Header::try_from(header.as_slice()).expect("a v2 header");
-    assert_eq!(parsed.command, v2::Command::Proxy);
+    if parsed.command == v2::Command::Local {
+        return Some("v2 local".into());
+    }
     let source = match parsed.addresses {
         v2::Addresses::IPv4(a) => SocketAddr::from((a.source_address, a.source_port)),
         v2::Addresses::IPv6(a) => SocketAddr::from((a.source_address, a.source_port)),
@@ -409,4 +412,65 @@ async fn send_proxy_in_tcp_mode_carries_each_sessions_client() {
         );
     }
     assert_eq!(worker.requests(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_proxy_from_http2_clients_dials_per_stream_and_health_checks_send_local() {
+    let db = TestDb::new().await;
+    let worker = header_reading_worker().await;
+    let mut cfg = config(&db, Protocol::Http, AlgorithmKind::RoundRobin);
+    sending(&mut cfg, SendProxy::V2);
+    cfg.pools.get_mut("default").unwrap().health_check = Some(HealthCheckConfig {
+        kind: HealthCheckKind::Http {
+            method: hyper::Method::GET,
+            path: "/health".into(),
+            expect_status: 200,
+        },
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 1,
+    });
+    let lb = load_balancer::start(&cfg).await.unwrap();
+    let proxy = lb.listeners[0];
+    change(
+        &db,
+        &lb,
+        &format!(
+            "INSERT INTO workers(worker_address) VALUES ('{}')",
+            worker.addr
+        ),
+    )
+    .await;
+    // The checks reach a worker that requires a header: they send LOCAL.
+    eventually("a health check with a LOCAL header", || {
+        worker.requests().iter().any(|h| h == "v2 local")
+    })
+    .await;
+
+    let (mut h2, conn) = h2_connect(proxy).await;
+    for _ in 0..2 {
+        let request = hyper::Request::get(format!("http://{proxy}/"))
+            .body(())
+            .unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        h2_body(&mut response.into_body()).await;
+    }
+    let from_client: Vec<String> = worker
+        .requests()
+        .into_iter()
+        .filter(|h| h != "v2 local")
+        .collect();
+    assert_eq!(
+        from_client.len(),
+        2,
+        "a connection per stream: {from_client:?}"
+    );
+    for h in &from_client {
+        assert!(h.starts_with("v2 127.0.0.1:"), "{h}");
+    }
+    drop(h2);
+    conn.abort();
 }

@@ -11,13 +11,18 @@ use hyper::Request;
 use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
 
-use super::dial;
+use tokio::io::AsyncWriteExt;
+
+use super::{dial, proxy_header};
 use crate::balance::health::Probe;
-use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::config::{HealthCheckConfig, HealthCheckKind, SendProxy};
 use crate::ring::Worker;
 
 /// Probes workers over the network.
-pub struct NetworkProbe;
+pub struct NetworkProbe {
+    /// The pool's `send_proxy`: checks start with a `LOCAL` header when it is on.
+    pub send_proxy: SendProxy,
+}
 
 impl Probe for NetworkProbe {
     fn probe(
@@ -25,14 +30,20 @@ impl Probe for NetworkProbe {
         worker: Arc<Worker>,
         check: Arc<HealthCheckConfig>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send>> {
-        Box::pin(async move { probe(&worker, &check).await })
+        let send_proxy = self.send_proxy;
+        Box::pin(async move { probe(&worker, &check, send_proxy).await })
     }
 }
 
-async fn probe(worker: &Worker, check: &HealthCheckConfig) -> bool {
-    let Ok(stream) = dial(&worker.address, check.timeout).await else {
+async fn probe(worker: &Worker, check: &HealthCheckConfig, send_proxy: SendProxy) -> bool {
+    let Ok(mut stream) = dial(&worker.address, check.timeout).await else {
         return false;
     };
+    if let Some(header) = proxy_header::local_header(send_proxy)
+        && stream.write_all(&header).await.is_err()
+    {
+        return false;
+    }
     let HealthCheckKind::Http {
         method,
         path,

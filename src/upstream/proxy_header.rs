@@ -43,6 +43,24 @@ pub fn header(send: SendProxy, client: SocketAddr, destination: SocketAddr) -> O
     }
 }
 
+/// The header of a connection that carries no client's traffic (a health check), or
+/// `None` when `send_proxy` is off: v2 `LOCAL`, v1 `UNKNOWN`, which tell the worker to use
+/// the connection's own addresses. A worker that requires headers refuses a connection
+/// without one, so its checks must send one too (HAProxy's `check-send-proxy`).
+pub fn local_header(send: SendProxy) -> Option<Vec<u8>> {
+    match send {
+        SendProxy::Off => None,
+        SendProxy::V1 => Some(v1::Addresses::Unknown.to_string().into_bytes()),
+        SendProxy::V2 => v2::Builder::with_addresses(
+            v2::Version::Two | v2::Command::Local,
+            v2::Protocol::Unspecified,
+            v2::Addresses::Unspecified,
+        )
+        .build()
+        .ok(),
+    }
+}
+
 fn v6(address: SocketAddr) -> SocketAddr {
     match address {
         SocketAddr::V4(a) => {
@@ -82,6 +100,16 @@ mod tests {
             String::from_utf8(h).unwrap(),
             "PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 5555 80\r\n"
         );
+    }
+
+    #[test]
+    fn local_headers() {
+        assert_eq!(local_header(SendProxy::Off), None);
+        assert_eq!(local_header(SendProxy::V1).unwrap(), b"PROXY UNKNOWN\r\n");
+        let h = local_header(SendProxy::V2).unwrap();
+        let parsed = v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(parsed.command, v2::Command::Local);
+        assert_eq!(parsed.addresses, v2::Addresses::Unspecified);
     }
 
     #[test]
