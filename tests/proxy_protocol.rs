@@ -384,8 +384,13 @@ async fn send_proxy_in_tcp_mode_carries_each_sessions_client() {
     .await;
     let mut cfg = config(&db, Protocol::Tcp, AlgorithmKind::RoundRobin);
     sending(&mut cfg, SendProxy::V2);
+    // A second TCP listener, behind a trusted proxy: the address its header gives is sent on.
+    let behind = trusting(&db, Protocol::Tcp, &["127.0.0.1/32"])
+        .listeners
+        .remove(0);
+    cfg.listeners.push(behind);
     let lb = load_balancer::start(&cfg).await.unwrap();
-    let proxy = lb.listeners[0];
+    let (proxy, proxy_behind) = (lb.listeners[0], lb.listeners[1]);
     change(
         &db,
         &lb,
@@ -397,10 +402,20 @@ async fn send_proxy_in_tcp_mode_carries_each_sessions_client() {
     .await;
 
     let mut expected = Vec::new();
-    for _ in 0..2 {
-        let mut s = TcpStream::connect(proxy).await.unwrap();
-        expected.push(format!("v2 {}", s.local_addr().unwrap()));
-        s.write_all(b"hello").await.unwrap();
+    for i in 0..3 {
+        let mut s = TcpStream::connect(if i < 2 { proxy } else { proxy_behind })
+            .await
+            .unwrap();
+        if i < 2 {
+            expected.push(format!("v2 {}", s.local_addr().unwrap()));
+            s.write_all(b"hello").await.unwrap();
+        } else {
+            expected.push("v2 192.0.2.7:5555".to_string());
+            // The header and the first data in one segment: only the header is consumed.
+            s.write_all(b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\nhello")
+                .await
+                .unwrap();
+        }
         let mut echo = [0u8; 5];
         tokio::time::timeout(WAIT, s.read_exact(&mut echo))
             .await
