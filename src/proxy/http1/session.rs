@@ -457,7 +457,7 @@ impl Session<'_> {
         let idle = if self.connector.shares_connections() {
             IdleConns::of(worker).take_upstream(settings.idle_timeout)
         } else {
-            self.private.take(worker)
+            self.private.take(worker, settings.idle_timeout)
         };
         if let Some(up) = idle {
             return Ok((up, true));
