@@ -489,3 +489,59 @@ async fn send_proxy_from_http2_clients_dials_per_stream_and_health_checks_send_l
     drop(h2);
     conn.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_listener_serves_untrusted_peers_at_once_and_closes_their_headers() {
+    let db = TestDb::new().await;
+    // Speaks first (as SMTP does), then echoes.
+    let worker = Scripted::start(|mut s, _log| async move {
+        if s.write_all(b"220 ready\r\n").await.is_err() {
+            return;
+        }
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await;
+    let mut cfg = trusting(&db, Protocol::Tcp, &["10.0.0.0/8"]);
+    cfg.listeners[0].header_read_timeout = Duration::from_secs(10);
+    let lb = load_balancer::start(&cfg).await.unwrap();
+    let proxy = lb.listeners[0];
+    change(
+        &db,
+        &lb,
+        &format!(
+            "INSERT INTO workers(worker_address) VALUES ('{}')",
+            worker.addr
+        ),
+    )
+    .await;
+
+    // An untrusted client that waits for the server: greeted at once, not after the
+    // header timeout; then its data goes through.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut greeting))
+        .await
+        .expect("greeted without waiting for the client")
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"hello");
+
+    // An untrusted client starting with a header: closed.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\nhello")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .expect("closed");
+    assert!(
+        read.is_err() || !got.windows(5).any(|w| w == b"hello"),
+        "nothing echoed: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}

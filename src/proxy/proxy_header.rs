@@ -13,10 +13,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use ppp::{v1, v2};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -62,11 +64,11 @@ pub struct AcceptProxy {
     trusted: TrustedProxies,
     /// The listener's `header_read_timeout`: a header must be whole within it.
     timeout: Duration,
-    /// Whether an untrusted peer's first bytes are awaited and checked for a header. Yes
-    /// on HTTP listeners, whose clients speak first anyway. No on TCP listeners: many
+    /// Whether an untrusted peer's first bytes are awaited and checked for a header here.
+    /// Yes on HTTP listeners, whose clients speak first anyway. No on TCP listeners: many
     /// protocols there (SMTP, MySQL, …) have the server speak first, and waiting for the
-    /// client would stall them until the timeout; there a header from an untrusted peer
-    /// is never read as an address, only passed on to the worker as data.
+    /// client would stall them until the timeout; there the session is started at once
+    /// and [`Screened`] checks the client's first bytes as they pass.
     screen_untrusted: bool,
 }
 
@@ -231,6 +233,84 @@ impl AcceptProxy {
     }
 }
 
+/// A TCP session's client side on a listener that accepts PROXY headers: it fails the
+/// session if the client's first bytes are a PROXY signature. A trusted peer's header was
+/// consumed at the edge, so one here comes from an untrusted peer, or from a client behind
+/// a trusted proxy: either way a client trying to choose its own address. Costs one branch
+/// per read once the first twelve bytes have passed (or at once, off such listeners).
+/// Bytes of a signature read before it was whole may reach the worker; the session is
+/// closed all the same, and no address is ever read from them.
+pub struct Screened<S> {
+    inner: S,
+    /// The client's first bytes, up to the longest signature's length.
+    seen: [u8; 12],
+    len: usize,
+    /// Nothing more to check: not a signature, or not screened at all.
+    passed: bool,
+}
+
+impl<S> Screened<S> {
+    pub fn new(inner: S, screen: bool) -> Screened<S> {
+        Screened {
+            inner,
+            seen: [0; 12],
+            len: 0,
+            passed: !screen,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Screened<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.passed {
+            return Poll::Ready(Ok(()));
+        }
+        let new = &buf.filled()[before..];
+        let take = new.len().min(this.seen.len() - this.len);
+        this.seen[this.len..this.len + take].copy_from_slice(&new[..take]);
+        this.len += take;
+        match start(&this.seen[..this.len]) {
+            Start::V1 | Start::V2 => {
+                buf.set_filled(before);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    HeaderError::Untrusted,
+                )));
+            }
+            Start::Neither => this.passed = true,
+            // The end of the stream before anything was told apart: nothing to screen.
+            Start::Unknown if new.is_empty() => this.passed = true,
+            Start::Unknown => {}
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Screened<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +324,44 @@ mod tests {
         v2::Builder::with_addresses(v2::Version::Two | command, v2::Protocol::Stream, addresses)
             .build()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn screened_fails_on_a_signature_and_passes_anything_else() {
+        let read_all = async |bytes: &[u8], screen: bool| {
+            let mut s = Screened::new(bytes, screen);
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.map(|_| out)
+        };
+        assert!(
+            read_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nhi", true)
+                .await
+                .is_err()
+        );
+        assert!(read_all(v2::PROTOCOL_PREFIX, true).await.is_err());
+        assert_eq!(read_all(b"PROXY ", false).await.unwrap(), b"PROXY ");
+        assert_eq!(read_all(b"PRO", true).await.unwrap(), b"PRO");
+        let long = [b"hello ".as_slice(), &[b'x'; 100]].concat();
+        assert_eq!(read_all(&long, true).await.unwrap(), long);
+        // Split reads: the signature is seen across them.
+        let mut s = Screened::new(reader_of(&[b"PR", b"OXY ", b"TCP4"]), true);
+        let mut out = Vec::new();
+        assert!(s.read_to_end(&mut out).await.is_err());
+    }
+
+    /// A reader that returns `parts` one read at a time.
+    fn reader_of(parts: &[&[u8]]) -> impl AsyncRead + Unpin {
+        let (mut client, server) = tokio::io::duplex(64);
+        let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for p in parts {
+                client.write_all(&p).await.unwrap();
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        server
     }
 
     #[test]
