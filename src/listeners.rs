@@ -16,6 +16,7 @@ use crate::config::{Config, ListenerConfig, Protocol};
 use crate::db::SyncStatus;
 use crate::metrics::Metrics;
 use crate::proxy::edge::Edge;
+use crate::proxy::proxy_header::AcceptProxy;
 use crate::proxy::report::Reports;
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{self, ClientLimits, HttpProxy, Proxy};
@@ -278,9 +279,13 @@ impl Listeners {
         tls: Option<Arc<Terminator>>,
     ) -> Proxy {
         let http = entry.protocol == Protocol::Http;
-        let edge = || match &tls {
-            Some(tls) => Edge::tls(tls.clone(), entry.header_read_timeout),
-            None => Edge::plain(),
+        // The PROXY header first (when accepted), then the TLS handshake (when terminated).
+        let edge = || {
+            let edge = match &tls {
+                Some(tls) => Edge::tls(tls.clone(), entry.header_read_timeout),
+                None => Edge::plain(),
+            };
+            edge.accepting_proxy(AcceptProxy::of(entry))
         };
         let name = address.to_string();
         let reports = Reports::new(self.metrics.listener(&name, &entry.pool, http), log);

@@ -93,7 +93,10 @@ impl PoolTasks {
                 self.ring.clone(),
                 name.to_string(),
                 check.clone(),
-                Arc::new(upstream::probe::NetworkProbe { tls }),
+                Arc::new(upstream::probe::NetworkProbe {
+                    tls,
+                    send_proxy: settings.send_proxy,
+                }),
                 stop.clone(),
             ));
         }

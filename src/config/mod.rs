@@ -16,6 +16,7 @@ mod access_log;
 mod backend_tls;
 mod duration;
 mod pool;
+mod proxy_protocol;
 mod raw;
 mod source;
 mod tls;
@@ -30,6 +31,7 @@ use miette::{Diagnostic, NamedSource, SourceSpan};
 
 pub use backend_tls::{BackendTlsConfig, ClientIdentity, PemCertificates};
 pub use duration::parse_duration;
+pub use proxy_protocol::{SendProxy, TrustedProxies};
 use source::Source;
 pub use tls::{
     CertificateError, CertificateFiles, LoadedCertificate, TlsConfig, TlsVersion,
@@ -152,6 +154,11 @@ pub struct ListenerConfig {
     pub access_log_format: AccessLogFormat,
     /// `[listeners.tls]`: `None` serves cleartext.
     pub tls: Option<TlsConfig>,
+    /// Whether a connection from `trusted_proxies` must start with a PROXY header (v1 or
+    /// v2), whose address is then the client's. Other peers are served as themselves.
+    pub accept_proxy: bool,
+    /// The peers allowed to send PROXY headers (required, non-empty, with `accept_proxy`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl ListenerConfig {
@@ -169,6 +176,8 @@ impl ListenerConfig {
             access_log: AccessLogTarget::Off,
             access_log_format: AccessLogFormat::Json,
             tls: None,
+            accept_proxy: false,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -285,6 +294,9 @@ pub struct PoolConfig {
     pub ejection: EjectionConfig,
     /// `[pools.NAME.tls]`: `None` for cleartext to the workers.
     pub tls: Option<BackendTlsConfig>,
+    /// The PROXY header written first on each new connection to a worker, carrying the
+    /// client's address.
+    pub send_proxy: SendProxy,
 }
 
 impl Default for PoolConfig {
@@ -301,6 +313,7 @@ impl Default for PoolConfig {
             health_check: None,
             ejection: EjectionConfig::default(),
             tls: None,
+            send_proxy: SendProxy::Off,
         }
     }
 }

@@ -78,6 +78,7 @@ impl Source<'_> {
             health_check,
             ejection,
             tls,
+            send_proxy: self.send_proxy(&key("send_proxy"), &raw.send_proxy)?,
         })
     }
 

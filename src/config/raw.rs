@@ -47,6 +47,8 @@ pub(super) struct RawListener {
     pub idle_timeout: Dur,
     pub access_log: Option<Spanned<String>>,
     pub access_log_format: Option<Spanned<String>>,
+    pub accept_proxy: Option<Spanned<bool>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls: Option<RawTls>,
 }
 
@@ -57,7 +59,7 @@ pub(super) struct RawTls {
     pub certificates: Spanned<Vec<RawCertificate>>,
     pub min_version: Option<Spanned<String>>,
     pub alpn: Option<Spanned<Vec<String>>>,
-    pub accept_proxy: Option<bool>,
+    pub accept_proxy: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +102,7 @@ pub(super) struct RawPool {
     pub retry_budget_percent: Option<Spanned<u32>>,
     pub health_check: Option<RawHealthCheck>,
     pub ejection: Option<RawEjection>,
+    pub send_proxy: Option<Spanned<String>>,
     pub tls: Option<super::backend_tls::RawBackendTls>,
 }
 

@@ -233,7 +233,7 @@ impl Source<'_> {
             certificates,
             min_version,
             alpn,
-            accept_proxy: raw.accept_proxy,
+            accept_proxy: raw.accept_proxy.as_ref().map(|a| *a.get_ref()),
         })
     }
 

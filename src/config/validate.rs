@@ -101,6 +101,7 @@ impl Source<'_> {
 
     /// One `[[listeners]]` entry; `key` is `listeners[i]`.
     fn listener(&self, key: &str, raw: &RawListener) -> Result<ListenerConfig, ConfigError> {
+        let key_of = key.to_string();
         let key = |k: &str| format!("{key}.{k}");
         let bind = self.bind(&key("bind"), &raw.bind)?;
         let protocol = self.protocol(&key("protocol"), &raw.protocol)?;
@@ -173,6 +174,7 @@ impl Source<'_> {
         listener.access_log = self.access_log(&key("access_log"), &raw.access_log)?;
         listener.access_log_format =
             self.access_log_format(&key("access_log_format"), &raw.access_log_format, protocol)?;
+        (listener.accept_proxy, listener.trusted_proxies) = self.accept_proxy(&key_of, raw)?;
         if let Some(tls) = &raw.tls {
             listener.tls = Some(self.tls(&key("tls"), tls, protocol)?);
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::proxy_header::AcceptProxy;
 use super::stream::ClientStream;
 use crate::tls::Terminator;
 
@@ -22,6 +23,8 @@ pub struct Edge {
     /// The listener's `header_read_timeout`: a client that has not finished its handshake
     /// by then is closed, as one that has not sent a request head would be.
     handshake_timeout: Duration,
+    /// `accept_proxy`: whose PROXY headers are read, within what time.
+    pub accept_proxy: Option<AcceptProxy>,
 }
 
 impl Edge {
@@ -35,16 +38,35 @@ impl Edge {
         Edge {
             tls: Some(tls),
             handshake_timeout: timeout,
+            accept_proxy: None,
         }
+    }
+
+    /// This edge, reading PROXY headers as `accept` says (`None`: not at all).
+    pub fn accepting_proxy(mut self, accept: Option<AcceptProxy>) -> Edge {
+        self.accept_proxy = accept;
+        self
     }
 
     /// The client's stream and its address (the one a PROXY header gave, else the peer's),
     /// or `None` when the connection was closed here.
     pub async fn open(
         &self,
-        tcp: TcpStream,
+        mut tcp: TcpStream,
         peer: SocketAddr,
     ) -> Option<(ClientStream, SocketAddr)> {
+        // First: the header comes before anything else, a TLS ClientHello included.
+        let peer = match &self.accept_proxy {
+            None => peer,
+            Some(accept) => match accept.client(&mut tcp, peer).await {
+                Ok(client) => client,
+                Err(e) => {
+                    // Debug, not warn: anyone can send garbage, and each would be a line.
+                    tracing::debug!(%peer, error = %e, "PROXY protocol: closing the connection");
+                    return None;
+                }
+            },
+        };
         let Some(tls) = &self.tls else {
             return Some((ClientStream::Plain(tcp), peer));
         };

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod http;
 pub mod http1;
 pub mod http2;
+pub mod proxy_header;
 pub mod report;
 pub mod stamped;
 pub mod stream;

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use super::edge::Edge;
+use super::proxy_header::Screened;
 use super::report::{Report, Reports};
 use super::stamped::{Stamped, quiet_for};
 use super::stream::ClientStream;
@@ -73,7 +74,11 @@ impl TcpProxy {
         let worker = in_flight.worker().clone();
         worker.state.tally.listener(metrics.id).connection();
         let last = AtomicU64::new(now_ms());
-        let mut client = Stamped::new(client, &last);
+        // On a listener that accepts PROXY headers, a client's own header is refused as
+        // it passes (see `Screened`): waiting for it before the session starts would stall
+        // protocols where the server speaks first.
+        let screen = self.edge.accept_proxy.is_some();
+        let mut client = Stamped::new(Screened::new(client, screen), &last);
         let mut backend = Stamped::new(backend, &last);
         let mut drain = worker.state.drain.watch();
         let ended = tokio::select! {

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use std::net::SocketAddr;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::proxy_header;
 use super::stream::UpstreamStream;
 use super::tls::{self, UpstreamTls};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, SendProxy};
 use crate::ring::{Address, Worker};
 
 /// Why a backend connection could not be made.
@@ -62,6 +64,8 @@ pub struct Connector {
     pub drain_timeout: Duration,
     /// `[pools.NAME.tls]`: `None` for cleartext.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// The PROXY header each new connection starts with (`send_proxy`).
+    pub send_proxy: SendProxy,
 }
 
 impl Connector {
@@ -70,6 +74,7 @@ impl Connector {
             connect_timeout: settings.connect_timeout,
             drain_timeout: settings.drain_timeout,
             tls: UpstreamTls::of(settings),
+            send_proxy: settings.send_proxy,
         }
     }
 
@@ -78,22 +83,52 @@ impl Connector {
     pub async fn open(
         &self,
         worker: &Worker,
-        _client: SocketAddr,
+        client: SocketAddr,
     ) -> Result<UpstreamStream, ConnectError> {
         // One deadline for the dial and the TLS handshake: `connect_timeout` bounds the
         // whole connect, whatever it takes.
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        let tcp = dial(&worker.address, self.connect_timeout).await?;
+        let mut tcp = dial(&worker.address, self.connect_timeout).await?;
+        // Right after the dial: the header precedes everything, the TLS handshake included.
+        self.send_proxy_header(&mut tcp, worker, client).await?;
         match &self.tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some(tls) => tls::connect_by(deadline, tls, tcp, &worker.address).await,
         }
+    }
+
+    /// Whether connections made here may go to the worker's shared idle store, for any
+    /// client: not when each carries its client's address in a PROXY header.
+    pub fn shares_connections(&self) -> bool {
+        self.send_proxy == SendProxy::Off
+    }
+
+    /// Writes the PROXY header `send_proxy` asks for, if any, on a new connection.
+    async fn send_proxy_header(
+        &self,
+        tcp: &mut TcpStream,
+        worker: &Worker,
+        client: SocketAddr,
+    ) -> Result<(), ConnectError> {
+        if self.send_proxy == SendProxy::Off {
+            return Ok(());
+        }
+        let io = |e| ConnectError::Io(worker.address.text.clone(), e);
+        let destination = tcp.peer_addr().map_err(io)?;
+        if let Some(header) = proxy_header::header(self.send_proxy, client, destination) {
+            // At most 108 bytes into a new socket's empty send buffer: it never waits.
+            tcp.write_all(&header).await.map_err(io)?;
+        }
+        Ok(())
     }
 }
 
 /// A backend connection the HTTP transports drive themselves. Dropping it closes it.
 pub struct Upstream {
     pub stream: UpstreamStream,
+    /// It started with a PROXY header naming one client: it serves that client alone,
+    /// and never goes to the worker's shared idle store.
+    pub private: bool,
     /// Dropped with the connection: tells its drain watcher to stop.
     _closed: oneshot::Sender<()>,
 }
@@ -130,6 +165,7 @@ pub async fn connect_upstream(
     });
     Ok(Upstream {
         stream,
+        private: !connector.shares_connections(),
         _closed: closed,
     })
 }

@@ -133,8 +133,10 @@ impl IdleConns {
 
     /// Returns a connection whose last response ended cleanly to `worker`'s store, unless
     /// the worker is drained (weight 0, deleted or re-addressed): then it closes now.
+    /// A private connection (one that carried a client's PROXY header) is closed too: any
+    /// other client would be taken for that one.
     pub fn put_upstream(worker: &Worker, c: Upstream) {
-        if worker.state.drain.is_drained() {
+        if c.private || worker.state.drain.is_drained() {
             return;
         }
         let idle = IdleConns::of(worker);

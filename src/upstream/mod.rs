@@ -9,10 +9,13 @@
 
 pub mod connect;
 pub mod idle;
+pub mod private;
 pub mod probe;
+pub mod proxy_header;
 pub mod stream;
 pub mod tls;
 
 pub use connect::{ConnectError, Connector, Upstream, connect_upstream, dial};
 pub use idle::IdleConns;
+pub use private::PrivateConns;
 pub use stream::UpstreamStream;

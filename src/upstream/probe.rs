@@ -12,11 +12,13 @@ use hyper::Request;
 use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
 
-use super::dial;
+use tokio::io::AsyncWriteExt;
+
 use super::stream::UpstreamStream;
 use super::tls::{UpstreamTls, connect_by};
+use super::{dial, proxy_header};
 use crate::balance::health::Probe;
-use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::config::{HealthCheckConfig, HealthCheckKind, SendProxy};
 use crate::ring::Worker;
 
 /// Probes workers over the network.
@@ -24,6 +26,8 @@ use crate::ring::Worker;
 pub struct NetworkProbe {
     /// The pool's `[pools.NAME.tls]`: the handshake is part of the check.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// The pool's `send_proxy`: checks start with a `LOCAL` header when it is on.
+    pub send_proxy: SendProxy,
 }
 
 impl Probe for NetworkProbe {
@@ -33,15 +37,27 @@ impl Probe for NetworkProbe {
         check: Arc<HealthCheckConfig>,
     ) -> Pin<Box<dyn Future<Output = bool> + Send>> {
         let tls = self.tls.clone();
-        Box::pin(async move { probe(&worker, &check, tls.as_deref()).await })
+        let send_proxy = self.send_proxy;
+        Box::pin(async move { probe(&worker, &check, tls.as_deref(), send_proxy).await })
     }
 }
 
-async fn probe(worker: &Worker, check: &HealthCheckConfig, tls: Option<&UpstreamTls>) -> bool {
+async fn probe(
+    worker: &Worker,
+    check: &HealthCheckConfig,
+    tls: Option<&UpstreamTls>,
+    send_proxy: SendProxy,
+) -> bool {
     let deadline = tokio::time::Instant::now() + check.timeout;
-    let Ok(tcp) = dial(&worker.address, check.timeout).await else {
+    let Ok(mut tcp) = dial(&worker.address, check.timeout).await else {
         return false;
     };
+    // The header first, the TLS handshake after it, as on the pool's real connections.
+    if let Some(header) = proxy_header::local_header(send_proxy)
+        && tcp.write_all(&header).await.is_err()
+    {
+        return false;
+    }
     let stream = match tls {
         None => UpstreamStream::Plain(tcp),
         Some(tls) => match connect_by(deadline, tls, tcp, &worker.address).await {

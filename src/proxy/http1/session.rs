@@ -41,7 +41,9 @@ use crate::proxy::{ClientLimits, HttpProxy};
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
-use crate::upstream::{ConnectError, Connector, IdleConns, Upstream, connect_upstream};
+use crate::upstream::{
+    ConnectError, Connector, IdleConns, PrivateConns, Upstream, connect_upstream,
+};
 
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
@@ -122,6 +124,9 @@ struct Session<'a> {
     client: ClientStream,
     /// The client's address (from a PROXY header, when the listener takes them).
     peer: Client,
+    /// Idle worker connections that carried this client's PROXY header (`send_proxy`):
+    /// reused for this client only.
+    private: PrivateConns,
     /// Bytes from the client not yet forwarded.
     inbuf: BytesMut,
     /// Bytes from the backend not yet forwarded.
@@ -153,6 +158,7 @@ pub async fn serve(
         report: proxy.reports.start(peer),
         peer: Client::new(peer).with_tls(client.is_tls()),
         client,
+        private: PrivateConns::default(),
         inbuf: BytesMut::new(),
         rbuf: BytesMut::new(),
         req_out: Vec::new(),
@@ -459,7 +465,12 @@ impl Session<'_> {
     /// A connection to `worker`: an idle one (`true`), or a new one.
     async fn connection(&mut self, worker: &Worker) -> Result<(Upstream, bool), ConnectError> {
         let settings = &self.balancer.settings;
-        if let Some(up) = IdleConns::of(worker).take_upstream(settings.idle_timeout) {
+        let idle = if self.connector.shares_connections() {
+            IdleConns::of(worker).take_upstream(settings.idle_timeout)
+        } else {
+            self.private.take(worker, settings.idle_timeout)
+        };
+        if let Some(up) = idle {
             return Ok((up, true));
         }
         let dialled = self.reports.detailed().then(std::time::Instant::now);
@@ -468,6 +479,16 @@ impl Session<'_> {
             self.report.detail(|d| d.connect = Some(t.elapsed()));
         }
         Ok((up, false))
+    }
+
+    /// Keeps a connection whose exchange ended cleanly for the next request: in the
+    /// worker's shared store, or for this client alone if it carried its PROXY header.
+    fn keep(&mut self, worker: &Worker, up: Upstream) {
+        if up.private {
+            self.private.put(worker, up);
+        } else {
+            IdleConns::put_upstream(worker, up);
+        }
     }
 
     /// The worker failed before a response head: 504 for a timeout, otherwise another
@@ -535,7 +556,7 @@ impl Session<'_> {
             Ok(end) => {
                 self.report.detail(|d| d.bytes_out = end.body_bytes);
                 if end.reusable {
-                    IdleConns::put_upstream(worker, up);
+                    self.keep(worker, up);
                 }
                 Ok(Tried::Answered(!end.client_close))
             }
@@ -646,7 +667,7 @@ impl Session<'_> {
                 // trusted to continue.
                 let complete = uploaded == Some(true);
                 if end.reusable && complete {
-                    IdleConns::put_upstream(worker, up);
+                    self.keep(worker, up);
                 }
                 Ok(Tried::Answered(!end.client_close && complete))
             }

@@ -109,7 +109,12 @@ pub async fn exchange(
         // Counted before the connection is made, as the HTTP/1 path does: picks that
         // respect `max_connections` see requests still connecting.
         let in_flight = InFlight::new(worker.clone());
-        let idle = IdleConns::of(worker).take_upstream(settings.idle_timeout);
+        // With `send_proxy`, a connection names one client: none is shared or kept here
+        // (`IdleConns::put_upstream` closes it after its exchange), each stream dials.
+        let idle = connector
+            .shares_connections()
+            .then(|| IdleConns::of(worker).take_upstream(settings.idle_timeout))
+            .flatten();
         let (up, pooled) = match idle {
             Some(up) => {
                 out.connect = None;
