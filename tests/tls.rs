@@ -1123,13 +1123,13 @@ fn config_errors_name_the_file_and_point_at_the_entry() {
         "{text}"
     );
 
-    // accept_proxy is accepted in the tls table.
-    let c = Config::parse(
-        "config.toml",
-        &config_text(&format!("{}\naccept_proxy = true", entry(&a.cert, &a.key))),
-        None,
-    )
-    .unwrap();
+    // accept_proxy is accepted in the tls table: it is the listener's accept_proxy.
+    let text = config_text(&format!("{}\naccept_proxy = true", entry(&a.cert, &a.key))).replace(
+        "[listeners.tls]",
+        "trusted_proxies = [\"127.0.0.1/32\"]\n[listeners.tls]",
+    );
+    let c = Config::parse("config.toml", &text, None).unwrap();
+    assert!(c.listeners[0].accept_proxy);
     assert_eq!(
         c.listeners[0].tls.as_ref().unwrap().accept_proxy,
         Some(true)
