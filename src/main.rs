@@ -84,8 +84,11 @@ enum LogFormat {
 
 /// refinery reports each migration itself at info, and PostgreSQL's notices come through
 /// tokio-postgres at info too; the proxy's own line says what matters, once, so both are
-/// kept to warnings unless `[log] level` names them.
-const QUIET: &str = "refinery_core=warn,tokio_postgres=warn";
+/// kept to warnings unless `[log] level` names them. rustls warns about each client's
+/// mistake (an IP address sent as SNI, as wrk does): a line per connection, thousands a
+/// second under load, for what the client did; the proxy logs failed handshakes itself
+/// (at debug), so rustls says errors only.
+const QUIET: &str = "refinery_core=warn,tokio_postgres=warn,rustls=error";
 
 /// The running process's log filter, which a reload sets again from `[log] level`.
 struct LogLevel {
