@@ -38,13 +38,22 @@ impl Reports {
     /// A report for a request (or connection) from `client` starting now.
     pub fn start(&self, client: SocketAddr) -> Report {
         Report {
+            open: true,
+            ..self.idle(client)
+        }
+    }
+
+    /// A report for a connection from `client` whose first request has not begun
+    /// ([`Report::begin`] starts each): a connection cut before it sends one reports nothing.
+    pub fn idle(&self, client: SocketAddr) -> Report {
+        Report {
             started: Instant::now(),
             status: 0,
             own: false,
             worker: None,
             retries: 0,
             ended: None,
-            open: true,
+            open: false,
             detail: self.detailed().then(|| Box::new(Detail::new(client))),
         }
     }
@@ -281,6 +290,25 @@ mod tests {
         assert_eq!(http.user_agent.as_deref(), Some("curl/8"));
         assert_eq!(http.referer.as_deref(), Some("/r"));
         assert_eq!(http.version, HttpVersion::Http10);
+    }
+
+    #[test]
+    fn a_connection_cut_before_its_first_request_reports_nothing() {
+        let metrics = crate::metrics::Metrics::default().listener("l", "p", true);
+        let reports = Reports::new(metrics.clone(), None);
+        let mut idle = reports.idle("127.0.0.1:1".parse().unwrap());
+        idle.ended(Ended::Cut);
+        reports.finish(&mut idle);
+        assert_eq!(metrics.duration.read().1, 0, "nothing was reported");
+        idle.begin();
+        idle.answered_own(408);
+        reports.finish(&mut idle);
+        reports.finish(&mut idle);
+        assert_eq!(
+            metrics.duration.read().1,
+            1,
+            "a begun request, reported once"
+        );
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub async fn serve(
         limits,
         shutdown,
         reports: &proxy.reports,
-        report: proxy.reports.start(peer),
+        report: proxy.reports.idle(peer),
         peer: Client::new(peer).with_tls(client.is_tls()),
         client,
         private: PrivateConns::default(),
