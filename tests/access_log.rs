@@ -89,17 +89,29 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     h2_body(&mut response.into_body()).await;
     // Ordered after the HTTP/2 stream's report: the lines must come in this order.
     lines(&http_log, 3).await;
+    // An HTTP/2 HEAD: its response has no body to stream, and it still ended complete.
+    let request = hyper::Request::head(format!("http://{proxy}/head"))
+        .body(())
+        .unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    h2_body(&mut response.into_body()).await;
+    lines(&http_log, 4).await;
     // 4. No worker left: 503.
     change(&db, &lb, "UPDATE workers SET weight = 0").await;
     assert_eq!(get(&client(), proxy, "/gone").await.0, 503);
 
-    let lines_ = lines(&http_log, 4).await;
-    let (post, refused, h2_line, unavailable) = (
+    let lines_ = lines(&http_log, 5).await;
+    let (post, refused, h2_line, head_line, unavailable) = (
         json(&lines_[0]),
         json(&lines_[1]),
         json(&lines_[2]),
         json(&lines_[3]),
+        json(&lines_[4]),
     );
+    assert_eq!(head_line["method"], "HEAD");
+    assert_eq!(head_line["ended"], "complete", "{head_line}");
     let a_addr = a.addr.to_string();
     assert_eq!(post["method"], "POST");
     assert_eq!(post["path"], "/submit?x=1");
