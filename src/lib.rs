@@ -7,8 +7,11 @@
 //! workers) and [`proxy`] (the client-facing transports and their one forwarding policy) →
 //! [`admin`] (reads it all). [`accept`] and [`shutdown`] serve every listening socket.
 //! [`start`] wires these together: the served [`listeners`] and each pool's
-//! [`pool_tasks`]; [`reload`] applies a new configuration to them. `main.rs` only adds the
-//! command line, logging and signals.
+//! [`pool_tasks`]; [`reload`] applies a new configuration to them. Beside the flow:
+//! [`metrics`] (the counters the transports add to, which `admin` exposes), [`access_log`]
+//! (its queue and writer), [`tls`] (termination on listeners; TLS to workers is
+//! `upstream`'s) and [`cli`] (the `workers` commands). `main.rs` only adds the command
+//! line, logging and signals.
 
 #![forbid(unsafe_code)]
 
