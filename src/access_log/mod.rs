@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use crate::config::{AccessLogFormat, AccessLogTarget};
 
 pub use entry::{Ended, Entry, Http, HttpVersion, Kind};
+pub(crate) use time::Utc;
 
 use writer::{Destination, Writer};
 

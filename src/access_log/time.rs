@@ -1,4 +1,4 @@
-//! Calendar time in UTC for log lines, from a `SystemTime`. A dozen lines of arithmetic
+//! Calendar time in UTC for log lines (and the proxy's own 503s), from a `SystemTime`. A dozen lines of arithmetic
 //! (Howard Hinnant's `civil_from_days`) instead of a date crate: log lines only ever need
 //! UTC, no time zones, no parsing.
 
@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A moment broken into UTC calendar fields, to the millisecond.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Utc {
+pub(crate) struct Utc {
     pub year: i64,
     /// 1 to 12.
     pub month: u32,

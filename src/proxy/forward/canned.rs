@@ -4,12 +4,14 @@
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use crate::access_log::Utc;
 use crate::balance::{Balancer, NoWorker};
 use crate::db::SyncStatus;
 
@@ -116,25 +118,13 @@ impl Canned {
     }
 }
 
-/// Unix milliseconds as an RFC 3339 UTC time to the second (days to civil date: H. Hinnant's
-/// algorithm), so the 503 needs no date crate.
+/// Unix milliseconds as an RFC 3339 UTC time to the second, with the access log's
+/// calendar arithmetic (so the 503 needs no date crate either).
 fn utc(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = Utc::of(UNIX_EPOCH + Duration::from_millis(unix_ms));
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 
