@@ -224,19 +224,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs one `workers` command; any failure is one line on stderr and exit 1.
-fn workers(url: &str, command: &WorkersCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Runs `future` to its end on a single-threaded runtime, for the one-shot commands; `None`
+/// (said on stderr) when no runtime can be started.
+fn run_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
+        Ok(runtime) => Some(runtime.block_on(future)),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+/// Runs one `workers` command; any failure is one line on stderr and exit 1.
+fn workers(url: &str, command: &WorkersCommand) -> ExitCode {
+    let Some(result) = run_once(load_balancer::cli::workers::run(url, command)) else {
+        return ExitCode::FAILURE;
     };
-    match runtime.block_on(load_balancer::cli::workers::run(url, command)) {
+    match result {
         Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS
@@ -255,17 +263,10 @@ fn workers(url: &str, command: &WorkersCommand) -> ExitCode {
 /// Applies the migrations and says so; a database that cannot be reached, or refuses, is
 /// the same diagnostic the proxy gives at startup.
 fn migrate(url: &str) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(migrated) = run_once(async { load_balancer::db::Db::new(url)?.migrate().await })
+    else {
+        return ExitCode::FAILURE;
     };
-    let migrated = runtime.block_on(async { load_balancer::db::Db::new(url)?.migrate().await });
     match migrated {
         Ok(()) => {
             println!("migrations applied; the schema is current");
