@@ -103,33 +103,24 @@ fn port_ok(digits: &[u8]) -> bool {
 }
 
 /// RFC 3986 reg-name bytes (unreserved, pct-encoded's `%`, sub-delims but `,`).
-const REG_NAME: [bool; 256] = {
+const REG_NAME: [bool; 256] = alphanumeric_and(b"-._~%!$&'()*+;=");
+
+/// A byte table: ASCII letters and digits, and `extra`. Built at compile time, so a check
+/// on the hot path is one load.
+const fn alphanumeric_and(extra: &[u8]) -> [bool; 256] {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b';'
-                    | b'='
-            );
+        t[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
     }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
     t
-};
+}
 
 /// The `Transfer-Encoding` values of a request, as one list (RFC 9110 §5.3): `Ok(true)`
 /// when the body is chunked. Only a single `chunked`, last, is accepted; empty list elements
@@ -205,33 +196,7 @@ pub fn is_tchar(b: u8) -> bool {
     TCHAR[b as usize]
 }
 
-const TCHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    t
-};
+const TCHAR: [bool; 256] = alphanumeric_and(b"!#$%&'*+-.^_`|~");
 
 /// Without optional whitespace (SP and HTAB only: RFC 9110 §5.6.3; a no-break space is not
 /// whitespace).
