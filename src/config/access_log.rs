@@ -113,17 +113,8 @@ fn directory_of(path: &Path) -> &Path {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{GOOD, help_of, line_of, parse};
+    use super::super::test_support::{GOOD, first_listener_with, help_of, line_of, parse};
     use super::*;
-
-    /// `GOOD` with `lines` added to its first listener (line 10 onwards).
-    fn first_listener_with(lines: &str) -> String {
-        GOOD.replacen(
-            "algorithm = \"weighted\"",
-            &format!("algorithm = \"weighted\"\n{lines}"),
-            1,
-        )
-    }
 
     #[test]
     fn off_and_json_by_default() {

@@ -535,6 +535,15 @@ bind = "127.0.0.1:9901"
         Config::parse("config.toml", text, None)
     }
 
+    /// `GOOD` with `lines` added to its first listener (line 10 onwards).
+    pub fn first_listener_with(lines: &str) -> String {
+        GOOD.replacen(
+            "algorithm = \"weighted\"",
+            &format!("algorithm = \"weighted\"\n{lines}"),
+            1,
+        )
+    }
+
     /// The 1-based line of the diagnostic's primary span.
     pub fn line_of(text: &str, err: &ConfigError) -> usize {
         let offset = match err {
