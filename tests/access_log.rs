@@ -78,6 +78,9 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     // 2. A request the proxy refuses.
     let reply = raw(proxy, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    // A line is written when its report ends, which may be just after the client has its
+    // answer: waited for, so the lines come in this order.
+    lines(&http_log, 2).await;
     // 3. An HTTP/2 request.
     let (mut h2, conn) = h2_connect(proxy).await;
     let request = hyper::Request::get(format!("http://{proxy}/h2"))
