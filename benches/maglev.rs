@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use load_balancer::balance::maglev::{Table, key_hash};
+use load_balancer::ring::maglev::{Table, key_hash};
 
 fn addresses(n: usize) -> Vec<String> {
     (0..n)

@@ -176,6 +176,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         database_url: cli.database_url.filter(|u| !u.is_empty()),
         admin_token: cli.admin_token.filter(|t| !t.is_empty()),
+        sticky_secret: None,
     };
     // An operator's shell often has DATABASE_URL and no config.toml at hand; `migrate` and
     // the workers commands need nothing else. With a config file, its rules apply as to

@@ -399,6 +399,7 @@ async fn a_refused_certificate_is_a_connect_error_retried_on_another_worker() {
         weight: 1,
         pool: "default".into(),
         address: Address::new(&bad.addr.to_string()),
+        pool_load: Default::default(),
     };
     let error = connector
         .open(&worker, "127.0.0.1:1".parse().unwrap())

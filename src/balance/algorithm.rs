@@ -16,7 +16,9 @@ pub fn build(kind: AlgorithmKind) -> Box<dyn Algorithm> {
     match kind {
         AlgorithmKind::RoundRobin => Box::new(RoundRobin::default()),
         AlgorithmKind::Random => Box::new(Random(ThreadRandom)),
-        AlgorithmKind::Weighted => Box::new(Weighted::default()),
+        // Requests without a hash key are balanced as `weighted`: the hashed picks are the
+        // balancer's own (see `Balancer::pick`), over the pool's Maglev table.
+        AlgorithmKind::Weighted | AlgorithmKind::ConsistentHash => Box::new(Weighted::default()),
         AlgorithmKind::LeastConnections => Box::new(LeastConnections::default()),
         AlgorithmKind::PowerOfTwo => Box::new(PowerOfTwo(ThreadRandom)),
     }
@@ -181,6 +183,7 @@ mod tests {
                 Arc::new(Worker {
                     id: i as i64 + 1,
                     address: Address::new(&format!("127.0.0.1:{}", 8000 + i)),
+                    pool_load: Default::default(),
                     weight,
                     pool: "p".into(),
                     version: 1,
@@ -188,7 +191,7 @@ mod tests {
                 })
             })
             .collect();
-        Pool::new("p".into(), 1, workers)
+        Pool::new("p".into(), 1, workers, Default::default())
     }
 
     fn ids(alg: &dyn Algorithm, pool: &Pool, n: usize) -> Vec<i64> {

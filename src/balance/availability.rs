@@ -127,6 +127,7 @@ mod tests {
                 Arc::new(Worker {
                     id: i as i64 + 1,
                     address: Address::new(&format!("127.0.0.1:{}", 8000 + i)),
+                    pool_load: Default::default(),
                     weight: 1,
                     pool: "p".into(),
                     version: 1,
@@ -134,7 +135,7 @@ mod tests {
                 })
             })
             .collect();
-        Pool::new("p".into(), 1, workers)
+        Pool::new("p".into(), 1, workers, Default::default())
     }
 
     #[test]

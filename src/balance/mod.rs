@@ -11,7 +11,6 @@ pub mod algorithm;
 pub mod attempts;
 pub mod availability;
 pub mod health;
-pub mod maglev;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

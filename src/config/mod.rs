@@ -79,7 +79,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let overrides = Overrides {
             database_url,
-            admin_token: None,
+            ..Overrides::default()
         };
         Config::parse_with(name, text, overrides)
     }
@@ -159,6 +159,19 @@ pub struct ListenerConfig {
     pub accept_proxy: bool,
     /// The peers allowed to send PROXY headers (required, non-empty, with `accept_proxy`).
     pub trusted_proxies: TrustedProxies,
+    /// `name`: what the `listener` column of `routes` matches. `None`: only the routes for
+    /// every listener (`listener IS NULL`) apply. Unique among listeners.
+    pub name: Option<String>,
+    /// `consistent_hash`: what of a request is hashed to place it. Anything other than
+    /// `ClientIp` is refused on TCP listeners and without `consistent_hash`.
+    pub hash_key: HashKey,
+    /// `consistent_hash`: bounded loads, in percent of the pool's average in-flight load
+    /// (weighted) that one worker may carry before its keys spill to the next preference;
+    /// 0 turns it off. 0 or at least 100.
+    pub hash_balance_factor: u32,
+    /// TCP listeners: route each connection by the server name of its TLS ClientHello
+    /// (read without terminating TLS) through the `routes` table's `host`.
+    pub sni_routing: bool,
 }
 
 impl ListenerConfig {
@@ -178,8 +191,29 @@ impl ListenerConfig {
             tls: None,
             accept_proxy: false,
             trusted_proxies: TrustedProxies::default(),
+            name: None,
+            hash_key: HashKey::ClientIp,
+            hash_balance_factor: 0,
+            sni_routing: false,
         }
     }
+}
+
+/// A listener's `hash_key`: what `consistent_hash` hashes. A request without it (no such
+/// header, cookie or query parameter) is balanced by `weighted` instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// `"client_ip"` (the default): the client's address, from the PROXY header when the
+    /// listener accepts one. The only key of a TCP listener.
+    ClientIp,
+    /// `"header:NAME"`: the first field `NAME` (stored lower-case) of the request.
+    Header(String),
+    /// `"cookie:NAME"`: the value of cookie `NAME`.
+    Cookie(String),
+    /// `"path"`: the request-target's path, without the query.
+    Path,
+    /// `"query:NAME"`: the value of query parameter `NAME`, as sent (not decoded).
+    Query(String),
 }
 
 /// A listener's `access_log` key: where its access-log lines go.
@@ -238,17 +272,21 @@ pub enum AlgorithmKind {
     LeastConnections,
     /// Of two random workers (weighted), the one with fewer in-flight requests per weight.
     PowerOfTwo,
+    /// The same key (the listener's `hash_key`) to the same worker, on every instance
+    /// (weighted Maglev); a request without the key is balanced as `Weighted`.
+    ConsistentHash,
 }
 
 impl AlgorithmKind {
     /// Every algorithm a listener may use: the one list that diagnostics print, so a name is
     /// offered as valid exactly when it parses.
-    pub const ALL: [AlgorithmKind; 5] = [
+    pub const ALL: [AlgorithmKind; 6] = [
         AlgorithmKind::RoundRobin,
         AlgorithmKind::Random,
         AlgorithmKind::Weighted,
         AlgorithmKind::LeastConnections,
         AlgorithmKind::PowerOfTwo,
+        AlgorithmKind::ConsistentHash,
     ];
 
     /// The name written in `config.toml` (and shown in logs).
@@ -259,6 +297,7 @@ impl AlgorithmKind {
             AlgorithmKind::Weighted => "weighted",
             AlgorithmKind::LeastConnections => "least_connections",
             AlgorithmKind::PowerOfTwo => "power_of_two",
+            AlgorithmKind::ConsistentHash => "consistent_hash",
         }
     }
 
@@ -297,6 +336,73 @@ pub struct PoolConfig {
     /// The PROXY header written first on each new connection to a worker, carrying the
     /// client's address.
     pub send_proxy: SendProxy,
+    /// `[pools.NAME.sticky]`: HTTP requests carrying the pool's cookie go to the worker it
+    /// names while that worker is available. `None`: no sticky sessions.
+    pub sticky: Option<StickyConfig>,
+}
+
+/// Sticky sessions: `[pools.NAME.sticky]`. The cookie names a worker opaquely: its id and
+/// an HMAC of it keyed by `secret`, so a client can neither read an address in it nor
+/// forge one that names a worker of its choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// The cookie's name (`cookie`, default `"lb_sticky"`).
+    pub cookie: String,
+    /// `Max-Age` of the cookie; `None`: a session cookie.
+    pub max_age: Option<Duration>,
+    pub secure: bool,
+    /// Default `true`: scripts have no business reading it.
+    pub http_only: bool,
+    /// Default `Lax`.
+    pub same_site: Option<SameSite>,
+    /// The HMAC key: `secret`, or `LB_STICKY_SECRET`, or one drawn at random for this process.
+    pub secret: StickySecret,
+}
+
+/// The `SameSite` attribute of the sticky cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub const ALL: [SameSite; 3] = [SameSite::Strict, SameSite::Lax, SameSite::None];
+
+    /// As written in `config.toml` and in the `Set-Cookie` attribute.
+    pub fn name(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// The key sticky cookies are signed with. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StickySecret {
+    pub bytes: std::sync::Arc<[u8]>,
+    /// Where it came from: a random one only holds for this process, so its cookies are not
+    /// honoured by other instances or after a restart (startup warns).
+    pub source: SecretSource,
+}
+
+impl std::fmt::Debug for StickySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StickySecret({:?}, redacted)", self.source)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `[pools.NAME.sticky] secret`.
+    File,
+    /// `LB_STICKY_SECRET`.
+    Environment,
+    /// Neither was set: random, drawn once per process (a reload keeps it).
+    Random,
 }
 
 impl Default for PoolConfig {
@@ -314,6 +420,7 @@ impl Default for PoolConfig {
             ejection: EjectionConfig::default(),
             tls: None,
             send_proxy: SendProxy::Off,
+            sticky: None,
         }
     }
 }
@@ -457,6 +564,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     /// `LB_ADMIN_TOKEN`: replaces `[admin] token`.
     pub admin_token: Option<String>,
+    /// `LB_STICKY_SECRET`: the key of every pool's sticky cookies that sets no `secret`.
+    pub sticky_secret: Option<String>,
 }
 
 /// Why a configuration was refused.

@@ -79,6 +79,7 @@ impl Source<'_> {
             ejection,
             tls,
             send_proxy: self.send_proxy(&key("send_proxy"), &raw.send_proxy)?,
+            sticky: None,
         })
     }
 

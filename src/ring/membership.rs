@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use super::{Address, Pool, Ring, Worker, WorkerState};
 
@@ -76,6 +77,8 @@ pub struct Membership {
 struct PoolMembers {
     ids: HashSet<i64>,
     version: i64,
+    /// The pool's in-flight count, kept for as long as the pool is known (see `Pool::load`).
+    load: Arc<AtomicU64>,
     /// Whether the pool changed since it was last published.
     dirty: bool,
 }
@@ -195,12 +198,11 @@ impl Membership {
         members.ids.insert(row.id);
         members.version = members.version.max(row.version);
         members.dirty = true;
-        let pool = self
+        let (pool, members) = self
             .pools
             .get_key_value(row.pool.as_str())
-            .expect("just inserted")
-            .0
-            .clone();
+            .expect("just inserted");
+        let (pool, pool_load) = (pool.clone(), members.load.clone());
         self.workers.insert(
             row.id,
             Arc::new(Worker {
@@ -210,6 +212,7 @@ impl Membership {
                 pool,
                 version: row.version,
                 state,
+                pool_load,
             }),
         );
     }
@@ -254,7 +257,8 @@ impl Membership {
                 Some(p) if !members.dirty => p.clone(),
                 _ => {
                     let workers = members.ids.iter().map(|id| self.workers[id].clone());
-                    Arc::new(Pool::new(name, members.version, workers.collect()))
+                    let load = members.load.clone();
+                    Arc::new(Pool::new(name, members.version, workers.collect(), load))
                 }
             };
             members.dirty = false;

@@ -9,13 +9,16 @@
 //! The ring knows nothing of sockets or HTTP: it says what the workers are and what state
 //! they are in; `balance` decides what to do with that, `upstream` holds the connections.
 
+pub mod maglev;
 mod membership;
+pub mod routes;
 mod schedule;
 pub mod state;
 pub mod tally;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -40,6 +43,9 @@ pub struct Worker {
     pub weight: u32,
     pub pool: Arc<str>,
     pub address: Address,
+    /// The in-flight count of the whole pool (the same cell as its [`Pool::load`]), counted
+    /// with the worker's own by [`InFlight`], for bounded loads' average.
+    pub pool_load: Arc<AtomicU64>,
 }
 
 /// A backend address as written in `worker_address`: resolved once if it is a literal IP,
@@ -73,17 +79,34 @@ pub struct Pool {
     pub active: Box<[u32]>,
     /// Smooth weighted round-robin order of indices into `workers` (see `schedule.rs`).
     pub schedule: Box<[u32]>,
+    /// `consistent_hash`'s table: a key's slot → index into `workers` (see `maglev.rs`).
+    pub maglev: maglev::Table,
+    /// The sum of the weights in `active`.
+    pub total_weight: u64,
+    /// Requests (HTTP) or connections (TCP) in flight on the pool's workers: one cell for
+    /// the pool's life, shared by every snapshot of it and held by each of its workers.
+    pub load: Arc<AtomicU64>,
     /// When this pool last changed (it is rebuilt only when it changes).
     pub changed_at: SystemTime,
 }
 
 impl Pool {
-    pub fn new(name: Arc<str>, version: i64, mut workers: Vec<Arc<Worker>>) -> Pool {
+    /// The pool of `workers`, whose `pool_load` is `load`.
+    pub fn new(
+        name: Arc<str>,
+        version: i64,
+        mut workers: Vec<Arc<Worker>>,
+        load: Arc<AtomicU64>,
+    ) -> Pool {
         workers.sort_by_key(|w| w.id);
-        let active = (0..workers.len() as u32)
+        let active: Box<[u32]> = (0..workers.len() as u32)
             .filter(|&i| workers[i as usize].weight > 0)
             .collect();
         let weights: Vec<u32> = workers.iter().map(|w| w.weight).collect();
+        let placed: Vec<(&str, u32)> = workers
+            .iter()
+            .map(|w| (&*w.address.text, w.weight))
+            .collect();
         let slots = workers
             .iter()
             .map(|w| Slot {
@@ -97,6 +120,9 @@ impl Pool {
             name,
             version,
             schedule: schedule::smooth_weighted(&weights).into(),
+            maglev: maglev::Table::build(&placed),
+            total_weight: weights.iter().map(|&w| u64::from(w)).sum(),
+            load,
             active,
             slots,
             workers,
@@ -105,7 +131,7 @@ impl Pool {
     }
 
     pub fn empty(name: Arc<str>) -> Pool {
-        Pool::new(name, 0, Vec::new())
+        Pool::new(name, 0, Vec::new(), Arc::default())
     }
 }
 
@@ -133,6 +159,8 @@ pub struct Snapshot {
     /// Pools in a stable order: the configured pools first, at the indices
     /// [`Ring::pool_index`] handed out, then any other pool found in the table.
     pub pools: Vec<Arc<Pool>>,
+    /// The `routes` table, compiled; its pools have fixed indices in `pools`.
+    pub routes: Arc<routes::Routes>,
 }
 
 impl Snapshot {
@@ -210,6 +238,7 @@ impl Ring {
             current: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
                 pools,
+                routes: Arc::default(),
             }),
             configured: Mutex::new(names),
             published: watch::channel(0).0,
@@ -276,8 +305,14 @@ impl Ring {
             }
             pools.append(&mut others);
         }
-        let generation = self.current.load().generation + 1;
-        self.current.store(Arc::new(Snapshot { generation, pools }));
+        let current = self.current.load();
+        let generation = current.generation + 1;
+        let routes = current.routes.clone();
+        self.current.store(Arc::new(Snapshot {
+            generation,
+            pools,
+            routes,
+        }));
         self.published.send_replace(generation);
         generation
     }
@@ -315,8 +350,9 @@ mod tests {
             weight: 1,
             pool: "api".into(),
             address: Address::new("127.0.0.1:9"),
+            pool_load: Arc::default(),
         });
-        let api = Arc::new(Pool::new("api".into(), 1, vec![worker]));
+        let api = Arc::new(Pool::new("api".into(), 1, vec![worker], Arc::default()));
         ring.publish(vec![Arc::new(Pool::empty("web".into())), api]);
 
         assert_eq!(ring.configure("api"), 1);

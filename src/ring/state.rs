@@ -78,6 +78,7 @@ pub struct InFlight(Arc<Worker>);
 impl InFlight {
     pub fn new(worker: Arc<Worker>) -> InFlight {
         worker.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        worker.pool_load.fetch_add(1, Ordering::Relaxed);
         InFlight(worker)
     }
 
@@ -89,6 +90,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.pool_load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -212,6 +212,7 @@ mod tests {
         let worker = Arc::new(Worker {
             id: 1,
             address: Address::new(&address),
+            pool_load: Default::default(),
             weight: 1,
             pool: "p".into(),
             version: 1,

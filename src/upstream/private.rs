@@ -56,6 +56,7 @@ mod tests {
         Arc::new(Worker {
             id,
             address: Address::new(address),
+            pool_load: Default::default(),
             weight: 1,
             pool: "p".into(),
             version: 1,

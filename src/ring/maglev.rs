@@ -1,4 +1,4 @@
-//! Weighted Maglev: the lookup table behind `consistent_hash` (issue 12), as pure policy.
+//! Weighted Maglev: the lookup table behind `consistent_hash`.
 //!
 //! Maglev (Eisenbud et al., NSDI 2016) rather than a ketama ring: the table has a fixed size
 //! whatever the weights (a ring's points grow with the sum of weights, 160 per unit in ketama,
@@ -11,8 +11,7 @@
 //! table: the permutations come from a hash defined here (a fixed algorithm, fixed seeds),
 //! not `std`'s `DefaultHasher`, whose algorithm may change between Rust releases.
 //!
-//! Not wired yet: the key extraction (`hash_key`), bounded loads and the config switch are
-//! the next pieces.
+//! Built with every pool (`Pool::new`), off the hot path; `balance` walks it.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -73,6 +72,15 @@ pub struct Table {
     entries: Box<[u32]>,
     /// Workers holding at least one slot: where [`Table::preferences`] stops.
     distinct: u32,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("slots", &self.entries.len())
+            .field("distinct", &self.distinct)
+            .finish()
+    }
 }
 
 /// One worker's walk while the table fills.
