@@ -119,8 +119,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let sync = Arc::new(SyncStatus::default());
     let metrics = Metrics::new();
     let subscriber_task = start_subscriber(config, &ring, &sync, &metrics, &shutdown).await?;
-    let mut pool_tasks = PoolTasks::new(ring.clone(), shutdown.drain.clone());
-    pool_tasks.apply(config, &metrics);
+    let pool_tasks = PoolTasks::new(ring.clone(), shutdown.drain.clone(), metrics.clone());
+    pool_tasks.apply(config);
     let status_task = db::status::spawn(
         &config.database.url,
         &config.status,

@@ -11,19 +11,17 @@ use miette::Diagnostic;
 use tokio::net::TcpListener;
 
 use crate::access_log::{AccessLog, AccessLogError};
-use crate::balance::{self, Balancer};
 use crate::config::{Config, ListenerConfig, Protocol};
 use crate::db::SyncStatus;
 use crate::metrics::Metrics;
 use crate::proxy::edge::Edge;
 use crate::proxy::proxy_header::AcceptProxy;
-use crate::proxy::report::Reports;
+use crate::proxy::target::Targets;
 use crate::proxy::tcp::TcpProxy;
 use crate::proxy::{self, ClientLimits, HttpProxy, Proxy};
 use crate::ring::Ring;
 use crate::shutdown::Shutdown;
 use crate::tls::{Terminator, TlsError};
-use crate::upstream::Connector;
 
 /// An address that could not be bound.
 #[derive(Debug, thiserror::Error, Diagnostic)]
@@ -278,7 +276,6 @@ impl Listeners {
         log: Option<AccessLog>,
         tls: Option<Arc<Terminator>>,
     ) -> Proxy {
-        let http = entry.protocol == Protocol::Http;
         // The PROXY header first (when accepted), then the TLS handshake (when terminated).
         let edge = || {
             let edge = match &tls {
@@ -287,30 +284,27 @@ impl Listeners {
             };
             edge.accepting_proxy(AcceptProxy::of(entry))
         };
-        let name = address.to_string();
-        let reports = Reports::new(self.metrics.listener(&name, &entry.pool, http), log);
-        let connector = Connector::new(&config.pool(&entry.pool));
-        let balancer = Balancer::new(
+        let targets = Targets::new(
             self.ring.clone(),
-            &entry.pool,
-            balance::build(entry.algorithm),
-            config.pool(&entry.pool),
+            self.metrics.clone(),
+            entry,
+            address.to_string(),
+            &config.pools,
+            log,
         );
         match entry.protocol {
-            Protocol::Http => Proxy::Http(Arc::new(HttpProxy::new(
-                balancer,
-                connector,
-                edge(),
-                ClientLimits::of(entry),
-                self.sync.clone(),
-                reports,
-            ))),
+            Protocol::Http => Proxy::Http(Arc::new(HttpProxy {
+                targets,
+                hash_key: entry.hash_key.clone(),
+                edge: edge(),
+                limits: ClientLimits::of(entry),
+                sync: self.sync.clone(),
+            })),
             Protocol::Tcp => Proxy::Tcp(Arc::new(TcpProxy::new(
-                balancer,
-                connector,
+                targets,
                 edge(),
                 entry.idle_timeout,
-                reports,
+                entry.sni_routing.then_some(entry.header_read_timeout),
             ))),
         }
     }

@@ -142,7 +142,7 @@ impl Running {
         for entry in &config.listeners {
             self.ring.configure(&entry.pool);
         }
-        summary.pools_restarted = self.pool_tasks.apply(&config, &self.metrics);
+        summary.pools_restarted = self.pool_tasks.apply(&config);
 
         let mut old: Vec<Option<Served>> = self.served.take().into_iter().map(Some).collect();
         let mut unused = Vec::new();

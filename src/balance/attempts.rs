@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Balancer, Pick};
+use super::{Affinity, Balancer, Pick};
 use crate::ring::Worker;
 
 /// Attempts per request at most, whatever `retries` says.
@@ -16,6 +16,9 @@ pub const MAX_ATTEMPTS: usize = 8;
 pub struct Attempts {
     tried: [i64; MAX_ATTEMPTS],
     count: usize,
+    /// Whether the last worker is the one the request's sticky cookie named: its response
+    /// needs no new cookie.
+    pub stuck: bool,
 }
 
 /// Why a request found no worker to try.
@@ -43,9 +46,23 @@ impl NoWorker {
 impl Attempts {
     /// Picks a worker not tried yet, and says whether another attempt may follow this one
     /// (the pool's `retries`). Only called again when it may.
-    pub fn next(&mut self, balancer: &Balancer) -> Result<(Arc<Worker>, bool), NoWorker> {
+    /// The first attempt goes to the worker the sticky cookie names, if it takes traffic;
+    /// a retry is balanced (and re-stuck).
+    pub fn next(
+        &mut self,
+        balancer: &Balancer,
+        affinity: &Affinity,
+    ) -> Result<(Arc<Worker>, bool), NoWorker> {
         let tried = &self.tried[..self.count];
-        let worker = match balancer.pick(tried) {
+        let stuck = match &affinity.sticky {
+            Some(cookie) if tried.is_empty() => balancer.stuck(cookie.get()),
+            _ => None,
+        };
+        self.stuck = stuck.is_some();
+        let worker = match stuck
+            .map(Pick::Worker)
+            .unwrap_or_else(|| balancer.pick(tried, *affinity))
+        {
             Pick::Worker(w) => w,
             Pick::Empty if tried.is_empty() => return Err(NoWorker::Empty),
             Pick::Full => return Err(NoWorker::Full),
@@ -120,7 +137,7 @@ mod tests {
         let mut ids = Vec::new();
         let mut may = Vec::new();
         for _ in 0..3 {
-            let (w, may_retry) = a.next(&b).unwrap();
+            let (w, may_retry) = a.next(&b, &Affinity::default()).unwrap();
             ids.push(w.id);
             may.push(may_retry);
         }
@@ -140,12 +157,12 @@ mod tests {
         };
         let (b, _m) = balancer(2, settings);
         let mut a = Attempts::default();
-        a.next(&b).unwrap();
-        a.next(&b).unwrap();
-        assert_eq!(a.next(&b).unwrap_err(), NoWorker::Exhausted);
+        a.next(&b, &Affinity::default()).unwrap();
+        a.next(&b, &Affinity::default()).unwrap();
+        assert_eq!(a.next(&b, &Affinity::default()).unwrap_err(), NoWorker::Exhausted);
         let (empty, _m) = balancer(0, PoolConfig::default());
         assert_eq!(
-            Attempts::default().next(&empty).unwrap_err(),
+            Attempts::default().next(&empty, &Affinity::default()).unwrap_err(),
             NoWorker::Empty
         );
     }

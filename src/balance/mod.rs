@@ -11,6 +11,7 @@ pub mod algorithm;
 pub mod attempts;
 pub mod availability;
 pub mod health;
+pub mod sticky;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +20,8 @@ pub use algorithm::{Algorithm, RandomSource, ThreadRandom, build};
 pub use attempts::{Attempts, NoWorker, RetryBudget};
 pub use availability::Outcome;
 
-use crate::config::PoolConfig;
-use crate::ring::{Ring, Slot, Worker};
+use crate::config::{AlgorithmKind, PoolConfig};
+use crate::ring::{Pool, Ring, Slot, Worker};
 use availability::Verdict;
 
 /// A listener's way to pick a worker: its pool in the ring, the pool's settings, and its
@@ -38,6 +39,59 @@ pub struct Balancer {
     pub budget: RetryBudget,
     /// Slow start's draws: which warming worker takes a request.
     random: Box<dyn RandomSource>,
+    /// `consistent_hash`: requests with a key go to its worker in the pool's Maglev table.
+    hashing: Option<Hashing>,
+    /// The pool's `[sticky]` cookie, if it has one.
+    sticky: Option<sticky::Sticky>,
+}
+
+/// How `consistent_hash` places keyed requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashing {
+    /// Bounded loads (`hash_balance_factor`, percent; 0 = off): a worker carrying more than
+    /// this share of the pool's average in-flight load (weighted) passes its keys on.
+    pub balance_factor: u32,
+}
+
+/// What of a request may pin it to a worker, found by the transport before the first pick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Affinity {
+    /// The hash of the listener's `hash_key` (`maglev::key_hash`), when the request has it.
+    pub hash: Option<u64>,
+    /// The value of the pool's sticky cookie, when the request carries one.
+    pub sticky: Option<CookieValue>,
+}
+
+/// A cookie value copied out of the request (no allocation): values longer than any
+/// cookie this proxy sets cannot name a worker and are not kept.
+#[derive(Clone, Copy)]
+pub struct CookieValue {
+    len: u8,
+    bytes: [u8; CookieValue::MAX],
+}
+
+impl CookieValue {
+    const MAX: usize = 64;
+
+    /// `value`, if it is short enough to be one of ours.
+    pub fn new(value: &[u8]) -> Option<CookieValue> {
+        let mut bytes = [0; Self::MAX];
+        bytes.get_mut(..value.len())?.copy_from_slice(value);
+        Some(CookieValue {
+            len: value.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn get(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for CookieValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CookieValue({} bytes)", self.len)
+    }
 }
 
 /// The outcome of a pick.
@@ -62,6 +116,28 @@ impl Balancer {
         Balancer::with_random(ring, pool, algorithm, settings, Box::new(ThreadRandom))
     }
 
+    /// A listener's balancer for `pool`: its algorithm, and for `consistent_hash` the
+    /// listener's `hash_balance_factor`.
+    pub fn of(
+        ring: Arc<Ring>,
+        pool: &str,
+        kind: AlgorithmKind,
+        balance_factor: u32,
+        settings: PoolConfig,
+    ) -> Balancer {
+        let mut balancer = Balancer::new(ring, pool, build(kind), settings);
+        if kind == AlgorithmKind::ConsistentHash {
+            balancer.hashing = Some(Hashing { balance_factor });
+        }
+        balancer
+    }
+
+    /// Whether requests are placed by their key (`consistent_hash`): the transport then
+    /// finds the listener's `hash_key` in each request.
+    pub fn hashes(&self) -> bool {
+        self.hashing.is_some()
+    }
+
     /// The same, drawing slow start's chances from `random` (tests use a fixed sequence).
     pub fn with_random(
         ring: Arc<Ring>,
@@ -73,6 +149,7 @@ impl Balancer {
         let pool = ring
             .pool_index(pool)
             .expect("listener pools are configured in the ring");
+        let sticky = settings.sticky.as_ref().map(sticky::Sticky::new);
         Balancer {
             budget: RetryBudget::new(settings.retry_budget_percent),
             ring,
@@ -81,6 +158,8 @@ impl Balancer {
             settings,
             failing_open: AtomicBool::new(false),
             random,
+            hashing: None,
+            sticky,
         }
     }
 
@@ -88,9 +167,14 @@ impl Balancer {
     /// ejected, at their connection limit, or (by chance, in proportion to their ramp)
     /// warming up. When no worker is healthy, health is ignored (fail open). The worker is
     /// cloned out so the snapshot is not held while the work is in flight.
-    pub fn pick(&self, tried: &[i64]) -> Pick {
+    pub fn pick(&self, tried: &[i64], affinity: Affinity) -> Pick {
         let snapshot = self.ring.load();
         let pool = snapshot.pool(self.pool);
+        if let (Some(hashing), Some(hash)) = (self.hashing, affinity.hash)
+            && let Some(w) = self.placed(pool, hash, hashing, tried)
+        {
+            return self.found(w);
+        }
         // The warmest of the workers slow start turned down, if no other was usable.
         let mut cold: Option<(f64, &Slot)> = None;
         // The first unhealthy or ejected worker drawn: failing open follows the algorithm's
@@ -150,6 +234,41 @@ impl Balancer {
         }
     }
 
+    /// The key's worker: its owner in the Maglev table if that one takes traffic (and is
+    /// within bounded loads), else the next of its preferences that does. Only an
+    /// unavailable worker's keys move, and they spread over the others by weight. `None`
+    /// when no worker is usable (the caller's walk then decides between full, empty and
+    /// failing open).
+    fn placed<'p>(
+        &self,
+        pool: &'p Pool,
+        hash: u64,
+        hashing: Hashing,
+        tried: &[i64],
+    ) -> Option<&'p Slot> {
+        let usable = |w: &Slot| {
+            !tried.contains(&w.id) && matches!(self.judge(w), Verdict::Usable | Verdict::Cold(_))
+        };
+        // The usual case, without starting a walk: the owner takes it.
+        let owner = &pool.slots[pool.maglev.get(hash)? as usize];
+        if usable(owner) && within_bound(pool, owner, hashing) {
+            return Some(owner);
+        }
+        // Over its bound but usable: taken only if every other usable worker is over too.
+        let mut over = usable(owner).then_some(owner);
+        for index in pool.maglev.preferences(hash).skip(1) {
+            let w = &pool.slots[index as usize];
+            if !usable(w) {
+                continue;
+            }
+            if within_bound(pool, w, hashing) {
+                return Some(w);
+            }
+            over = over.or(Some(w));
+        }
+        over
+    }
+
     fn found(&self, w: &Slot) -> Pick {
         if self.failing_open.load(Ordering::Relaxed)
             && self.failing_open.swap(false, Ordering::Relaxed)
@@ -157,6 +276,28 @@ impl Balancer {
             tracing::warn!(pool = %self.pool_name(), "healthy workers again: no longer failing open");
         }
         Pick::Worker(w.worker.clone())
+    }
+
+    /// The worker a sticky cookie names, when the pool has `[sticky]`, the value
+    /// authenticates as one of its workers, and that worker takes traffic (weight > 0, not
+    /// down, not at its limit). Otherwise the request is balanced as usual and re-stuck.
+    pub fn stuck(&self, cookie: &[u8]) -> Option<Arc<Worker>> {
+        let sticky = self.sticky.as_ref()?;
+        let snapshot = self.ring.load();
+        let w = sticky.stuck_to(cookie, snapshot.pool(self.pool))?;
+        let takes = w.weight > 0 && matches!(self.judge(w), Verdict::Usable | Verdict::Cold(_));
+        takes.then(|| w.worker.clone())
+    }
+
+    /// The `Set-Cookie` value that sticks the client to `worker`, if the pool has `[sticky]`.
+    pub fn stick(&self, worker: &Worker) -> Option<String> {
+        let sticky = self.sticky.as_ref()?;
+        Some(sticky.set_cookie(&worker.pool, worker))
+    }
+
+    /// The name of the pool's sticky cookie, if it has `[sticky]`.
+    pub fn sticky_cookie(&self) -> Option<&str> {
+        self.sticky.as_ref().map(|s| s.cookie_name())
     }
 
     #[inline(always)]
@@ -200,6 +341,11 @@ impl Balancer {
         self.budget.take_retry()
     }
 
+    /// The pool's fixed index in every snapshot.
+    pub fn pool_index(&self) -> usize {
+        self.pool
+    }
+
     pub fn pool_name(&self) -> Arc<str> {
         self.ring.load().pool(self.pool).name.clone()
     }
@@ -209,6 +355,21 @@ impl Balancer {
     pub fn ring_loaded(&self) -> bool {
         self.ring.load().generation > 0
     }
+}
+
+/// Bounded loads: whether `w` may take one more request without carrying more than
+/// `balance_factor` percent of its weighted share of the pool's in-flight load, counting the
+/// new request (as HAProxy's `hash-balance-factor`: `in_flight + 1 <= ceil(factor/100 ×
+/// (total + 1) × weight / total_weight)`, compared in integers).
+#[inline]
+fn within_bound(pool: &Pool, w: &Slot, hashing: Hashing) -> bool {
+    let factor = u128::from(hashing.balance_factor);
+    if factor == 0 || pool.total_weight == 0 {
+        return true;
+    }
+    let total = u128::from(pool.load.load(Ordering::Relaxed));
+    let own = u128::from(w.state.in_flight.load(Ordering::Relaxed));
+    own * 100 * u128::from(pool.total_weight) < (total + 1) * factor * u128::from(w.weight)
 }
 
 #[cfg(test)]
@@ -252,7 +413,7 @@ mod tests {
     }
 
     fn picked(b: &Balancer, tried: &[i64]) -> Option<i64> {
-        match b.pick(tried) {
+        match b.pick(tried, Affinity::default()) {
             Pick::Worker(w) => Some(w.id),
             _ => None,
         }
@@ -307,9 +468,9 @@ mod tests {
         let held: Vec<_> = (1..=2)
             .map(|id| crate::ring::InFlight::new(worker(&b, id)))
             .collect();
-        assert!(matches!(b.pick(&[]), Pick::Full));
+        assert!(matches!(b.pick(&[], Affinity::default()), Pick::Full));
         drop(held);
-        assert!(matches!(b.pick(&[]), Pick::Worker(_)));
+        assert!(matches!(b.pick(&[], Affinity::default()), Pick::Worker(_)));
         m.apply(vec![
             Change::Update {
                 row: Row {
@@ -327,7 +488,7 @@ mod tests {
             },
         ]);
         assert!(
-            matches!(b.pick(&[]), Pick::Empty),
+            matches!(b.pick(&[], Affinity::default()), Pick::Empty),
             "weight 0 everywhere: drained"
         );
     }
@@ -343,7 +504,7 @@ mod tests {
         worker(&b, 2).state.health.record(false, 1, 1);
         for _ in 0..4 {
             assert!(
-                matches!(b.pick(&[]), Pick::Full),
+                matches!(b.pick(&[], Affinity::default()), Pick::Full),
                 "503, not the down worker"
             );
         }
@@ -373,5 +534,93 @@ mod tests {
         }
         // With only the warming worker left, it is still taken rather than nothing.
         assert_eq!(picked(&b, &[1]), Some(2));
+    }
+
+    /// A consistent-hash balancer over workers 1..=n (weight 1) of pool "p".
+    fn hashing(n: i64, balance_factor: u32) -> (Balancer, Membership) {
+        let ring = Ring::new(&["p".into()]);
+        let mut m = Membership::new(ring.clone());
+        m.reset((1..=n).map(|id| row(id, 1)).collect());
+        let b = Balancer::of(
+            ring,
+            "p",
+            AlgorithmKind::ConsistentHash,
+            balance_factor,
+            PoolConfig::default(),
+        );
+        (b, m)
+    }
+
+    fn keyed(b: &Balancer, key: u64, tried: &[i64]) -> Option<i64> {
+        let affinity = Affinity {
+            hash: Some(crate::ring::maglev::key_hash(&key.to_le_bytes())),
+            sticky: None,
+        };
+        match b.pick(tried, affinity) {
+            Pick::Worker(w) => Some(w.id),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_key_goes_to_its_owner_and_moves_only_while_its_owner_is_unavailable() {
+        let (b, _m) = hashing(5, 0);
+        let before: Vec<i64> = (0..2000).map(|k| keyed(&b, k, &[]).unwrap()).collect();
+        let again: Vec<i64> = (0..2000).map(|k| keyed(&b, k, &[]).unwrap()).collect();
+        assert_eq!(before, again, "the same key, the same worker");
+        for id in 1..=5 {
+            let share = before.iter().filter(|&&w| w == id).count();
+            assert!((300..=500).contains(&share), "worker {id} owns {share} of 2000");
+        }
+        worker(&b, 3).state.health.record(false, 1, 1);
+        for (k, &owner) in before.iter().enumerate() {
+            let now = keyed(&b, k as u64, &[]).unwrap();
+            if owner == 3 {
+                assert_ne!(now, 3, "key {k}: its owner is down");
+            } else {
+                assert_eq!(now, owner, "key {k} moved though its owner is up");
+            }
+        }
+        // A retry goes to the key's next preference, not back to the owner.
+        let k = before.iter().position(|&w| w == 1).unwrap() as u64;
+        let next = keyed(&b, k, &[1]).unwrap();
+        assert!(next != 1 && next != 3, "{next}");
+        assert_eq!(keyed(&b, k, &[1]), Some(next), "and always the same one");
+    }
+
+    #[test]
+    fn bounded_loads_cap_every_worker_at_the_factor_of_the_average() {
+        // Every request has the same key: without a bound, one worker takes them all.
+        let held = |b: &Balancer| {
+            (0..40)
+                .map(|_| {
+                    let id = keyed(b, 7, &[]).unwrap();
+                    crate::ring::InFlight::new(worker(b, id))
+                })
+                .collect::<Vec<_>>()
+        };
+        let (b, _m) = hashing(4, 0);
+        let unbounded = held(&b);
+        let owner = unbounded[0].worker().id;
+        assert!(unbounded.iter().all(|f| f.worker().id == owner));
+        drop(unbounded);
+
+        let (b, _m) = hashing(4, 150);
+        let bounded = held(&b);
+        for id in 1..=4 {
+            let load = bounded.iter().filter(|f| f.worker().id == id).count();
+            // 150% of the average of 40 over 4 workers.
+            assert!(load <= 15, "worker {id} carries {load} of 40");
+        }
+        let most = bounded.iter().filter(|f| f.worker().id == owner).count();
+        assert_eq!(most, 15, "the owner fills up to its bound first");
+    }
+
+    #[test]
+    fn a_request_without_a_key_is_balanced_by_weight() {
+        let (b, _m) = hashing(3, 0);
+        let mut seen: Vec<i64> = (0..6).filter_map(|_| picked(&b, &[])).collect();
+        seen.sort();
+        assert_eq!(seen, vec![1, 1, 2, 2, 3, 3]);
     }
 }

@@ -21,7 +21,7 @@ impl HttpProxy {
         peer: SocketAddr,
         shutdown: Shutdown,
     ) {
-        let _open = self.reports.metrics.connection();
+        let _open = self.targets.own.reports.metrics.connection();
         // ALPN chose HTTP/2 during the TLS handshake: no preface sniffing.
         if stream.alpn() == Some(b"h2") {
             let io = Rewind::new(bytes::BytesMut::new(), stream);

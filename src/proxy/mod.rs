@@ -15,8 +15,10 @@ pub mod http1;
 pub mod http2;
 pub mod proxy_header;
 pub mod report;
+pub mod sni;
 pub mod stamped;
 pub mod stream;
+pub mod target;
 pub mod tcp;
 
 use std::sync::Arc;
@@ -26,13 +28,12 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::accept::accept_loop;
-use crate::balance::Balancer;
-use crate::config::ListenerConfig;
+use crate::config::{HashKey, ListenerConfig};
 use crate::db::SyncStatus;
 use crate::shutdown::Shutdown;
-use crate::upstream::Connector;
 use edge::Edge;
 use report::Reports;
+use target::Targets;
 use tcp::TcpProxy;
 
 /// What serves one `[[listeners]]` entry's clients, by its protocol.
@@ -43,11 +44,11 @@ pub enum Proxy {
 }
 
 impl Proxy {
-    /// The counters of the listener it serves.
+    /// The counters of the listener it serves (for its own pool).
     pub fn reports(&self) -> &Reports {
         match self {
-            Proxy::Http(p) => &p.reports,
-            Proxy::Tcp(p) => &p.reports,
+            Proxy::Http(p) => &p.targets.own.reports,
+            Proxy::Tcp(p) => &p.targets.own.reports,
         }
     }
 
@@ -93,36 +94,15 @@ pub async fn serve(
 /// One `[[listeners]]` entry with `protocol = "http"`: what both HTTP transports need to
 /// serve its clients (`http` accepts them and hands each to the transport it speaks).
 pub struct HttpProxy {
-    pub balancer: Balancer,
-    /// How connections to the pool's workers are made.
-    pub connector: Connector,
+    /// The pools its requests go to: its own, and those routes name.
+    pub targets: Targets,
+    /// What `consistent_hash` hashes of a request.
+    pub hash_key: HashKey,
     /// What a client connection goes through first (PROXY header, TLS).
     pub edge: Edge,
     pub limits: ClientLimits,
     /// The database subscriber's state, for what a 503 says before the ring is loaded.
     pub sync: Arc<SyncStatus>,
-    /// Where each request's report goes.
-    pub reports: Reports,
-}
-
-impl HttpProxy {
-    pub fn new(
-        balancer: Balancer,
-        connector: Connector,
-        edge: Edge,
-        limits: ClientLimits,
-        sync: Arc<SyncStatus>,
-        reports: Reports,
-    ) -> HttpProxy {
-        HttpProxy {
-            balancer,
-            connector,
-            edge,
-            limits,
-            sync,
-            reports,
-        }
-    }
 }
 
 /// A listener's limits on each client connection (how many connections at once is the

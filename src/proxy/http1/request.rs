@@ -29,6 +29,37 @@ pub struct RequestHead {
     pub upgrade: bool,
     /// `Expect: 100-continue`: the client waits for a 100 before sending the body.
     pub expect_continue: bool,
+    /// Where the path and query sent to the worker are in the client's buffer (empty for an
+    /// absolute-form target without a path): what routes and `hash_key` read.
+    pub target: Span,
+    /// Where the host is in the client's buffer (the target's authority, else `Host`).
+    pub host: Option<Span>,
+}
+
+/// Where a part of the head lies in the client's buffer (a head is far below 4 GiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Nothing: a head that is not from a client's buffer.
+    pub const EMPTY: Span = Span { start: 0, end: 0 };
+
+    /// Where `part`, a slice of `buf`, lies in it.
+    fn of(buf: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    /// The part in `buf`, the buffer the head was parsed from.
+    pub fn of_head(self, buf: &[u8]) -> &[u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
 }
 
 /// Parses the request head at the start of `buf` and writes the worker's version of it to
@@ -106,6 +137,8 @@ pub fn rewrite_request(
         idempotent: retry::idempotent(method.as_bytes()),
         upgrade: upgrade.is_some(),
         expect_continue: scan.expect_continue && !http10,
+        target: Span::of(buf, path.as_bytes()),
+        host: host.map(|h| Span::of(buf, h)),
     }))
 }
 

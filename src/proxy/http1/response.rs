@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::head::{Framing, merge_length, put, put_length};
-use super::request::RequestHead;
+use super::request::{RequestHead, Span};
 use crate::proxy::forward::checks::{MAX_FIELDS, trim_ows};
 use crate::proxy::forward::headers::{ConnectionTokens, Field, classify};
 
@@ -266,6 +266,8 @@ pub fn response_for_h2(
         idempotent: false,
         upgrade: false,
         expect_continue: false,
+        target: Span::EMPTY,
+        host: None,
     };
     let (framing, reusable) = scan.framing(status, version, &request);
     let head = ResponseHead {

@@ -26,24 +26,26 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{BodyLeft, reserved};
 use super::chunked::{ChunkError, Output};
+use super::head::put;
 use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
 use crate::access_log::Ended as LogEnded;
-use crate::balance::{Attempts, Balancer, NoWorker, Outcome};
+use crate::balance::{Affinity, Attempts, NoWorker, Outcome};
 use crate::db::SyncStatus;
+use crate::proxy::forward::affinity::{self, split_target};
+use crate::proxy::forward::checks::MAX_FIELDS;
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
-use crate::proxy::report::{self, Report, Reports};
+use crate::proxy::report::{self, Report};
 use crate::proxy::stamped::Stamped;
 use crate::proxy::stream::ClientStream;
+use crate::proxy::target::Target;
 use crate::proxy::{ClientLimits, HttpProxy};
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::shutdown::{Shutdown, Signal};
-use crate::upstream::{
-    ConnectError, Connector, IdleConns, PrivateConns, Upstream, connect_upstream,
-};
+use crate::upstream::{ConnectError, IdleConns, PrivateConns, Upstream, connect_upstream};
 
 /// First read sizes: most heads (and small bodies) fit. Reads grow while they fill the
 /// buffer, up to `MAX_READ`: large bodies stream in large pieces, while ten thousand
@@ -112,13 +114,17 @@ impl BackendError {
 
 /// One client connection.
 struct Session<'a> {
-    balancer: &'a Balancer,
-    connector: &'a Connector,
+    proxy: &'a HttpProxy,
+    /// The pool the current request goes to (see `Targets::route`): the listener's own
+    /// until a route says otherwise.
+    target: Arc<Target>,
+    /// Whether the response to the current request sets the sticky cookie: the pool has
+    /// one, and the worker is not the one the request's cookie named.
+    restick: bool,
     /// The database subscriber's state, for a 503 before the ring was ever loaded.
     sync: &'a SyncStatus,
     limits: &'a ClientLimits,
     shutdown: &'a Shutdown,
-    reports: &'a Reports,
     /// The request being served.
     report: Report,
     client: ClientStream,
@@ -148,14 +154,15 @@ pub async fn serve(
     peer: std::net::SocketAddr,
 ) -> Ended {
     let limits = &proxy.limits;
+    let own = &proxy.targets.own;
     let mut session = Session {
-        balancer: &proxy.balancer,
-        connector: &proxy.connector,
+        proxy,
+        report: own.reports.idle(peer),
+        target: own.clone(),
+        restick: false,
         sync: &proxy.sync,
         limits,
         shutdown,
-        reports: &proxy.reports,
-        report: proxy.reports.idle(peer),
         peer: Client::new(peer).with_tls(client.is_tls()),
         client,
         private: PrivateConns::default(),
@@ -172,7 +179,7 @@ pub async fn serve(
         _ = shutdown.cut_signal() => {
             // The grace ran out mid-request: the request is reported as cut.
             session.report.ended(LogEnded::Cut);
-            session.reports.finish(&mut session.report);
+            session.target.reports.finish(&mut session.report);
             Ok(false)
         }
     };
@@ -326,14 +333,15 @@ impl Session<'_> {
     async fn refuse_head(&mut self, answer: Canned) {
         self.report.begin();
         self.send_own(&answer, true).await;
-        self.reports.finish(&mut self.report);
+        self.target.reports.finish(&mut self.report);
     }
 
     /// Forwards one request and its response, and reports it. Returns whether the
     /// connection goes on.
     async fn exchange(&mut self, head: RequestHead) -> Result<bool, Abort> {
+        self.route(&head);
         self.report.begin();
-        if self.reports.detailed() {
+        if self.target.reports.detailed() {
             let request = report::h1_request(&self.inbuf[..head.len]);
             self.report.detail(|d| d.request = request);
         }
@@ -345,12 +353,13 @@ impl Session<'_> {
                 Abort::Backend(..) => LogEnded::BackendFailed,
             });
         }
-        self.reports.finish(&mut self.report);
+        self.target.reports.finish(&mut self.report);
         result
     }
 
     async fn forward(&mut self, head: RequestHead) -> Result<bool, Abort> {
-        self.balancer.count_request();
+        self.target.balancer.count_request();
+        let affinity = self.affinity(&head);
         self.inbuf.advance(head.len);
         // The body bytes already read leave with the head.
         let mut body = BodyLeft::of(head.framing, Output::Normalised);
@@ -367,14 +376,15 @@ impl Session<'_> {
 
         let mut attempts = Attempts::default();
         loop {
-            let (worker, may_retry) = match attempts.next(self.balancer) {
+            let (worker, may_retry) = match attempts.next(&self.target.balancer, &affinity) {
                 Ok(next) => next,
                 Err(NoWorker::Exhausted) => return Ok(self.bad_gateway(&head, whole).await),
                 Err(none) => {
-                    let answer = Canned::no_worker(none, self.balancer, self.sync);
+                    let answer = Canned::no_worker(none, &self.target.balancer, self.sync);
                     return Ok(self.own_after(&head, whole, &answer).await);
                 }
             };
+            self.restick = !attempts.stuck;
             let tried = self
                 .try_worker(&worker, &head, &mut body, whole, may_retry)
                 .await;
@@ -386,6 +396,57 @@ impl Session<'_> {
                 Tried::Failed { .. } => return Ok(self.bad_gateway(&head, whole).await),
             }
         }
+    }
+
+    /// Points `target` at the pool the request in `inbuf` goes to (see `Targets::route`).
+    fn route(&mut self, head: &RequestHead) {
+        let targets = &self.proxy.targets;
+        let snapshot = targets.ring().load();
+        let buf = &self.inbuf[..head.len];
+        let (path, _) = split_target(head.target.of_head(buf));
+        let host = head.host.map(|h| h.of_head(buf));
+        targets.route(&snapshot, host, path, &mut self.target);
+    }
+
+    /// What of the request in `inbuf` pins it to a worker of the target's pool. The fields
+    /// are read again only for a key that is a field or a cookie: the head was checked
+    /// whole already, so this parse cannot fail on anything the first one took.
+    fn affinity(&self, head: &RequestHead) -> Affinity {
+        let balancer = &self.target.balancer;
+        let key = &self.proxy.hash_key;
+        let by_field = balancer.hashes()
+            && matches!(
+                key,
+                crate::config::HashKey::Header(_) | crate::config::HashKey::Cookie(_)
+            );
+        if !by_field && balancer.sticky_cookie().is_none() {
+            if !balancer.hashes() {
+                return Affinity::default();
+            }
+            let no_fields: &[httparse::Header] = &[];
+            let target = head.target.of_head(&self.inbuf);
+            return affinity::of(balancer, key, self.peer.address.ip(), target, no_fields);
+        }
+        let buf = &self.inbuf[..head.len];
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let mut request = httparse::Request::new(&mut fields);
+        let _ = request.parse(buf);
+        let target = head.target.of_head(buf);
+        affinity::of(
+            balancer,
+            key,
+            self.peer.address.ip(),
+            target,
+            &*request.headers,
+        )
+    }
+
+    /// The sticky cookie for `worker`'s response, when it must be set (see `restick`).
+    fn sticky_cookie(&self, worker: &Worker) -> Option<String> {
+        if !self.restick {
+            return None;
+        }
+        self.target.balancer.stick(worker)
     }
 
     /// Sends the request to `worker` and relays its answer.
@@ -404,7 +465,7 @@ impl Session<'_> {
             let (mut up, pooled) = match self.connection(worker).await {
                 Ok(c) => c,
                 Err(error) => {
-                    self.balancer.record(worker, Outcome::Connect);
+                    self.target.balancer.record(worker, Outcome::Connect);
                     if let Some(suppressed) = worker.state.log_gate.allow() {
                         tracing::warn!(backend = %worker.address.text, worker = worker.id,
                             %error, suppressed, "connect failed");
@@ -422,7 +483,10 @@ impl Session<'_> {
                 // every connection's task larger.
                 return Box::pin(self.stream_exchange(worker, up, head, body)).await;
             }
-            arm(self.timer.as_mut(), self.balancer.settings.response_timeout);
+            arm(
+                self.timer.as_mut(),
+                self.target.balancer.settings.response_timeout,
+            );
             let draining = self.shutdown.is_draining();
             let answer = match sent {
                 Ok(()) => {
@@ -464,8 +528,8 @@ impl Session<'_> {
 
     /// A connection to `worker`: an idle one (`true`), or a new one.
     async fn connection(&mut self, worker: &Worker) -> Result<(Upstream, bool), ConnectError> {
-        let settings = &self.balancer.settings;
-        let idle = if self.connector.shares_connections() {
+        let settings = &self.target.balancer.settings;
+        let idle = if self.target.connector.shares_connections() {
             IdleConns::of(worker).take_upstream(settings.idle_timeout)
         } else {
             self.private.take(worker, settings.idle_timeout)
@@ -473,8 +537,8 @@ impl Session<'_> {
         if let Some(up) = idle {
             return Ok((up, true));
         }
-        let dialled = self.reports.detailed().then(std::time::Instant::now);
-        let up = connect_upstream(worker, self.connector, self.peer.address).await?;
+        let dialled = self.target.reports.detailed().then(std::time::Instant::now);
+        let up = connect_upstream(worker, &self.target.connector, self.peer.address).await?;
         if let Some(t) = dialled {
             self.report.detail(|d| d.connect = Some(t.elapsed()));
         }
@@ -501,10 +565,10 @@ impl Session<'_> {
         may_retry: bool,
     ) -> Tried {
         if let BackendError::Timeout = e {
-            self.balancer.record(worker, Outcome::Timeout);
+            self.target.balancer.record(worker, Outcome::Timeout);
             if let Some(suppressed) = worker.state.log_gate.allow() {
                 tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                    timeout_ms = self.balancer.settings.response_timeout.as_millis() as u64,
+                    timeout_ms = self.target.balancer.settings.response_timeout.as_millis() as u64,
                     suppressed, "no response headers in time");
             }
             return Tried::Own(Canned::GATEWAY_TIMEOUT);
@@ -515,7 +579,8 @@ impl Session<'_> {
 
     /// Whether `failure` sends the request to another worker (see `forward::retry`).
     fn failed(&self, failure: Failure, replayable: bool, may_retry: bool) -> Tried {
-        let retry = retry::should_retry(failure, replayable, may_retry, &self.balancer.budget);
+        let retry =
+            retry::should_retry(failure, replayable, may_retry, &self.target.balancer.budget);
         Tried::Failed { retry }
     }
 
@@ -530,7 +595,7 @@ impl Session<'_> {
         may_retry: bool,
     ) -> Result<Tried, Abort> {
         let status = response.status;
-        self.balancer.record(worker, Outcome::Status(status));
+        self.target.balancer.record(worker, Outcome::Status(status));
         if matches!(status, 502..=504) {
             let retry = self.failed(Failure::GatewayStatus, replayable, may_retry);
             if let Tried::Failed { retry: true } = retry {
@@ -543,6 +608,9 @@ impl Session<'_> {
         if status == 101 {
             Box::pin(self.tunnel(up)).await;
             return Ok(Tried::Answered(false));
+        }
+        if let Some(cookie) = self.sticky_cookie(worker) {
+            add_field(&mut self.res_out, b"Set-Cookie", cookie.as_bytes());
         }
         let relayed = relay_response(
             &mut up.stream,
@@ -579,7 +647,8 @@ impl Session<'_> {
                 .await
                 .map_err(Abort::Client)?;
         }
-        let response_timeout = self.balancer.settings.response_timeout;
+        let response_timeout = self.target.balancer.settings.response_timeout;
+        let cookie = self.sticky_cookie(worker);
         arm(self.timer.as_mut(), response_timeout);
         let draining = self.shutdown.is_draining();
         let max = self.limits.max_header_size;
@@ -619,6 +688,9 @@ impl Session<'_> {
                     )));
                 }
                 let status = response.status;
+                if let Some(cookie) = &cookie {
+                    add_field(res_out, b"Set-Cookie", cookie.as_bytes());
+                }
                 answering = true;
                 let end = relay_response(&mut br, rbuf, &mut cw, res_out, response).await?;
                 Ok((status, end))
@@ -657,7 +729,7 @@ impl Session<'_> {
         };
         match downloaded {
             Ok((status, end)) => {
-                self.balancer.record(worker, Outcome::Status(status));
+                self.target.balancer.record(worker, Outcome::Status(status));
                 self.report.answered(status);
                 self.report.detail(|d| {
                     d.bytes_out = end.body_bytes;
@@ -678,7 +750,7 @@ impl Session<'_> {
                 Ok(Tried::Answered(false))
             }
             Err(Down::Head(BackendError::Timeout)) => {
-                self.balancer.record(worker, Outcome::Timeout);
+                self.target.balancer.record(worker, Outcome::Timeout);
                 // The rest of the body is unread: the connection closes after the 504.
                 self.send_own(&Canned::GATEWAY_TIMEOUT, true).await;
                 Ok(Tried::Answered(false))
@@ -727,7 +799,7 @@ impl Session<'_> {
     }
 
     fn backend_failed(&self, worker: &Worker, error: &BackendError) {
-        self.balancer.record(worker, error.outcome());
+        self.target.balancer.record(worker, error.outcome());
         if let Some(suppressed) = worker.state.log_gate.allow() {
             tracing::warn!(backend = %worker.address.text, worker = worker.id, %error,
                 suppressed, "backend failed");
@@ -958,4 +1030,12 @@ where
             Err(e) => return Err(RelayError::Read(e)),
         }
     }
+}
+
+/// Adds a field to the head in `out` (which ends with its empty line).
+fn add_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    debug_assert!(out.ends_with(b"\r\n\r\n"));
+    out.truncate(out.len() - 2);
+    put(out, name, value);
+    out.extend_from_slice(b"\r\n");
 }

@@ -32,6 +32,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::HttpProxy;
+use super::forward::affinity;
 use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks};
@@ -39,6 +40,7 @@ use super::http1::head::{Framing, put, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
 use super::stream::ClientStream;
+use super::target::Target;
 use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::ring::state::now_ms;
@@ -71,13 +73,14 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
         let (proxy, client) = (proxy.clone(), client.clone());
         let stream = Stream::open(counted.clone());
         async move {
-            let mut report = proxy.reports.start(peer);
-            let response = handle(&proxy, request, &client, &mut report).await;
+            let target = route(&proxy, &request);
+            let mut report = target.reports.start(peer);
+            let response = handle(&proxy, &target, request, &client, &mut report).await;
             Ok::<_, Infallible>(response.map(|body| Counted {
                 body,
                 _stream: stream,
                 report,
-                proxy,
+                target,
             }))
         }
     });
@@ -141,7 +144,8 @@ struct Counted {
     /// Held, not read: dropped with the body, it closes the stream's count.
     _stream: Stream,
     report: Report,
-    proxy: Arc<HttpProxy>,
+    /// Where the report goes.
+    target: Arc<Target>,
 }
 
 impl Drop for Counted {
@@ -150,7 +154,7 @@ impl Drop for Counted {
             // Dropped before its end: the client reset the stream, or the connection went.
             self.report.ended(Ended::ClientClosed);
         }
-        self.proxy.reports.finish(&mut self.report);
+        self.target.reports.finish(&mut self.report);
     }
 }
 
@@ -185,17 +189,36 @@ impl Body for Counted {
     }
 }
 
-/// Forwards one request (stream) to a worker picked for it.
+/// The pool a request goes to (see `Targets::route`), by its `:authority` (else `Host`)
+/// and path.
+fn route(proxy: &HttpProxy, request: &Request<Incoming>) -> Arc<Target> {
+    let targets = &proxy.targets;
+    let mut target = targets.own.clone();
+    let snapshot = targets.ring().load();
+    if snapshot.routes.is_empty() {
+        return target;
+    }
+    let host = match request.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => request.headers().get(header::HOST).map(|h| h.as_bytes()),
+    };
+    let path = request.uri().path().as_bytes();
+    targets.route(&snapshot, host, path, &mut target);
+    target
+}
+
+/// Forwards one request (stream) to a worker of `target`'s pool picked for it.
 async fn handle(
     proxy: &HttpProxy,
+    target: &Target,
     request: Request<Incoming>,
     client: &Client,
     report: &mut Report,
 ) -> Response<ProxyBody> {
-    let balancer = &proxy.balancer;
+    let balancer = &target.balancer;
     let settings = &balancer.settings;
     balancer.count_request();
-    if proxy.reports.detailed() {
+    if target.reports.detailed() {
         let logged = logged_request(&request);
         report.detail(|d| d.request = Some(logged));
     }
@@ -220,21 +243,29 @@ async fn handle(
         replayable: body.is_none() && retry::idempotent(parts.method.as_str().as_bytes()),
         first,
         client: client.address,
-        uploaded: proxy.reports.detailed().then(Default::default),
+        uploaded: target.reports.detailed().then(Default::default),
         connect: None,
     };
     let mut body = body;
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let affinity = affinity::of(
+        balancer,
+        &proxy.hash_key,
+        client.address.ip(),
+        path_and_query.as_bytes(),
+        &parts.headers,
+    );
 
     let mut attempts = Attempts::default();
     loop {
-        let (worker, may_retry) = match attempts.next(balancer) {
+        let (worker, may_retry) = match attempts.next(balancer, &affinity) {
             Ok(next) => next,
             Err(NoWorker::Exhausted) => return own(report, &Canned::BAD_GATEWAY),
             Err(none) => return own(report, &Canned::no_worker(none, balancer, &proxy.sync)),
         };
         report.tried(worker.clone());
         let exchanged =
-            worker::exchange(&worker, &proxy.connector, settings, &mut out, &mut body).await;
+            worker::exchange(&worker, &target.connector, settings, &mut out, &mut body).await;
         report.detail(|d| d.connect = out.connect);
         let (failure, outcome, error) = match exchanged {
             Ok(response) => {
@@ -249,6 +280,13 @@ async fn handle(
                     );
                 if !retry {
                     report.answered(status);
+                    let mut response = response;
+                    if !attempts.stuck
+                        && let Some(cookie) = balancer.stick(&worker)
+                        && let Ok(value) = header::HeaderValue::try_from(cookie)
+                    {
+                        response.headers_mut().append(header::SET_COOKIE, value);
+                    }
                     if let Some(uploaded) = out.uploaded.take() {
                         report.detail(|d| d.uploading = Some(uploaded));
                     }
