@@ -11,6 +11,7 @@ pub mod algorithm;
 pub mod attempts;
 pub mod availability;
 pub mod health;
+pub mod sticky;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
