@@ -15,6 +15,7 @@ pub mod http1;
 pub mod http2;
 pub mod proxy_header;
 pub mod report;
+pub mod sni;
 pub mod stamped;
 pub mod stream;
 pub mod tcp;
