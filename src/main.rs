@@ -49,6 +49,12 @@ struct Cli {
     #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true, global = true)]
     admin_token: Option<String>,
 
+    /// Key of the sticky-session cookies (at least 16 bytes) of every pool whose
+    /// `[pools.NAME.sticky]` sets no `secret`; without either, a random key for this
+    /// process, whose cookies other instances and restarts do not honour.
+    #[arg(long, env = "LB_STICKY_SECRET", hide_env_values = true, global = true)]
+    sticky_secret: Option<String>,
+
     /// How log lines are written to stderr: `text` for people, `json` (one object a line)
     /// for log collectors.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -176,7 +182,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         database_url: cli.database_url.filter(|u| !u.is_empty()),
         admin_token: cli.admin_token.filter(|t| !t.is_empty()),
-        sticky_secret: None,
+        sticky_secret: cli.sticky_secret.filter(|s| !s.is_empty()),
     };
     // An operator's shell often has DATABASE_URL and no config.toml at hand; `migrate` and
     // the workers commands need nothing else. With a config file, its rules apply as to

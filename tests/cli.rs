@@ -106,9 +106,24 @@ fn misspelt_pool_table_is_refused_with_a_suggestion() {
 }
 
 #[test]
-fn consistent_hash_is_refused_as_not_supported_yet() {
-    let text = GOOD.replace("\"weighted\"", "\"consistent_hash\"");
-    assert_config_error(&text, "is not supported yet", 8);
+fn check_config_accepts_consistent_hash() {
+    let text = GOOD.replace(
+        "algorithm = \"weighted\"",
+        "algorithm = \"consistent_hash\"\nhash_key = \"header:X-Tenant\"",
+    );
+    let (_dir, path) = write_config(&text);
+    let out = Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env_remove("DATABASE_URL")
+        .env_remove("LB_STICKY_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("is valid: 1 listener(s)"), "{stdout}");
 }
 
 #[test]

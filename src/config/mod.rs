@@ -14,11 +14,14 @@
 
 mod access_log;
 mod backend_tls;
+mod consistent_hash;
 mod duration;
 mod pool;
 mod proxy_protocol;
 mod raw;
+mod routing;
 mod source;
+mod sticky;
 mod tls;
 mod validate;
 
@@ -92,7 +95,7 @@ impl Config {
             database: source.database(&raw.database, overrides.database_url)?,
             listeners: source.listeners(&raw.listeners)?,
             admin: source.admin(raw.admin.as_ref(), overrides.admin_token)?,
-            pools: source.pools(&raw.pools)?,
+            pools: source.pools(&raw.pools, overrides.sticky_secret)?,
             status: source.status(raw.status.as_ref())?,
             log: source.log(raw.log.as_ref())?,
         };
@@ -615,6 +618,16 @@ pub enum ConfigError {
         help("e.g. DATABASE_URL=postgres://postgres@127.0.0.1:5432/load_balancer")
     )]
     DatabaseUrlEnv { reason: String },
+
+    #[error(
+        "LB_STICKY_SECRET is {len} bytes long; a sticky-cookie key must be at least {min}",
+        min = sticky::MIN_SECRET_BYTES
+    )]
+    #[diagnostic(
+        code(config::sticky_secret),
+        help("set a long random value, e.g. LB_STICKY_SECRET=$(openssl rand -hex 32)")
+    )]
+    StickySecretEnv { len: usize },
 }
 
 /// Helpers shared by the unit tests of every file of this module.
@@ -734,8 +747,75 @@ mod tests {
             assert_eq!(AlgorithmKind::from_name(kind.name()), Some(kind));
         }
         assert_eq!(AlgorithmKind::from_name("fastest"), None);
-        // Refused (not yet supported), so it must not parse as if it were.
-        assert_eq!(AlgorithmKind::from_name("consistent_hash"), None);
+    }
+
+    #[test]
+    fn affinity_and_routing_keys_together() {
+        let text = r#"
+[database]
+url = "postgres://postgres@127.0.0.1:5432/load_balancer"
+
+[[listeners]]
+name = "public"
+bind = "127.0.0.1:8080"
+pool = "web"
+algorithm = "consistent_hash"
+hash_key = "header:X-Tenant"
+hash_balance_factor = 125
+
+[[listeners]]
+name = "tls-passthrough"
+bind = "127.0.0.1:8443"
+protocol = "tcp"
+pool = "tls"
+algorithm = "consistent_hash"
+hash_key = "client_ip"
+sni_routing = true
+
+[pools.web.sticky]
+cookie = "SRV"
+max_age = "2h"
+secure = true
+http_only = false
+same_site = "None"
+secret = "a secret of at least 16 bytes"
+"#;
+        let c = parse(text).unwrap();
+        let mut public = ListenerConfig::new(
+            "127.0.0.1:8080".parse().unwrap(),
+            Protocol::Http,
+            "web",
+            AlgorithmKind::ConsistentHash,
+        );
+        public.name = Some("public".into());
+        public.hash_key = HashKey::Header("x-tenant".into());
+        public.hash_balance_factor = 125;
+        assert_eq!(c.listeners[0], public);
+        let mut passthrough = ListenerConfig::new(
+            "127.0.0.1:8443".parse().unwrap(),
+            Protocol::Tcp,
+            "tls",
+            AlgorithmKind::ConsistentHash,
+        );
+        passthrough.name = Some("tls-passthrough".into());
+        passthrough.sni_routing = true;
+        assert_eq!(c.listeners[1], passthrough);
+        let sticky = c.pool("web").sticky.unwrap();
+        assert_eq!(
+            sticky,
+            StickyConfig {
+                cookie: "SRV".into(),
+                max_age: Some(Duration::from_secs(2 * 60 * 60)),
+                secure: true,
+                http_only: false,
+                same_site: Some(SameSite::None),
+                secret: StickySecret {
+                    bytes: b"a secret of at least 16 bytes".as_slice().into(),
+                    source: SecretSource::File,
+                },
+            }
+        );
+        assert_eq!(c.pool("tls").sticky, None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! `[pools.NAME]` and its sub-tables, `health_check` and `ejection`: how a pool's workers
-//! are reached and judged. Whether a listener serves the pool is checked once every section
-//! is read (`Source::served_pools`).
+//! `[pools.NAME]` and its sub-tables, `health_check` and `ejection` (here), `tls`
+//! (`backend_tls.rs`) and `sticky` (`sticky.rs`): how a pool's workers are reached and
+//! judged. Whether a listener serves the pool is checked once every section is read
+//! (`Source::served_pools`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,25 +10,38 @@ use toml::Spanned;
 
 use super::raw::{RawEjection, RawHealthCheck, RawPool};
 use super::source::Source;
-use super::{ConfigError, EjectOn, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig};
+use super::sticky;
+use super::{
+    ConfigError, EjectOn, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig,
+    StickySecret,
+};
 
 impl Source<'_> {
     /// Every `[pools.NAME]` table, in file order, so that of two bad tables the first one
-    /// written is the one reported.
+    /// written is the one reported. `sticky_secret` is `LB_STICKY_SECRET`, the key of the
+    /// sticky tables that set none.
     pub fn pools(
         &self,
         raw: &HashMap<Spanned<String>, RawPool>,
+        sticky_secret: Option<String>,
     ) -> Result<HashMap<String, PoolConfig>, ConfigError> {
+        let sticky_secret = sticky::env_secret(sticky_secret)?;
         let mut tables: Vec<_> = raw.iter().collect();
         tables.sort_by_key(|(name, _)| name.span().start);
         let mut pools = HashMap::with_capacity(tables.len());
         for (name, raw) in tables {
-            pools.insert(name.get_ref().clone(), self.pool(name.get_ref(), raw)?);
+            let pool = self.pool(name.get_ref(), raw, sticky_secret.as_ref())?;
+            pools.insert(name.get_ref().clone(), pool);
         }
         Ok(pools)
     }
 
-    fn pool(&self, name: &str, raw: &RawPool) -> Result<PoolConfig, ConfigError> {
+    fn pool(
+        &self,
+        name: &str,
+        raw: &RawPool,
+        sticky_secret: Option<&StickySecret>,
+    ) -> Result<PoolConfig, ConfigError> {
         let d = PoolConfig::default();
         let key = |k: &str| format!("pools.{name}.{k}");
         let health_check = match &raw.health_check {
@@ -41,6 +55,10 @@ impl Source<'_> {
         let tls = match &raw.tls {
             None => None,
             Some(t) => self.backend_tls(&key("tls"), t)?,
+        };
+        let sticky = match &raw.sticky {
+            None => None,
+            Some(s) => Some(self.sticky(&key("sticky"), s, sticky_secret)?),
         };
         Ok(PoolConfig {
             connect_timeout: self.duration(
@@ -79,7 +97,7 @@ impl Source<'_> {
             ejection,
             tls,
             send_proxy: self.send_proxy(&key("send_proxy"), &raw.send_proxy)?,
-            sticky: None,
+            sticky,
         })
     }
 

@@ -50,6 +50,11 @@ pub(super) struct RawListener {
     pub accept_proxy: Option<Spanned<bool>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub tls: Option<RawTls>,
+    pub name: Option<Spanned<String>>,
+    pub hash_key: Option<Spanned<String>>,
+    /// Signed, so a negative number gets the key's own diagnostic rather than serde's.
+    pub hash_balance_factor: Option<Spanned<i64>>,
+    pub sni_routing: Option<Spanned<bool>>,
 }
 
 /// `[listeners.tls]`.
@@ -104,6 +109,19 @@ pub(super) struct RawPool {
     pub ejection: Option<RawEjection>,
     pub send_proxy: Option<Spanned<String>>,
     pub tls: Option<super::backend_tls::RawBackendTls>,
+    pub sticky: Option<RawSticky>,
+}
+
+/// `[pools.NAME.sticky]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSticky {
+    pub cookie: Option<Spanned<String>>,
+    pub max_age: Dur,
+    pub secure: Option<bool>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<Spanned<String>>,
+    pub secret: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

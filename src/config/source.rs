@@ -101,6 +101,19 @@ impl Source<'_> {
     }
 }
 
+/// What a token may hold, for diagnostics: see [`is_token`].
+pub(super) const TOKEN_CHARS: &str = "letters, digits and !#$%&'*+-.^_`|~";
+
+/// Whether `name` is a token (RFC 9110 §5.6.2), which a header field's name must be. A
+/// cookie's name is one too (RFC 6265 §4.1.1): its "visible ASCII but the separators
+/// `()<>@,;:\"/[]?={}` and space" is the same set of characters.
+pub(super) fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// `candidates` sorted closest to `word` first (by edit distance, ties kept in their order),
 /// and whether the closest is near enough to be a likely typo of it.
 pub(super) fn by_closeness<'c>(word: &str, candidates: &[&'c str]) -> (Vec<&'c str>, bool) {
@@ -146,6 +159,18 @@ mod tests {
         assert_eq!(edit_distance("", "api"), 3);
         assert_eq!(edit_distance("api", "apis"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn tokens() {
+        for yes in ["lb_sticky", "X-User-Id", "a", "!#$%&'*+-.^_`|~09AZaz"] {
+            assert!(is_token(yes), "{yes:?}");
+        }
+        for no in [
+            "", "a b", "a;b", "a=b", "\"a\"", "a:b", "a/b", "a\tb", "é", "a,b", "(a)", "{a}",
+        ] {
+            assert!(!is_token(no), "{no:?}");
+        }
     }
 
     #[test]
