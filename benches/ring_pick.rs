@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use load_balancer::balance::{Balancer, Pick, build};
+use load_balancer::balance::{Affinity, Balancer, Pick, build};
 use load_balancer::config::{AlgorithmKind, PoolConfig};
 use load_balancer::ring::{Change, InFlight, Membership, Ring, Row};
 
@@ -75,9 +75,33 @@ fn picks(c: &mut Criterion) {
             let balancer =
                 Balancer::new(ring.clone(), "default", build(kind), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
-                b.iter(|| black_box(balancer.pick(&[])))
+                b.iter(|| black_box(balancer.pick(&[], Affinity::default())))
             });
         }
+        // consistent_hash with a key: hashing the client's address, the owner's slot, and
+        // the checks of its availability (bounded loads on, as they cost a load more).
+        let balancer = Balancer::of(
+            ring.clone(),
+            "default",
+            AlgorithmKind::ConsistentHash,
+            150,
+            PoolConfig::default(),
+        );
+        let clients: Vec<std::net::IpAddr> = (0..1024u32)
+            .map(|i| std::net::Ipv4Addr::from(0xc633_6400 + i).into())
+            .collect();
+        let mut i = 0;
+        group.bench_function(format!("consistent_hash/{n}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % clients.len();
+                let hash = load_balancer::proxy::forward::affinity::client_hash(clients[i]);
+                let affinity = Affinity {
+                    hash: Some(black_box(hash)),
+                    sticky: None,
+                };
+                black_box(balancer.pick(&[], affinity))
+            })
+        });
     }
     group.finish();
 }
@@ -93,7 +117,7 @@ fn picks_in_flight(c: &mut Criterion) {
             let balancer =
                 Balancer::new(ring.clone(), "default", build(kind), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
-                b.iter(|| match balancer.pick(&[]) {
+                b.iter(|| match balancer.pick(&[], Affinity::default()) {
                     Pick::Worker(w) => black_box(InFlight::new(w)),
                     _ => unreachable!("every worker is usable"),
                 })
@@ -129,7 +153,7 @@ fn picks_while_publishing(c: &mut Criterion) {
             let balancer =
                 Balancer::new(ring.clone(), "default", build(kind), PoolConfig::default());
             group.bench_function(format!("{}/{n}", kind.name()), |b| {
-                b.iter(|| black_box(balancer.pick(&[])))
+                b.iter(|| black_box(balancer.pick(&[], Affinity::default())))
             });
         }
         stop.store(true, Ordering::Relaxed);

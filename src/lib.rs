@@ -113,6 +113,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
+    warn_of_random_sticky_secrets(config);
     let pools: Vec<String> = config.listeners.iter().map(|l| l.pool.clone()).collect();
     let ring = Ring::new(&pools);
     let shutdown = Shutdown::new();
@@ -166,6 +167,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         subscriber_task,
         status_task,
     })
+}
+
+/// A sticky cookie signed with a key drawn at startup is honoured by this process only:
+/// another instance, or this one after a restart, balances its clients afresh.
+fn warn_of_random_sticky_secrets(config: &Config) {
+    for (name, pool) in &config.pools {
+        if let Some(sticky) = &pool.sticky
+            && sticky.secret.source == config::SecretSource::Random
+        {
+            tracing::warn!(pool = %name,
+                "[pools.{name}.sticky] has no secret and LB_STICKY_SECRET is unset: its cookies are signed with a key of this process, so other instances and restarts do not honour them");
+        }
+    }
 }
 
 /// Migrates, reads the table once and starts following it. The proxy must be able to

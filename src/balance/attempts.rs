@@ -159,10 +159,15 @@ mod tests {
         let mut a = Attempts::default();
         a.next(&b, &Affinity::default()).unwrap();
         a.next(&b, &Affinity::default()).unwrap();
-        assert_eq!(a.next(&b, &Affinity::default()).unwrap_err(), NoWorker::Exhausted);
+        assert_eq!(
+            a.next(&b, &Affinity::default()).unwrap_err(),
+            NoWorker::Exhausted
+        );
         let (empty, _m) = balancer(0, PoolConfig::default());
         assert_eq!(
-            Attempts::default().next(&empty, &Affinity::default()).unwrap_err(),
+            Attempts::default()
+                .next(&empty, &Affinity::default())
+                .unwrap_err(),
             NoWorker::Empty
         );
     }

@@ -570,7 +570,10 @@ mod tests {
         assert_eq!(before, again, "the same key, the same worker");
         for id in 1..=5 {
             let share = before.iter().filter(|&&w| w == id).count();
-            assert!((300..=500).contains(&share), "worker {id} owns {share} of 2000");
+            assert!(
+                (300..=500).contains(&share),
+                "worker {id} owns {share} of 2000"
+            );
         }
         worker(&b, 3).state.health.record(false, 1, 1);
         for (k, &owner) in before.iter().enumerate() {
