@@ -46,12 +46,16 @@ fn pick(c: &mut Criterion) {
     }
 }
 
+/// Every pool's table is built when the pool changes: for a small pool the cost is
+/// filling the 65,537 slots, for a large one the workers' turns.
 fn build(c: &mut Criterion) {
-    let addresses = addresses(10_000);
-    let list = workers(&addresses);
-    c.bench_function("maglev build, 10,000 workers", |b| {
-        b.iter(|| Table::build(black_box(&list)))
-    });
+    for n in [3, 10_000] {
+        let addresses = addresses(n);
+        let list = workers(&addresses);
+        c.bench_function(&format!("maglev build, {n} workers"), |b| {
+            b.iter(|| Table::build(black_box(&list)))
+        });
+    }
 }
 
 criterion_group!(benches, pick, build);

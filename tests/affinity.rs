@@ -69,7 +69,8 @@ fn owners(running: &load_balancer::Running, keys: &[String]) -> Vec<String> {
     let pool = snapshot.pool_named("default").expect("pool default");
     keys.iter()
         .map(|k| {
-            let index = pool.maglev.get(key_hash(k.as_bytes())).expect("a worker");
+            let table = pool.maglev.as_ref().expect("a hashed pool has its table");
+            let index = table.get(key_hash(k.as_bytes())).expect("a worker");
             pool.workers[index as usize].address.text.to_string()
         })
         .collect()

@@ -125,6 +125,9 @@ impl Balancer {
         balance_factor: u32,
         settings: PoolConfig,
     ) -> Balancer {
+        if kind == AlgorithmKind::ConsistentHash {
+            ring.hash_pool(pool);
+        }
         let mut balancer = Balancer::new(ring, pool, build(kind), settings);
         if kind == AlgorithmKind::ConsistentHash {
             balancer.hashing = Some(Hashing { balance_factor });
@@ -249,14 +252,15 @@ impl Balancer {
         let usable = |w: &Slot| {
             !tried.contains(&w.id) && matches!(self.judge(w), Verdict::Usable | Verdict::Cold(_))
         };
+        let table = pool.maglev.as_ref()?;
         // The usual case, without starting a walk: the owner takes it.
-        let owner = &pool.slots[pool.maglev.get(hash)? as usize];
+        let owner = &pool.slots[table.get(hash)? as usize];
         if usable(owner) && within_bound(pool, owner, hashing) {
             return Some(owner);
         }
         // Over its bound but usable: taken only if every other usable worker is over too.
         let mut over = usable(owner).then_some(owner);
-        for index in pool.maglev.preferences(hash).skip(1) {
+        for index in table.preferences(hash).skip(1) {
             let w = &pool.slots[index as usize];
             if !usable(w) {
                 continue;

@@ -16,7 +16,7 @@ mod schedule;
 pub mod state;
 pub mod tally;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -80,7 +80,10 @@ pub struct Pool {
     /// Smooth weighted round-robin order of indices into `workers` (see `schedule.rs`).
     pub schedule: Box<[u32]>,
     /// `consistent_hash`'s table: a key's slot → index into `workers` (see `maglev.rs`).
-    pub maglev: maglev::Table,
+    /// Built only for the pools a `consistent_hash` balancer picks from
+    /// ([`Ring::hash_pool`]): a table costs a millisecond or more to build, at every change
+    /// of its pool.
+    pub maglev: Option<maglev::Table>,
     /// The sum of the weights in `active`.
     pub total_weight: u64,
     /// Requests (HTTP) or connections (TCP) in flight on the pool's workers: one cell for
@@ -103,10 +106,6 @@ impl Pool {
             .filter(|&i| workers[i as usize].weight > 0)
             .collect();
         let weights: Vec<u32> = workers.iter().map(|w| w.weight).collect();
-        let placed: Vec<(&str, u32)> = workers
-            .iter()
-            .map(|w| (&*w.address.text, w.weight))
-            .collect();
         let slots = workers
             .iter()
             .map(|w| Slot {
@@ -120,7 +119,7 @@ impl Pool {
             name,
             version,
             schedule: schedule::smooth_weighted(&weights).into(),
-            maglev: maglev::Table::build(&placed),
+            maglev: None,
             total_weight: weights.iter().map(|&w| u64::from(w)).sum(),
             load,
             active,
@@ -133,6 +132,25 @@ impl Pool {
     pub fn empty(name: Arc<str>) -> Pool {
         Pool::new(name, 0, Vec::new(), Arc::default())
     }
+
+    /// The same pool, with its Maglev table.
+    fn with_table(&self) -> Pool {
+        let placed: Vec<(&str, u32)> = (self.workers.iter())
+            .map(|w| (&*w.address.text, w.weight))
+            .collect();
+        Pool {
+            name: self.name.clone(),
+            version: self.version,
+            workers: self.workers.clone(),
+            slots: self.slots.clone(),
+            active: self.active.clone(),
+            schedule: self.schedule.clone(),
+            maglev: Some(maglev::Table::build(&placed)),
+            total_weight: self.total_weight,
+            load: self.load.clone(),
+            changed_at: self.changed_at,
+        }
+    }
 }
 
 /// One worker as a pick sees it, packed with its neighbours in [`Pool::slots`].
@@ -142,7 +160,7 @@ impl Pool {
 /// with both pointers (and the id and weight the algorithms compare) in one dense array, the
 /// pick reads one slot and then fetches the worker's reference count and its state in
 /// parallel.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Slot {
     pub worker: Arc<Worker>,
     /// The same as `worker.state`.
@@ -217,6 +235,9 @@ pub struct Ring {
     /// adds it), so an index once handed out stays right for as long as the ring lives. The
     /// lock also serialises publishes with that append; the hot path never takes it.
     configured: Mutex<Vec<Arc<str>>>,
+    /// Pools whose snapshots carry a Maglev table (see [`Ring::hash_pool`]). Only ever
+    /// added to; read under the lock of `configured`, which serialises every store.
+    hashed: Mutex<HashSet<Arc<str>>>,
     /// Tells waiters (tests, startup) that a new generation was published.
     published: watch::Sender<u64>,
 }
@@ -241,6 +262,7 @@ impl Ring {
                 routes: Arc::default(),
             }),
             configured: Mutex::new(names),
+            hashed: Mutex::default(),
             published: watch::channel(0).0,
         })
     }
@@ -266,6 +288,21 @@ impl Ring {
         let pools = self.current.load().pools.clone();
         self.store(&configured, pools);
         configured.len() - 1
+    }
+
+    /// Makes every snapshot from now on carry a Maglev table for pool `name` (a
+    /// `consistent_hash` balancer picks from it), publishing one at once if the current
+    /// snapshot's pool has none. The pool must be configured.
+    pub fn hash_pool(&self, name: &str) {
+        let configured = self.configured();
+        let added = lock(&self.hashed).insert(name.into());
+        let current = self.current.load();
+        let missing = current.pool_named(name).is_some_and(|p| p.maglev.is_none());
+        if added && missing {
+            let pools = current.pools.clone();
+            drop(current);
+            self.store(&configured, pools);
+        }
     }
 
     /// The current snapshot: one atomic load, no lock. Do not hold it across an await.
@@ -305,6 +342,15 @@ impl Ring {
             }
             pools.append(&mut others);
         }
+        // Built here, where every snapshot passes: a pool rebuilt by the subscriber, or one
+        // a `hash_pool` racing with it published, gets its table either way.
+        let hashed = lock(&self.hashed);
+        for pool in &mut pools {
+            if pool.maglev.is_none() && hashed.contains(&pool.name) {
+                *pool = Arc::new(pool.with_table());
+            }
+        }
+        drop(hashed);
         let current = self.current.load();
         let generation = current.generation + 1;
         let routes = current.routes.clone();
@@ -324,13 +370,18 @@ impl Ring {
 
     /// A poisoned lock only means a publisher panicked; the names are still good.
     fn configured(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
-        self.configured.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.configured)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::membership::{Change, Membership, Row};
 
     fn names(ring: &Ring) -> Vec<String> {
         ring.load()
@@ -364,5 +415,44 @@ mod tests {
         // A snapshot built before "new" was configured (the subscriber's race) is put right.
         ring.publish(vec![Arc::new(Pool::empty("web".into()))]);
         assert_eq!(names(&ring), ["web", "api", "new"]);
+    }
+
+    #[test]
+    fn only_hashed_pools_carry_a_maglev_table_and_every_rebuild_keeps_it() {
+        let ring = Ring::new(&["web".to_string(), "cache".to_string()]);
+        let mut m = Membership::new(ring.clone());
+        let row = |id: i64, pool: &str, version: i64| Row {
+            id,
+            address: format!("127.0.0.1:{}", 9000 + id),
+            weight: 1,
+            pool: pool.into(),
+            version,
+        };
+        m.reset(vec![row(1, "web", 1), row(2, "cache", 2)]);
+        assert!(ring.load().pools.iter().all(|p| p.maglev.is_none()));
+
+        let before = ring.load().generation;
+        ring.hash_pool("cache");
+        let snapshot = ring.load();
+        assert_eq!(snapshot.generation, before + 1, "published at once");
+        assert!(snapshot.pool_named("cache").unwrap().maglev.is_some());
+        assert!(snapshot.pool_named("web").unwrap().maglev.is_none());
+
+        // The subscriber rebuilds the pool on a change: the table comes with it.
+        m.apply(vec![Change::Insert(row(3, "cache", 3))]);
+        let table = ring
+            .load()
+            .pool_named("cache")
+            .unwrap()
+            .maglev
+            .as_ref()
+            .map(|t| t.get(7));
+        assert!(matches!(table, Some(Some(0 | 1))), "{table:?}");
+        ring.hash_pool("cache");
+        assert_eq!(
+            ring.load().generation,
+            before + 2,
+            "already hashed: nothing to publish"
+        );
     }
 }
