@@ -204,6 +204,7 @@ fn main() -> ExitCode {
         }
     };
     let log_level = init_logging(cli.log_format, config.log.level.as_deref());
+    warn_of_unserved_pool_tables(&config);
 
     // Each client connection and each backend connection is a file descriptor: take all the
     // hard limit allows (as HAProxy does) instead of a soft default that may be 1024.
@@ -345,6 +346,13 @@ fn serve(config: Config, path: &Path, overrides: &Overrides, log_level: &LogLeve
     })
 }
 
+/// Says which `[pools.NAME]` tables only routes can use: most often a misspelt name.
+fn warn_of_unserved_pool_tables(config: &Config) {
+    for warning in config.unserved_pool_tables() {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// Rereads `path` and applies it. A file that does not validate, or a reload that cannot
 /// apply (an address to add is taken), changes nothing: the running configuration keeps
 /// serving, the diagnostic is logged as one event, and `lb_config_reloads_total{result =
@@ -364,6 +372,7 @@ async fn reload(running: &mut Running, path: &Path, overrides: &Overrides, log_l
             return;
         }
     };
+    warn_of_unserved_pool_tables(&config);
     let level = config.log.level.clone();
     match running.reload(config, SHUTDOWN_GRACE).await {
         Ok(summary) => {

@@ -73,8 +73,8 @@ impl Config {
     /// Validates the text of a config file; `name` is shown in diagnostics.
     ///
     /// Sections are checked in file order, each by its own function (`validate.rs`,
-    /// `pool.rs`); the checks that need several sections at once (addresses bound twice,
-    /// pool tables no listener serves) come last, once every section is known to be valid.
+    /// `pool.rs`); the checks that need several sections at once (addresses bound twice)
+    /// come last, once every section is known to be valid.
     pub fn parse(
         name: &str,
         text: &str,
@@ -100,7 +100,6 @@ impl Config {
             log: source.log(raw.log.as_ref())?,
         };
         source.distinct_binds(&raw, &config)?;
-        source.served_pools(&raw, &config)?;
         Ok(config)
     }
 }

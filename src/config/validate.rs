@@ -338,46 +338,39 @@ impl Source<'_> {
         }
         Ok(())
     }
+}
 
-    /// Every `[pools.NAME]` table names a pool some listener serves. A misspelt table would
-    /// otherwise be ignored without a word (its health checks never run, its timeouts never
-    /// apply), which is worse than refusing to start.
-    pub fn served_pools(&self, raw: &RawConfig, config: &Config) -> Result<(), ConfigError> {
+impl Config {
+    /// A warning for each `[pools.NAME]` table of a pool no listener serves. Such a table is
+    /// valid, since a row of `routes` (which the file cannot know) may send requests to its
+    /// pool; but it is more often a misspelt name, so startup, reload and `check-config` say
+    /// so, with the closest served pool.
+    pub fn unserved_pool_tables(&self) -> Vec<String> {
         let mut served: Vec<&str> = Vec::new();
-        for l in &config.listeners {
+        for l in &self.listeners {
             if !served.contains(&l.pool.as_str()) {
                 served.push(&l.pool);
             }
         }
-        let mut unserved: Vec<&Spanned<String>> = raw
-            .pools
-            .keys()
-            .filter(|name| !served.contains(&name.get_ref().as_str()))
+        let mut unserved: Vec<&String> = (self.pools.keys())
+            .filter(|name| !served.contains(&name.as_str()))
             .collect();
-        // The first one written is the one reported.
-        unserved.sort_by_key(|name| name.span().start);
-        let Some(name) = unserved.first() else {
-            return Ok(());
-        };
-        let (ranked, near) = by_closeness(name.get_ref(), &served);
-        let listed = ranked.join(", ");
-        let help = if near {
-            format!("did you mean `{}`? served pools: {listed}", ranked[0])
-        } else {
-            format!(
-                "served pools: {listed}; to serve this one, set `pool = {:?}` on a [[listeners]] entry",
-                name.get_ref()
-            )
-        };
-        Err(self.invalid(
-            format!(
-                "`[pools.{}]` configures a pool that no listener serves",
-                name.get_ref()
-            ),
-            name.span(),
-            "no [[listeners]] entry has this pool",
-            Some(&help),
-        ))
+        unserved.sort();
+        unserved
+            .into_iter()
+            .map(|name| {
+                let (ranked, near) = by_closeness(name, &served);
+                let guess = if near {
+                    format!("; did you mean `{}`?", ranked[0])
+                } else {
+                    String::new()
+                };
+                format!(
+                    "`[pools.{name}]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there{guess} (served pools: {})",
+                    ranked.join(", ")
+                )
+            })
+            .collect()
     }
 }
 
@@ -580,29 +573,24 @@ mod tests {
     }
 
     #[test]
-    fn unserved_pool_table_is_refused_with_a_suggestion() {
+    fn unserved_pool_table_is_accepted_for_routes_with_a_warning_and_a_suggestion() {
         let text = GOOD.replace(
             "[[listeners]]\nbind = \"127.0.0.1:8081\"",
             "[[listeners]]\nbind = \"127.0.0.1:8081\"\npool = \"api\"",
         ) + "\n[pools.api]\nretries = 1\n\n[pools.defualt.health_check]\npath = \"/healthz\"\n";
-        let e = parse(&text).unwrap_err();
+        let config = parse(&text).unwrap();
         assert_eq!(
-            e.to_string(),
-            "`[pools.defualt]` configures a pool that no listener serves"
-        );
-        assert_eq!(line_of(&text, &e), 21);
-        assert_eq!(
-            help_of(&e),
-            "did you mean `default`? served pools: default, api"
+            config.unserved_pool_tables(),
+            ["`[pools.defualt]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there; did you mean `default`? (served pools: default, api)"]
         );
 
-        // Nothing close: no guess, but the served pools and how to serve this one.
+        // Nothing close: no guess, but the served pools.
         let text = GOOD.to_string() + "\n[pools.batch]\nretries = 0\n";
-        let e = parse(&text).unwrap_err();
-        assert_eq!(line_of(&text, &e), 17);
+        let config = parse(&text).unwrap();
+        assert_eq!(config.pool("batch").retries, 0);
         assert_eq!(
-            help_of(&e),
-            "served pools: default; to serve this one, set `pool = \"batch\"` on a [[listeners]] entry"
+            config.unserved_pool_tables(),
+            ["`[pools.batch]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there (served pools: default)"]
         );
 
         // The pool of a listener without a `pool` key is "default", and is served.
