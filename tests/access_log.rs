@@ -124,6 +124,7 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     assert_eq!(post["bytes_in"], 5);
     assert_eq!(post["bytes_out"], 1, "a's body is its name: {post}");
     assert_eq!(post["worker"], a_addr.as_str());
+    assert_eq!(post["pool"], "default");
     assert_eq!(post["retries"], 0);
     assert_eq!(post["ended"], "complete");
     assert_eq!(post["referer"], "/from");
@@ -197,7 +198,7 @@ async fn combined_lines_and_a_rotated_file_is_reopened() {
         line.contains("] \"GET /one HTTP/1.1\" 200 1 \"-\" \"ua\" \"h\" "),
         "{line}"
     );
-    assert!(line.ends_with(" 0 complete"), "{line}");
+    assert!(line.ends_with(" 0 complete default"), "{line}");
 
     // Rotation: the file is moved away, the proxy told to reopen, and the next line goes to
     // a new file at the configured path.

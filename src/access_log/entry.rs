@@ -24,6 +24,8 @@ pub struct Entry {
     pub bytes_out: u64,
     /// The worker (`host:port`) that served the last attempt; `None` when none was reached.
     pub worker: Option<Arc<str>>,
+    /// The pool the request (or connection) went to: the listener's own, or a route's.
+    pub pool: Arc<str>,
     /// From `time` until the last byte was sent (or the exchange ended otherwise).
     pub total: Duration,
     /// How long the connection to the worker took; `None` for a reused keep-alive connection

@@ -7,7 +7,7 @@
 //! ```text
 //! {"time":"2000-10-10T13:55:36.789Z","client":"203.0.113.7:51234","method":"GET",
 //!  "authority":"example.com","path":"/a?b=1","protocol":"HTTP/1.1","status":200,
-//!  "bytes_in":0,"bytes_out":2326,"worker":"10.0.0.1:8000","total_ms":12.345,
+//!  "bytes_in":0,"bytes_out":2326,"worker":"10.0.0.1:8000","pool":"default","total_ms":12.345,
 //!  "connect_ms":0.512,"ttfb_ms":10.001,"retries":0,"ended":"complete",
 //!  "listener":"127.0.0.1:8080","referer":null,"user_agent":"curl/8.5.0"}
 //! ```
@@ -17,11 +17,11 @@
 //!
 //! ```text
 //! 203.0.113.7 - - [10/Oct/2000:13:55:36 +0000] "GET /a?b=1 HTTP/1.1" 200 2326 "-" "curl/8.5.0"
-//!     "example.com" 10.0.0.1:8000 0 12.345 0.512 10.001 0 complete
+//!     "example.com" 10.0.0.1:8000 0 12.345 0.512 10.001 0 complete default
 //! ```
 //!
 //! (one line) — after the user agent: authority, worker, bytes_in, total_ms, connect_ms,
-//! ttfb_ms, retries, ended; `-` for an absent value. Strings are escaped as nginx does: `"`,
+//! ttfb_ms, retries, ended, pool; `-` for an absent value. Strings are escaped as nginx does: `"`,
 //! `\`, control bytes and non-ASCII bytes become `\xHH` (spaces too in the unquoted worker
 //! field), so a line is always one line of ASCII with its fields where parsers expect them.
 
@@ -75,6 +75,8 @@ fn json(listener: &str, e: &Entry, out: &mut Vec<u8>) {
         e.bytes_in, e.bytes_out
     );
     json_string(out, e.worker.as_deref());
+    out.extend_from_slice(b",\"pool\":");
+    json_string(out, Some(&e.pool));
     out.extend_from_slice(b",\"total_ms\":");
     millis(out, Some(e.total), b"null");
     out.extend_from_slice(b",\"connect_ms\":");
@@ -155,7 +157,8 @@ fn combined(e: &Entry, out: &mut Vec<u8>) {
     millis(out, e.connect, b"-");
     out.push(b' ');
     millis(out, e.ttfb, b"-");
-    let _ = write!(out, " {} {}", e.retries, e.ended.name());
+    let _ = write!(out, " {} {} ", e.retries, e.ended.name());
+    escaped(out, &e.pool, true);
 }
 
 /// `"value"`, escaped, or `"-"` when absent (as nginx writes an empty header).
@@ -213,6 +216,7 @@ mod tests {
             bytes_in: 0,
             bytes_out: 2326,
             worker: Some(Arc::from("10.0.0.1:8000")),
+            pool: Arc::from("default"),
             total: Duration::from_micros(12_345),
             connect: Some(Duration::from_micros(512)),
             ttfb: Some(Duration::from_nanos(10_001_999)),
@@ -230,6 +234,7 @@ mod tests {
             bytes_in: 517,
             bytes_out: 4096,
             worker: Some(Arc::from("10.0.0.2:5432")),
+            pool: Arc::from("default"),
             total: Duration::from_secs(61),
             connect: Some(Duration::from_millis(2)),
             ttfb: None,
@@ -246,7 +251,7 @@ mod tests {
                 r#"{"time":"2000-10-10T13:55:36.789Z","client":"203.0.113.7:51234","#,
                 r#""method":"GET","authority":"example.com","path":"/a?b=1","#,
                 r#""protocol":"HTTP/1.1","status":200,"bytes_in":0,"bytes_out":2326,"#,
-                r#""worker":"10.0.0.1:8000","total_ms":12.345,"connect_ms":0.512,"#,
+                r#""worker":"10.0.0.1:8000","pool":"default","total_ms":12.345,"connect_ms":0.512,"#,
                 r#""ttfb_ms":10.001,"retries":0,"ended":"complete","#,
                 r#""listener":"127.0.0.1:8080","referer":null,"user_agent":"curl/8.5.0"}"#,
                 "\n"
@@ -261,7 +266,7 @@ mod tests {
             concat!(
                 r#"{"time":"2000-10-10T13:55:36.000Z","client":"[2001:db8::1]:40000","#,
                 r#""method":null,"authority":null,"path":null,"protocol":"TCP","status":null,"#,
-                r#""bytes_in":517,"bytes_out":4096,"worker":"10.0.0.2:5432","#,
+                r#""bytes_in":517,"bytes_out":4096,"worker":"10.0.0.2:5432","pool":"default","#,
                 r#""total_ms":61000.000,"connect_ms":2.000,"ttfb_ms":null,"retries":1,"#,
                 r#""ended":"client_closed","listener":"127.0.0.1:8080","referer":null,"#,
                 r#""user_agent":null}"#,
@@ -297,7 +302,7 @@ mod tests {
         assert_eq!(
             line(AccessLogFormat::Combined, &http_entry()),
             "203.0.113.7 - - [10/Oct/2000:13:55:36 +0000] \"GET /a?b=1 HTTP/1.1\" 200 2326 \
-             \"-\" \"curl/8.5.0\" \"example.com\" 10.0.0.1:8000 0 12.345 0.512 10.001 0 complete\n"
+             \"-\" \"curl/8.5.0\" \"example.com\" 10.0.0.1:8000 0 12.345 0.512 10.001 0 complete default\n"
         );
     }
 
@@ -318,7 +323,7 @@ mod tests {
             line(AccessLogFormat::Combined, &entry),
             "203.0.113.7 - - [10/Oct/2000:13:55:36 +0000] \
              \"GET /q\\x22uote\\x01\\x5C\\xC3\\xA9 HTTP/2\" 200 2326 \
-             \"https://a.example/\\x22x\\x22\" \"-\" \"-\" bad\\x20host:1 0 12.345 0.512 - 0 complete\n"
+             \"https://a.example/\\x22x\\x22\" \"-\" \"-\" bad\\x20host:1 0 12.345 0.512 - 0 complete default\n"
         );
     }
 
@@ -327,7 +332,7 @@ mod tests {
         assert_eq!(
             line(AccessLogFormat::Combined, &tcp_entry()),
             "2001:db8::1 - - [10/Oct/2000:13:55:36 +0000] \"-\" 0 4096 \"-\" \"-\" \"-\" \
-             10.0.0.2:5432 517 61000.000 2.000 - 1 client_closed\n"
+             10.0.0.2:5432 517 61000.000 2.000 - 1 client_closed default\n"
         );
     }
 

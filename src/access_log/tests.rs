@@ -51,6 +51,7 @@ fn entry(path: &str) -> Entry {
         bytes_in: 0,
         bytes_out: 5,
         worker: Some("10.0.0.1:8000".into()),
+        pool: "default".into(),
         total: Duration::from_millis(3),
         connect: None,
         ttfb: Some(Duration::from_millis(2)),
@@ -117,7 +118,7 @@ fn a_line_is_flushed_promptly_and_exactly() {
     let expected = concat!(
         r#"{"time":"2000-10-10T13:55:36.000Z","client":"192.0.2.1:40000","method":"GET","#,
         r#""authority":"example.com","path":"/one","protocol":"HTTP/1.1","status":200,"#,
-        r#""bytes_in":0,"bytes_out":5,"worker":"10.0.0.1:8000","total_ms":3.000,"#,
+        r#""bytes_in":0,"bytes_out":5,"worker":"10.0.0.1:8000","pool":"default","total_ms":3.000,"#,
         r#""connect_ms":null,"ttfb_ms":2.000,"retries":0,"ended":"complete","#,
         r#""listener":"127.0.0.1:8080","referer":null,"user_agent":null}"#,
         "\n"

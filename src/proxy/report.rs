@@ -80,7 +80,7 @@ impl Reports {
             (m.pool_counts.retries).fetch_add(u64::from(report.retries), Ordering::Relaxed);
         }
         if let (Some(log), Some(mut detail)) = (&self.log, report.detail.take()) {
-            log.log(entry(report, &mut detail, m.http));
+            log.log(entry(report, &mut detail, m));
             report.detail = Some(detail);
         }
         report.worker = None;
@@ -213,9 +213,9 @@ fn how_it_ended(report: &Report) -> Ended {
     }
 }
 
-fn entry(report: &Report, detail: &mut Detail, http: bool) -> Entry {
+fn entry(report: &Report, detail: &mut Detail, m: &ListenerMetrics) -> Entry {
     let total = report.started.elapsed();
-    let kind = if http {
+    let kind = if m.http {
         Kind::Http(detail.request.take().unwrap_or_else(unknown_request))
     } else {
         Kind::Tcp
@@ -229,6 +229,7 @@ fn entry(report: &Report, detail: &mut Detail, http: bool) -> Entry {
             + (detail.uploading.as_ref()).map_or(0, |n| n.load(Ordering::Relaxed)),
         bytes_out: detail.bytes_out,
         worker: report.worker.as_ref().map(|w| w.address.text.clone()),
+        pool: m.pool.clone(),
         total,
         connect: detail.connect,
         ttfb: detail.ttfb,
