@@ -218,7 +218,7 @@ fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
         tracing::warn!("no [database] cache_path: answering 503 until the database answers");
         return;
     };
-    match db::cache::load(path) {
+    match db::cache::load_tables(path) {
         Ok(Some(rows)) => subscriber.restore(rows),
         Ok(None) => tracing::warn!(path = %path.display(),
             "no ring cache yet: answering 503 until the database answers"),
