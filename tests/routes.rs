@@ -1,8 +1,8 @@
 //! The `routes` table against a real PostgreSQL: rows changed with plain SQL reach every
 //! proxy's ring (`ring.load().routes`) through the same NOTIFY channel as workers, one
 //! transaction touching both tables is one publish, TRUNCATE resyncs, anti-entropy covers
-//! routes, the CHECK constraints refuse bad rows, V4 applies on a database at V3. An ignored
-//! test measures commit → publish latency.
+//! routes, the CHECK constraints refuse bad rows, V4 applies on a database at V3, `/status`
+//! lists each listener's routes. An ignored test measures commit → publish latency.
 
 mod common;
 
@@ -270,6 +270,40 @@ async fn the_routes_migration_applies_to_a_database_at_v3() {
     db.exec("INSERT INTO routes (pool) VALUES ('default')")
         .await;
     until(&lb, "a route after the migration", |s| !s.routes.is_empty()).await;
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn status_lists_each_listeners_routes() {
+    let db = TestDb::new().await;
+    let mut config = config(&db, Protocol::Http, AlgorithmKind::Weighted);
+    config.listeners[0].name = Some("web".into());
+    let lb = load_balancer::start(&config).await.expect("proxy starts");
+    db.exec(
+        "INSERT INTO routes (host, path_prefix, pool, listener) VALUES
+             (NULL, '/', 'default', NULL),
+             ('a.example.com', '/x', 'default', 'web'),
+             (NULL, '/', 'default', 'other')",
+    )
+    .await;
+    until(&lb, "three routes", |s| s.routes.rows().len() == 3).await;
+    let status = status(&lb).await;
+    let listeners = status["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 1);
+    assert_eq!(listeners[0]["name"], "web");
+    assert_eq!(listeners[0]["address"], lb.listeners[0].to_string());
+    let routes: Vec<(&str, &str)> = listeners[0]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap_or("*"),
+                r["path_prefix"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(routes, [("a.example.com", "/x"), ("*", "/")]);
     lb.stop(Duration::from_secs(5)).await;
 }
 
