@@ -278,7 +278,7 @@ async fn status_lists_each_listeners_routes() {
     let db = TestDb::new().await;
     let mut config = config(&db, Protocol::Http, AlgorithmKind::Weighted);
     config.listeners[0].name = Some("web".into());
-    let lb = load_balancer::start(&config).await.expect("proxy starts");
+    let mut lb = load_balancer::start(&config).await.expect("proxy starts");
     db.exec(
         "INSERT INTO routes (host, path_prefix, pool, listener) VALUES
              (NULL, '/', 'default', NULL),
@@ -304,6 +304,26 @@ async fn status_lists_each_listeners_routes() {
         })
         .collect();
     assert_eq!(routes, [("a.example.com", "/x"), ("*", "/")]);
+
+    // A reload that renames the listener: /status follows, with the other name's routes.
+    config.listeners[0].name = Some("other".into());
+    lb.reload(config, Duration::from_secs(1))
+        .await
+        .expect("reloads");
+    let status = common::status(&lb).await;
+    let listener = &status["listeners"][0];
+    assert_eq!(listener["name"], "other");
+    let ids: Vec<i64> = listener["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [3, 1],
+        "the route naming it before the one for every listener"
+    );
     lb.stop(Duration::from_secs(5)).await;
 }
 
