@@ -85,6 +85,8 @@ pub struct Running {
     /// The configuration being served, which a reload compares the new one with.
     config: Config,
     served: Listeners,
+    /// What `/status` knows of `served` (addresses and names), renewed by each reload.
+    served_names: admin::ServedListeners,
     pool_tasks: PoolTasks,
     shutdown: Shutdown,
     subscriber_task: JoinHandle<()>,
@@ -140,11 +142,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         let log = served.open_log(l, socket.address, None)?;
         served.serve(l.clone(), socket, config, log, tls);
     }
+    let served_names = admin::ServedListeners::default();
+    served_names.store(Arc::new(served_listeners(&served)));
     let admin = admin_listener.map(|bound| {
         let address = bound.address;
         let endpoint = admin::Admin {
             ring: ring.clone(),
             sync: sync.clone(),
+            listeners: served_names.clone(),
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             token: config.admin.as_ref().and_then(|a| a.token.clone()),
@@ -162,6 +167,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin,
         config: config.clone(),
         served,
+        served_names,
         pool_tasks,
         shutdown,
         subscriber_task,
@@ -226,13 +232,25 @@ async fn start_subscriber(
     Ok(tokio::spawn(subscriber.run(session)))
 }
 
+/// The served listeners as `/status` shows them.
+fn served_listeners(served: &Listeners) -> Vec<admin::ServedListener> {
+    served
+        .served()
+        .iter()
+        .map(|s| admin::ServedListener {
+            address: s.address,
+            name: s.config.name.clone(),
+        })
+        .collect()
+}
+
 /// Seeds the ring from the cache file, if there is a usable one; says why not otherwise.
 fn restore_cache(subscriber: &mut Subscriber, path: Option<&std::path::Path>) {
     let Some(path) = path else {
         tracing::warn!("no [database] cache_path: answering 503 until the database answers");
         return;
     };
-    match db::cache::load(path) {
+    match db::cache::load_tables(path) {
         Ok(Some(rows)) => subscriber.restore(rows),
         Ok(None) => tracing::warn!(path = %path.display(),
             "no ring cache yet: answering 503 until the database answers"),

@@ -170,6 +170,8 @@ impl Running {
         }
         self.served.forget_unused(&unused);
         self.listeners = self.served.addresses();
+        self.served_names
+            .store(std::sync::Arc::new(crate::served_listeners(&self.served)));
         self.config = config;
         Ok(summary)
     }

@@ -25,7 +25,11 @@ async fn get_host(proxy: SocketAddr, host: &str, path: &str) -> (u16, String) {
         .get(9..12)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {reply:?}"));
-    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let body = reply
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     (status, body)
 }
 
@@ -64,7 +68,9 @@ async fn workers(db: &TestDb, lb: &load_balancer::Running, rows: &[(&str, &Backe
 #[tokio::test]
 async fn routes_by_host_wildcard_path_priority_and_listener_change_live_with_sql() {
     let db = TestDb::new().await;
-    let lb = load_balancer::start(&two_listeners(&db)).await.expect("proxy starts");
+    let lb = load_balancer::start(&two_listeners(&db))
+        .await
+        .expect("proxy starts");
     let (public, internal) = (lb.listeners[0], lb.listeners[1]);
     let names = ["web", "api", "wild", "admin", "low", "high", "inside"];
     let mut backends = Vec::new();
@@ -79,7 +85,10 @@ async fn routes_by_host_wildcard_path_priority_and_listener_change_live_with_sql
     workers(&db, &lb, &pools).await;
 
     // No route yet: the listener's pool serves every host.
-    assert_eq!(get_host(public, "api.example", "/").await, (200, "web".into()));
+    assert_eq!(
+        get_host(public, "api.example", "/").await,
+        (200, "web".into())
+    );
 
     change(
         &db,
@@ -116,8 +125,15 @@ async fn routes_by_host_wildcard_path_priority_and_listener_change_live_with_sql
             "public: {host}{path}"
         );
     }
-    assert_eq!(get_host(internal, "inside.example", "/").await, (200, "inside".into()));
-    assert_eq!(get_host(internal, "api.example", "/").await, (200, "api".into()), "NULL = every listener");
+    assert_eq!(
+        get_host(internal, "inside.example", "/").await,
+        (200, "inside".into())
+    );
+    assert_eq!(
+        get_host(internal, "api.example", "/").await,
+        (200, "api".into()),
+        "NULL = every listener"
+    );
 
     // HTTP/2 requests are routed by :authority alike.
     let (mut h2, _connection) = h2_connect(public).await;
@@ -127,13 +143,34 @@ async fn routes_by_host_wildcard_path_priority_and_listener_change_live_with_sql
     assert!(matches!(h2_body(&mut body).await, H2End::Complete(b) if b == b"api"));
 
     // Live: a committed UPDATE or DELETE moves the next request.
-    change(&db, &lb, "UPDATE routes SET pool = 'high' WHERE host = 'api.example'").await;
-    assert_eq!(get_host(public, "api.example", "/").await, (200, "high".into()));
-    change(&db, &lb, "DELETE FROM routes WHERE host IN ('api.example', '*.example')").await;
-    assert_eq!(get_host(public, "api.example", "/").await, (200, "web".into()));
+    change(
+        &db,
+        &lb,
+        "UPDATE routes SET pool = 'high' WHERE host = 'api.example'",
+    )
+    .await;
+    assert_eq!(
+        get_host(public, "api.example", "/").await,
+        (200, "high".into())
+    );
+    change(
+        &db,
+        &lb,
+        "DELETE FROM routes WHERE host IN ('api.example', '*.example')",
+    )
+    .await;
+    assert_eq!(
+        get_host(public, "api.example", "/").await,
+        (200, "web".into())
+    );
 
     // A route to a pool without a worker: 503 naming the pool.
-    change(&db, &lb, "INSERT INTO routes(host, pool) VALUES ('empty.example', 'nothing')").await;
+    change(
+        &db,
+        &lb,
+        "INSERT INTO routes(host, pool) VALUES ('empty.example', 'nothing')",
+    )
+    .await;
     let (status, body) = get_host(public, "empty.example", "/").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"nothing\""), "{body}");
@@ -151,7 +188,9 @@ async fn status_of(lb: &load_balancer::Running) -> serde_json::Value {
 #[tokio::test]
 async fn commit_to_routed_request_latency() {
     let db = TestDb::new().await;
-    let lb = load_balancer::start(&two_listeners(&db)).await.expect("proxy starts");
+    let lb = load_balancer::start(&two_listeners(&db))
+        .await
+        .expect("proxy starts");
     let (web, other) = (Backend::start("web").await, Backend::start("other").await);
     workers(&db, &lb, &[("default", &web), ("other", &other)]).await;
     let proxy = lb.listeners[0];
@@ -228,7 +267,14 @@ impl TlsNamer {
 /// and what the server sent after the handshake.
 fn s_client(proxy: SocketAddr, args: &[&str]) -> String {
     let out = Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-connect", &proxy.to_string(), "-ign_eof"])
+        .args([
+            "10",
+            "openssl",
+            "s_client",
+            "-connect",
+            &proxy.to_string(),
+            "-ign_eof",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -260,8 +306,14 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
     .await;
 
     let seen = s_client(proxy, &["-servername", "a.example"]);
-    assert!(seen.contains("CN=a.example") || seen.contains("CN = a.example"), "{seen}");
-    assert!(seen.contains("\na.example") || seen.ends_with("a.example"), "{seen}");
+    assert!(
+        seen.contains("CN=a.example") || seen.contains("CN = a.example"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("\na.example") || seen.ends_with("a.example"),
+        "{seen}"
+    );
     let seen = s_client(proxy, &["-servername", "W.Wild.Example"]);
     assert!(seen.contains("w.wild.example"), "{seen}");
     for args in [
@@ -289,7 +341,10 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
         .await
         .expect("the backend answers the hello")
         .unwrap();
-    assert_eq!(server_hello[0], 0x16, "a TLS handshake record from the backend");
+    assert_eq!(
+        server_hello[0], 0x16,
+        "a TLS handshake record from the backend"
+    );
     assert_eq!(a.accepted.load(Ordering::SeqCst), before + 1);
 
     // Not TLS at all: the listener's pool gets the bytes as they came.
@@ -297,7 +352,9 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
     let before = fallback.accepted.load(Ordering::SeqCst);
     s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.expect("closed");
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("closed");
     assert_eq!(fallback.accepted.load(Ordering::SeqCst), before + 1);
 
     // Half a hello, then silence: closed after header_read_timeout (1 s), no backend.
@@ -309,10 +366,15 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
     s.write_all(&hello[..hello.len() / 2]).await.unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("closed in time");
+    let read = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     let after: usize = [&fallback, &a, &wild]
         .iter()
         .map(|n| n.accepted.load(Ordering::SeqCst))

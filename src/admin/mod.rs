@@ -3,10 +3,12 @@
 //! for Prometheus (`metrics.rs`); `GET /livez` and `GET /readyz` for orchestrators.
 //!
 //! It loads the same snapshot as the proxy and reads the per-worker counters beside it, so
-//! what it shows is what the hot path sees. With a token configured (required when the
+//! what it shows is what the hot path sees: the pools and their workers, and per served
+//! listener the routes that apply to it. With a token configured (required when the
 //! endpoint is reachable from other hosts), every request must carry it.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
@@ -27,7 +29,7 @@ pub mod metrics;
 use crate::accept::accept_loop;
 use crate::db::{SyncState, SyncStatus};
 use crate::metrics::Metrics;
-use crate::ring::{Ring, Snapshot};
+use crate::ring::{Ring, RouteRow, Snapshot};
 use crate::shutdown::Shutdown;
 use crate::upstream::IdleConns;
 
@@ -38,9 +40,57 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Serialize)]
 struct Status<'a> {
     generation: u64,
+    /// The database subscriber (the key predates the name; dashboards read it).
     listener: SyncState,
     pools: Vec<PoolStatus<'a>>,
+    /// The served `[[listeners]]`, in config order, each with its routes.
+    listeners: Vec<ListenerStatus<'a>>,
 }
+
+#[derive(Serialize)]
+struct ListenerStatus<'a> {
+    address: SocketAddr,
+    name: Option<&'a str>,
+    /// The routes that apply on this listener, in precedence order (the first that
+    /// matches a request wins).
+    routes: Vec<RouteStatus<'a>>,
+}
+
+#[derive(Serialize)]
+struct RouteStatus<'a> {
+    id: i64,
+    host: Option<&'a str>,
+    path_prefix: &'a str,
+    pool: &'a str,
+    priority: i32,
+    listener: Option<&'a str>,
+}
+
+impl<'a> From<&'a RouteRow> for RouteStatus<'a> {
+    fn from(r: &'a RouteRow) -> Self {
+        RouteStatus {
+            id: r.id,
+            host: r.host.as_deref(),
+            path_prefix: &r.path_prefix,
+            pool: &r.pool,
+            priority: r.priority,
+            listener: r.listener.as_deref(),
+        }
+    }
+}
+
+/// A served listener as `/status` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedListener {
+    /// Where it is bound.
+    pub address: SocketAddr,
+    /// Its `[[listeners]] name`: which routes apply to it.
+    pub name: Option<String>,
+}
+
+/// The served listeners: set at startup, replaced by each reload that changes them. The
+/// admin endpoint cannot see the listeners themselves (they belong to `Running`).
+pub type ServedListeners = Arc<arc_swap::ArcSwap<Vec<ServedListener>>>;
 
 #[derive(Serialize)]
 struct PoolStatus<'a> {
@@ -66,11 +116,24 @@ struct WorkerStatus<'a> {
     ejected: bool,
 }
 
-/// The `/status` document for `snapshot` and the listener's state.
-pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
+/// The `/status` document for `snapshot`, the subscriber's state and the served listeners.
+pub fn status_json(snapshot: &Snapshot, listener: SyncState, served: &[ServedListener]) -> String {
     let status = Status {
         generation: snapshot.generation,
         listener,
+        listeners: served
+            .iter()
+            .map(|l| ListenerStatus {
+                address: l.address,
+                name: l.name.as_deref(),
+                routes: snapshot
+                    .routes
+                    .in_precedence(l.name.as_deref())
+                    .into_iter()
+                    .map(RouteStatus::from)
+                    .collect(),
+            })
+            .collect(),
         pools: snapshot
             .pools
             .iter()
@@ -105,6 +168,8 @@ pub fn status_json(snapshot: &Snapshot, listener: SyncState) -> String {
 pub struct Admin {
     pub ring: Arc<Ring>,
     pub sync: Arc<SyncStatus>,
+    /// For the routes per listener in `/status`.
+    pub listeners: ServedListeners,
     pub metrics: Arc<Metrics>,
     /// Readiness ends when the drain starts.
     pub shutdown: Shutdown,
@@ -173,7 +238,7 @@ impl Admin {
                 } else {
                     StatusCode::OK
                 };
-                let body = status_json(&snapshot, self.sync.get()) + "\n";
+                let body = status_json(&snapshot, self.sync.get(), &self.listeners.load()) + "\n";
                 respond_with(status, "application/json", body)
             }
             "/metrics" => {
@@ -265,6 +330,7 @@ mod tests {
         Admin {
             ring,
             sync: Arc::new(SyncStatus::default()),
+            listeners: ServedListeners::default(),
             metrics: Metrics::new(),
             shutdown,
             token: None,
@@ -288,6 +354,60 @@ mod tests {
         // Nothing in flight: the drain completes at once, and readiness ends with it.
         shutdown.run(Duration::from_secs(1)).await;
         assert!(a.not_ready().unwrap().contains("shutting down"));
+    }
+
+    #[test]
+    fn status_lists_each_listeners_routes_in_precedence_order() {
+        use crate::ring::{RouteRow, Tables};
+        let route = |id, host: Option<&str>, path: &str, listener: Option<&str>| RouteRow {
+            id,
+            version: id,
+            host: host.map(str::to_string),
+            path_prefix: path.into(),
+            pool: "api".into(),
+            priority: 0,
+            listener: listener.map(str::to_string),
+        };
+        let ring = Ring::new(&["default".into()]);
+        Membership::new(ring.clone()).reset_tables(Tables {
+            workers: vec![],
+            routes: vec![
+                route(1, None, "/", None),
+                route(2, Some("a.example.com"), "/", Some("web")),
+                route(3, None, "/api", None),
+            ],
+        });
+        let served = [
+            ServedListener {
+                address: "127.0.0.1:8080".parse().unwrap(),
+                name: Some("web".into()),
+            },
+            ServedListener {
+                address: "127.0.0.1:8081".parse().unwrap(),
+                name: None,
+            },
+        ];
+        let json: serde_json::Value =
+            serde_json::from_str(&status_json(&ring.load(), SyncState::default(), &served))
+                .unwrap();
+        let ids = |i: usize| -> Vec<i64> {
+            json["listeners"][i]["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(json["listeners"][0]["name"], "web");
+        assert_eq!(json["listeners"][0]["address"], "127.0.0.1:8080");
+        assert_eq!(ids(0), [2, 3, 1]);
+        assert_eq!(json["listeners"][1]["name"], serde_json::Value::Null);
+        assert_eq!(ids(1), [3, 1]);
+        assert_eq!(
+            json["listeners"][0]["routes"][0],
+            serde_json::json!({"id": 2, "host": "a.example.com", "path_prefix": "/",
+                "pool": "api", "priority": 0, "listener": "web"})
+        );
     }
 
     #[test]

@@ -581,7 +581,9 @@ mod tests {
         let config = parse(&text).unwrap();
         assert_eq!(
             config.unserved_pool_tables(),
-            ["`[pools.defualt]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there; did you mean `default`? (served pools: default, api)"]
+            [
+                "`[pools.defualt]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there; did you mean `default`? (served pools: default, api)"
+            ]
         );
 
         // Nothing close: no guess, but the served pools.
@@ -590,7 +592,9 @@ mod tests {
         assert_eq!(config.pool("batch").retries, 0);
         assert_eq!(
             config.unserved_pool_tables(),
-            ["`[pools.batch]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there (served pools: default)"]
+            [
+                "`[pools.batch]` configures a pool no listener serves: it applies only to requests a row of `routes` sends there (served pools: default)"
+            ]
         );
 
         // The pool of a listener without a `pool` key is "default", and is served.

@@ -1,27 +1,42 @@
 //! The ring cache: the last published table contents, on disk, for starting without the
 //! database.
 //!
-//! A writer task follows the ring's publishes and writes the rows of the newest snapshot to
-//! `[database] cache_path` atomically (temporary file, fsync, rename), so a crash leaves the
-//! old file or the new one, never half of one. The file carries a checksum; a file that does
-//! not parse, fails the checksum or holds a bad row is reported and ignored, never trusted.
+//! A writer task follows the ring's publishes and writes the rows of the newest snapshot
+//! (workers and routes) to `[database] cache_path` atomically (temporary file, fsync,
+//! rename), so a crash leaves the old file or the new one, never half of one. The file
+//! carries a checksum; a file that does not parse, fails the checksum or holds a bad row is
+//! reported and ignored, never trusted.
+//!
+//! Formats: 1 (before routes) held the workers rows alone; it still loads, as those rows and
+//! no route, which is what the version that wrote it served. 2 holds both tables. Others
+//! are ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ring::{Ring, Row, Snapshot};
+use crate::ring::{Ring, RouteRow, Row, Snapshot, Tables};
 
-/// Bumped when the layout changes; other formats are ignored.
-const FORMAT: u32 = 1;
+/// Bumped when the layout changes.
+const FORMAT: u32 = 2;
+/// The format before routes, still read.
+const FORMAT_WORKERS_ONLY: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
 struct File {
     format: u32,
     /// FNV-1a (64-bit) of the `rows` JSON text, to catch truncation and corruption.
     checksum: String,
+    /// Format 2: `{"workers": [CachedRow…], "routes": [CachedRoute…]}`; format 1: the
+    /// workers rows alone.
     rows: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedTables {
+    workers: Vec<CachedRow>,
+    routes: Vec<CachedRoute>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -31,6 +46,17 @@ struct CachedRow {
     weight: u32,
     pool: String,
     version: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedRoute {
+    id: i64,
+    version: i64,
+    host: Option<String>,
+    path_prefix: String,
+    pool: String,
+    priority: i32,
+    listener: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +69,14 @@ pub enum CacheError {
     Write(PathBuf, std::io::Error),
 }
 
-/// Reads the cached rows. `Ok(None)`: there is no cache file yet.
+/// Reads the cached workers rows (the routes are left out: see [`load_tables`]).
+/// `Ok(None)`: there is no cache file yet.
 pub fn load(path: &Path) -> Result<Option<Vec<Row>>, CacheError> {
+    Ok(load_tables(path)?.map(|t| t.workers))
+}
+
+/// Reads the cached rows of both tables. `Ok(None)`: there is no cache file yet.
+pub fn load_tables(path: &Path) -> Result<Option<Tables>, CacheError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -52,15 +84,23 @@ pub fn load(path: &Path) -> Result<Option<Vec<Row>>, CacheError> {
     };
     let corrupt = |why: String| CacheError::Corrupt(path.to_path_buf(), why);
     let file: File = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-    if file.format != FORMAT {
+    if file.format != FORMAT && file.format != FORMAT_WORKERS_ONLY {
         return Err(corrupt(format!("unknown format {}", file.format)));
     }
     if file.checksum != checksum(&file.rows.to_string()) {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let rows: Vec<CachedRow> =
-        serde_json::from_value(file.rows).map_err(|e| corrupt(e.to_string()))?;
-    rows.into_iter()
+    let tables: CachedTables = if file.format == FORMAT_WORKERS_ONLY {
+        CachedTables {
+            workers: serde_json::from_value(file.rows).map_err(|e| corrupt(e.to_string()))?,
+            routes: Vec::new(),
+        }
+    } else {
+        serde_json::from_value(file.rows).map_err(|e| corrupt(e.to_string()))?
+    };
+    let workers = tables
+        .workers
+        .into_iter()
         .map(|r| {
             // The same limits the table's CHECK constraints enforce.
             let valid = r.weight <= 10_000
@@ -79,13 +119,31 @@ pub fn load(path: &Path) -> Result<Option<Vec<Row>>, CacheError> {
                 version: r.version,
             })
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+        .collect::<Result<Vec<_>, _>>()?;
+    let routes = tables
+        .routes
+        .into_iter()
+        .map(|r| {
+            let row = RouteRow {
+                id: r.id,
+                version: r.version,
+                host: r.host,
+                path_prefix: r.path_prefix,
+                pool: r.pool,
+                priority: r.priority,
+                listener: r.listener,
+            };
+            row.check()
+                .map_err(|column| corrupt(format!("bad {column} in route with id {}", row.id)))?;
+            Ok(row)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Tables { workers, routes }))
 }
 
-/// Writes `snapshot`'s rows to `path` atomically.
+/// Writes `snapshot`'s rows (workers and routes) to `path` atomically.
 pub fn store(path: &Path, snapshot: &Snapshot) -> Result<(), CacheError> {
-    let rows: Vec<CachedRow> = snapshot
+    let workers: Vec<CachedRow> = snapshot
         .pools
         .iter()
         .flat_map(|p| p.workers.iter())
@@ -97,7 +155,22 @@ pub fn store(path: &Path, snapshot: &Snapshot) -> Result<(), CacheError> {
             version: w.version,
         })
         .collect();
-    let rows = serde_json::to_value(rows).expect("plain data serializes");
+    let routes = snapshot
+        .routes
+        .rows()
+        .iter()
+        .map(|r| CachedRoute {
+            id: r.id,
+            version: r.version,
+            host: r.host.clone(),
+            path_prefix: r.path_prefix.clone(),
+            pool: r.pool.clone(),
+            priority: r.priority,
+            listener: r.listener.clone(),
+        })
+        .collect();
+    let rows =
+        serde_json::to_value(CachedTables { workers, routes }).expect("plain data serializes");
     let file = File {
         format: FORMAT,
         checksum: checksum(&rows.to_string()),
@@ -176,15 +249,61 @@ mod tests {
         ]
     }
 
+    fn routes() -> Vec<RouteRow> {
+        vec![
+            RouteRow {
+                id: 3,
+                version: 7,
+                host: Some("*.example.com".into()),
+                path_prefix: "/api".into(),
+                pool: "other".into(),
+                priority: -2,
+                listener: Some("web".into()),
+            },
+            RouteRow {
+                id: 5,
+                version: 8,
+                host: None,
+                path_prefix: "/".into(),
+                pool: "routed".into(),
+                priority: 0,
+                listener: None,
+            },
+        ]
+    }
+
+    fn tables() -> Tables {
+        Tables {
+            workers: rows(),
+            routes: routes(),
+        }
+    }
+
     #[test]
     fn round_trips_through_the_file() {
         let ring = Ring::new(&["default".into()]);
-        Membership::new(ring.clone()).reset(rows());
+        Membership::new(ring.clone()).reset_tables(tables());
         let path = temp("roundtrip");
         store(&path, &ring.load()).unwrap();
-        let mut back = load(&path).unwrap().unwrap();
-        back.sort_by_key(|r| r.id);
-        assert_eq!(back, rows());
+        let mut back = load_tables(&path).unwrap().unwrap();
+        back.workers.sort_by_key(|r| r.id);
+        assert_eq!(back, tables());
+        assert_eq!(load(&path).unwrap().unwrap().len(), 2, "load: the workers");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_before_routes_loads_its_workers_and_no_route() {
+        let path = temp("format1");
+        let workers = r#"[{"id":1,"address":"127.0.0.1:8000","weight":3,"pool":"default","version":4},{"id":2,"address":"[::1]:8001","weight":0,"pool":"other","version":9}]"#;
+        let value: serde_json::Value = serde_json::from_str(workers).unwrap();
+        let text = format!(
+            r#"{{"format":1,"checksum":"{}","rows":{workers}}}"#,
+            checksum(&value.to_string())
+        );
+        std::fs::write(&path, text).unwrap();
+        let back = load_tables(&path).unwrap().unwrap();
+        assert_eq!(back, Tables::from(rows()));
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -196,20 +315,34 @@ mod tests {
     #[test]
     fn corrupt_files_are_refused() {
         let ring = Ring::new(&["default".into()]);
-        Membership::new(ring.clone()).reset(rows());
+        Membership::new(ring.clone()).reset_tables(tables());
         let path = temp("corrupt");
         store(&path, &ring.load()).unwrap();
         let good = std::fs::read_to_string(&path).unwrap();
+        // A changed row keeps the file's checksum valid: only the row check can refuse it.
+        let rechecked = |from: &str, to: &str| {
+            let mut file: serde_json::Value = serde_json::from_str(&good).unwrap();
+            let rows = file["rows"].to_string().replace(from, to);
+            assert_ne!(rows, file["rows"].to_string(), "{from} is in the file");
+            file["checksum"] = checksum(&rows).into();
+            file["rows"] = serde_json::from_str(&rows).unwrap();
+            file.to_string()
+        };
         for bad in [
             "".to_string(),
             "{not json".to_string(),
             good[..good.len() / 2].to_string(),
             good.replace("\"weight\":3", "\"weight\":4"),
-            good.replace("\"format\":1", "\"format\":7"),
+            good.replace("\"format\":2", "\"format\":7"),
+            rechecked("\"*.example.com\"", "\"*.Example.com\""),
+            rechecked("\"/api\"", "\"api\""),
+            rechecked("\"routed\"", "\"\""),
+            rechecked("\"web\"", "\"w b\""),
+            rechecked("\"weight\":3", "\"weight\":10001"),
         ] {
             std::fs::write(&path, &bad).unwrap();
             assert!(
-                matches!(load(&path), Err(CacheError::Corrupt(..))),
+                matches!(load_tables(&path), Err(CacheError::Corrupt(..))),
                 "accepted: {bad}"
             );
         }

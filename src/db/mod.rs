@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: connection settings, the startup checks, migrations,
-//! the snapshot query, the subscriber task that turns NOTIFY events into ring updates, and
-//! the status reporter that writes this instance's view of the workers to `worker_status`.
+//! the snapshot of both tables (`workers`, `routes`), the subscriber task that turns NOTIFY
+//! events into ring updates, and the status reporter that writes this instance's view of
+//! the workers to `worker_status`.
 //!
 //! The hot path never comes here: it only reads the ring the subscriber publishes.
 
@@ -10,7 +11,6 @@ mod migrate;
 pub mod status;
 pub mod subscriber;
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,12 +19,13 @@ use miette::Diagnostic;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, config::Host};
 
-use crate::ring::{Fingerprint, Row};
+use crate::ring::{Fingerprint, Fingerprints, RouteRow, Row, Tables};
 
 pub use event::Event;
 pub use subscriber::{Subscriber, SubscriberError, SyncState, SyncStatus};
 
-/// The NOTIFY channel the triggers of `migrations/V2__notify.sql` send on.
+/// The NOTIFY channel the triggers of `migrations/V2__notify.sql` (workers) and
+/// `V4__routes.sql` (routes) send on.
 pub const CHANNEL: &str = "lb_workers";
 
 /// How long to wait for a TCP connection to PostgreSQL before calling it unreachable.
@@ -140,42 +141,75 @@ impl Db {
             .map_err(|e| StartupError::Migrate(e.to_string()))
     }
 
-    /// Per pool: the row count and digest of [`Fingerprint`]. One scan, a few bytes back.
+    /// Per pool, and for the whole of `routes`: the row count and digest of
+    /// [`Fingerprint`], as [`crate::ring::Snapshot::fingerprints`] computes them. One
+    /// statement (so one consistent view of both tables), one round trip, a few bytes back.
     pub async fn fingerprints(
         client: &tokio_postgres::Client,
-    ) -> Result<BTreeMap<String, Fingerprint>, tokio_postgres::Error> {
+    ) -> Result<Fingerprints, tokio_postgres::Error> {
+        // The routes' row has a NULL pool, which no workers row has. Text columns are
+        // encoded as their byte length, ':' and the text, or '~' for NULL, so no value can
+        // pass for another.
         let rows = client
             .query(
                 "SELECT pool, count(*), md5(string_agg(
                      id::text || ':' || version::text || ':' || weight::text || ':' || worker_address,
                      ';' ORDER BY id))
-                 FROM workers GROUP BY pool",
+                 FROM workers GROUP BY pool
+                 UNION ALL
+                 SELECT NULL, count(*), coalesce(md5(string_agg(
+                     id::text || ':' || version::text || ':' || priority::text || ':'
+                     || coalesce(octet_length(host)::text || ':' || host, '~')
+                     || coalesce(octet_length(path_prefix)::text || ':' || path_prefix, '~')
+                     || coalesce(octet_length(pool)::text || ':' || pool, '~')
+                     || coalesce(octet_length(listener)::text || ':' || listener, '~'),
+                     ';' ORDER BY id)), '')
+                 FROM routes",
                 &[],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let count: i64 = r.get(1);
-                let fingerprint = Fingerprint {
-                    count: count as u64,
-                    digest: r.get(2),
-                };
-                (r.get::<_, String>(0), fingerprint)
-            })
-            .collect())
+        let mut fingerprints = Fingerprints::default();
+        for r in &rows {
+            let count: i64 = r.get(1);
+            let fingerprint = Fingerprint {
+                count: count as u64,
+                digest: r.get(2),
+            };
+            match r.get::<_, Option<String>>(0) {
+                Some(pool) => {
+                    fingerprints.pools.insert(pool, fingerprint);
+                }
+                None => fingerprints.routes = fingerprint,
+            }
+        }
+        Ok(fingerprints)
     }
 
-    /// Reads every row of `workers`: the full state the subscriber resets to.
-    pub async fn snapshot(&self) -> Result<Vec<Row>, SnapshotError> {
-        let client = self.connections.get().await?;
-        let rows = client
-            .query(
+    /// Reads every row of `workers` and of `routes`, in one REPEATABLE READ transaction so
+    /// the two are from one instant (a route and the workers of its pool added together
+    /// are both there or both not): the full state the subscriber resets to.
+    pub async fn snapshot(&self) -> Result<Tables, SnapshotError> {
+        let mut client = self.connections.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        // Sent together (pipelined): one round trip for both.
+        let (workers, routes) = tokio::try_join!(
+            tx.query(
                 "SELECT id, worker_address, weight, pool, version FROM workers",
                 &[],
-            )
-            .await?;
-        rows.iter()
+            ),
+            tx.query(
+                "SELECT id, version, host, path_prefix, pool, priority, listener FROM routes",
+                &[],
+            ),
+        )?;
+        tx.commit().await?;
+        let workers = workers
+            .iter()
             .map(|r| {
                 let weight: i32 = r.try_get(2)?;
                 Ok(Row {
@@ -187,7 +221,22 @@ impl Db {
                     version: r.try_get(4)?,
                 })
             })
-            .collect()
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        let routes = routes
+            .iter()
+            .map(|r| {
+                Ok(RouteRow {
+                    id: r.try_get(0)?,
+                    version: r.try_get(1)?,
+                    host: r.try_get(2)?,
+                    path_prefix: r.try_get(3)?,
+                    pool: r.try_get(4)?,
+                    priority: r.try_get(5)?,
+                    listener: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        Ok(Tables { workers, routes })
     }
 }
 

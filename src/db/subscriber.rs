@@ -1,6 +1,7 @@
-//! The database subscriber: the task that LISTENs for the workers table's NOTIFY events,
-//! and the only writer of the ring. (A "listener" in this crate is a `[[listeners]]`
-//! socket that clients connect to; the database side is the subscriber.)
+//! The database subscriber: the task that LISTENs for the NOTIFY events of the `workers`
+//! and `routes` tables (one channel), and the only writer of the ring. (A "listener" in
+//! this crate is a `[[listeners]]` socket that clients connect to; the database side is
+//! the subscriber.)
 //!
 //! It owns one plain tokio-postgres connection, driven through `Connection::poll_message`
 //! (a deadpool connection would swallow notifications, and recycling runs UNLISTEN). On
@@ -10,11 +11,10 @@
 //! capped exponential backoff and jitter while the proxy keeps serving the last ring; while
 //! the server accepts no connection at all the cap is half a second, so the ring resyncs
 //! within a second of the database coming back (see [`UNREACHABLE_CAP`]).
-//! Anti-entropy compares the ring with the table now and then and resyncs on a difference,
+//! Anti-entropy compares the ring with the tables now and then and resyncs on a difference,
 //! so even an event lost for a reason nobody foresaw heals on its own. Its state is shown
 //! by `/status` through [`SyncStatus`].
 
-use std::collections::BTreeSet;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::event::Event;
 use super::{CHANNEL, Db, SnapshotError};
 use crate::metrics::Metrics;
-use crate::ring::{Applied, Change, Membership};
+use crate::ring::{Applied, Change, Changes, Membership, RouteRow, Tables};
 
 /// A heartbeat or anti-entropy query unanswered this long (at most) means the server is gone.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,7 +124,7 @@ pub struct SyncState {
     pub since_unix_ms: u64,
     /// Why the connection was lost, while reconnecting.
     pub last_error: Option<String>,
-    /// Full rereads of the table since start (startup and reconnects included).
+    /// Full rereads of the tables since start (startup and reconnects included).
     pub resyncs: u64,
     pub last_resync_reason: Option<String>,
     pub last_resync_unix_ms: Option<u64>,
@@ -245,12 +245,13 @@ impl Subscriber {
     }
 
     /// Seeds the ring from cached rows, for serving while the database is unreachable.
-    pub fn restore(&mut self, rows: Vec<crate::ring::Row>) {
-        let count = rows.len();
-        self.membership.reset(rows);
+    pub fn restore(&mut self, tables: Tables) {
+        let (workers, routes) = (tables.workers.len(), tables.routes.len());
+        self.membership.reset_tables(tables);
         self.status.set_source("cache");
         tracing::warn!(
-            workers = count,
+            workers,
+            routes,
             "serving the cached ring until the database answers"
         );
     }
@@ -285,12 +286,12 @@ impl Subscriber {
         Ok(session)
     }
 
-    /// Reads the whole table and publishes it as the ring (only if anything differs).
+    /// Reads both tables and publishes them as the ring (only if anything differs).
     async fn resync(&mut self, reason: &str) -> Result<(), SubscriberError> {
         let started = Instant::now();
-        let rows = self.db.snapshot().await?;
-        let count = rows.len();
-        let applied = self.membership.reset(rows);
+        let tables = self.db.snapshot().await?;
+        let (count, routes) = (tables.workers.len(), tables.routes.len());
+        let applied = self.membership.reset_tables(tables);
         self.status.update(|s| {
             s.resyncs += 1;
             s.last_resync_reason = Some(reason.to_string());
@@ -301,7 +302,8 @@ impl Subscriber {
         tracing::info!(
             reason,
             rows = count,
-            changes = applied.changes.len(),
+            routes,
+            changes = applied.changes.len() + applied.routes.len(),
             generation = applied
                 .generation
                 .unwrap_or(self.membership.ring().load().generation),
@@ -311,7 +313,7 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Follows the table until shutdown, reconnecting whenever the connection is lost.
+    /// Follows the tables until shutdown, reconnecting whenever the connection is lost.
     /// `session` is the one made at startup, if any.
     pub async fn run(mut self, mut session: Option<Session>) {
         let mut backoff = Backoff::default();
@@ -410,7 +412,7 @@ impl Subscriber {
                 }
                 _ = sleep_until(quiet), if quiet.is_some() => {
                     tracing::warn!(changes = batch.changes.len(),
-                        "row events without an END marker; is the workers_notify_statement trigger disabled?");
+                        "row events without an END marker; is a workers_notify_statement or routes_notify_statement trigger disabled?");
                     self.publish(&mut batch).await?;
                 }
                 _ = heartbeat.tick() => {
@@ -422,15 +424,15 @@ impl Subscriber {
                     }
                 }
                 _ = anti_entropy.tick(), if recheck.is_none() => {
-                    if let Some(pool) = self.drifted(&mut session, &mut batch).await? {
-                        tracing::info!(pool, "ring differs from the table; looking again shortly");
+                    if let Some(what) = self.drifted(&mut session, &mut batch).await? {
+                        tracing::info!(differs = what, "ring differs from the tables; looking again shortly");
                         recheck = Some(tokio::time::Instant::now() + RECHECK);
                     }
                 }
                 _ = sleep_until(recheck), if recheck.is_some() => {
                     recheck = None;
-                    if let Some(pool) = self.drifted(&mut session, &mut batch).await? {
-                        tracing::warn!(pool, "ring still differs from the table: an event was lost; resyncing");
+                    if let Some(what) = self.drifted(&mut session, &mut batch).await? {
+                        tracing::warn!(differs = what, "ring still differs from the tables: an event was lost; resyncing");
                         batch = Batch::default();
                         self.resync("anti-entropy").await?;
                     }
@@ -451,7 +453,8 @@ impl Subscriber {
             Message::Closed(reason) => return Err(SubscriberError::Lost(reason)),
         };
         match Event::parse(&payload) {
-            Ok(Event::Change(change)) => batch.push(change, at),
+            Ok(Event::Worker(change)) => batch.push(change, at),
+            Ok(Event::Route(change)) => batch.push_route(change, at),
             // One statement's events are complete. More may already be queued (the next
             // statements of its transaction): take them into this batch unless it has
             // waited long enough.
@@ -474,9 +477,10 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Compares the ring with the table; returns a pool that differs, if any. Events the
-    /// query's answer overtook are applied first: PostgreSQL sends the notifications of
-    /// everything committed before the query ahead of its result, so they are queued.
+    /// Compares the ring with the tables; says what differs (`pool NAME` or `routes`), if
+    /// anything. Events the query's answer overtook are applied first: PostgreSQL sends the
+    /// notifications of everything committed before the query ahead of its result, so they
+    /// are queued.
     async fn drifted(
         &mut self,
         session: &mut Session,
@@ -494,11 +498,7 @@ impl Subscriber {
         }
         self.publish(batch).await?;
         let ring = self.membership.ring().load().fingerprints();
-        let pools: BTreeSet<&String> = table.keys().chain(ring.keys()).collect();
-        Ok(pools
-            .into_iter()
-            .find(|p| table.get(*p) != ring.get(*p))
-            .cloned())
+        Ok(table.difference(&ring))
     }
 
     /// Applies and publishes the batch; resyncs if it revealed a lost event.
@@ -534,7 +534,7 @@ impl Session {
 /// Changes received since the last publish.
 #[derive(Default)]
 struct Batch {
-    changes: Vec<Change>,
+    changes: Changes,
     /// When the first of them arrived: the start of the NOTIFY → publish latency.
     first: Option<Instant>,
     /// When the latest arrived, for the quiet-time safety net.
@@ -543,9 +543,18 @@ struct Batch {
 
 impl Batch {
     fn push(&mut self, change: Change, at: Instant) {
+        self.arrived(at);
+        self.changes.workers.push(change);
+    }
+
+    fn push_route(&mut self, change: Change<RouteRow>, at: Instant) {
+        self.arrived(at);
+        self.changes.routes.push(change);
+    }
+
+    fn arrived(&mut self, at: Instant) {
         self.first.get_or_insert(at);
         self.last = Some(at);
-        self.changes.push(change);
     }
 }
 
@@ -635,7 +644,7 @@ fn log_applied(applied: &Applied, received: usize, latency_us: u64) {
         tracing::debug!(received, stale = applied.stale, "batch held nothing new");
         return;
     };
-    let each = applied.changes.len() <= LOG_EACH_UP_TO;
+    let each = applied.changes.len() + applied.routes.len() <= LOG_EACH_UP_TO;
     for change in &applied.changes {
         let (op, row) = (change.op(), change.row());
         if each {
@@ -647,9 +656,22 @@ fn log_applied(applied: &Applied, received: usize, latency_us: u64) {
                 weight = row.weight, version = row.version, generation, "ring change applied");
         }
     }
+    for change in &applied.routes {
+        let (op, r) = (change.op(), change.row());
+        if each {
+            tracing::info!(route = r.id, op, host = r.host.as_deref(), path_prefix = %r.path_prefix,
+                pool = %r.pool, priority = r.priority, listener = r.listener.as_deref(),
+                version = r.version, generation, notify_to_publish_us = latency_us,
+                "route change applied");
+        } else {
+            tracing::debug!(route = r.id, op, host = r.host.as_deref(), path_prefix = %r.path_prefix,
+                pool = %r.pool, priority = r.priority, listener = r.listener.as_deref(),
+                version = r.version, generation, "route change applied");
+        }
+    }
     if !each {
         tracing::info!(
-            changes = applied.changes.len(),
+            changes = applied.changes.len() + applied.routes.len(),
             stale = applied.stale,
             generation,
             notify_to_publish_us = latency_us,

@@ -1,15 +1,18 @@
 //! Membership: turns table rows and change events into published snapshots.
 //!
 //! Owned by the database subscriber, the ring's only publisher. It keeps the last known version of
-//! every row, applies changes idempotently (a change whose version is not newer than the
-//! known one is dropped, which makes the overlap between LISTEN and the snapshot harmless),
-//! rebuilds only the pools a batch touched and publishes them all as one snapshot. A full
-//! [`Membership::reset`] from a fresh table read is the recovery path for anything unexpected.
+//! every row of both tables (`workers` and `routes`), applies changes idempotently (a change
+//! whose version is not newer than the known one is dropped, which makes the overlap between
+//! LISTEN and the snapshot harmless), rebuilds only the pools a batch touched, recompiles the
+//! routes only when a route changed, and publishes it all as one snapshot. A full
+//! [`Membership::reset`] from a fresh read of both tables is the recovery path for anything
+//! unexpected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use super::routes::{RouteRow, Routes};
 use super::{Address, Pool, Ring, Worker, WorkerState};
 
 /// A row of `workers` as read from the table or carried by a change event.
@@ -22,20 +25,46 @@ pub struct Row {
     pub version: i64,
 }
 
-/// One change to the table, from a NOTIFY payload (or from a resync's diff).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// The row as inserted.
-    Insert(Row),
-    /// The row as it is now, and the version it had before: a known row whose version is
-    /// older than `prev` missed a change, which is evidence that events were lost.
-    Update { row: Row, prev: i64 },
-    /// The row as it was.
-    Delete(Row),
+/// A row of either table: what idempotent application needs of it.
+pub trait Versioned {
+    fn id(&self) -> i64;
+    /// Bumped by the table's trigger on every change; orders the events of one row.
+    fn version(&self) -> i64;
 }
 
-impl Change {
-    pub fn row(&self) -> &Row {
+impl Versioned for Row {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+impl Versioned for RouteRow {
+    fn id(&self) -> i64 {
+        self.id
+    }
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+/// One change to a table (`workers` unless said otherwise), from a NOTIFY payload (or from
+/// a resync's diff).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<R = Row> {
+    /// The row as inserted.
+    Insert(R),
+    /// The row as it is now, and the version it had before: a known row whose version is
+    /// older than `prev` missed a change, which is evidence that events were lost.
+    Update { row: R, prev: i64 },
+    /// The row as it was.
+    Delete(R),
+}
+
+impl<R> Change<R> {
+    pub fn row(&self) -> &R {
         match self {
             Change::Insert(r) | Change::Update { row: r, .. } | Change::Delete(r) => r,
         }
@@ -50,11 +79,87 @@ impl Change {
     }
 }
 
+impl<R: Versioned> Change<R> {
+    /// Judges the change against the version `known` for its row (`None`: no such row):
+    /// (whether it is new, whether it shows that an event was lost). An insert or update
+    /// is new if its version is newer; a delete if it is at least the known one (a row's
+    /// last event and its delete carry the same version). An update whose previous version
+    /// is newer than the known one skipped an event.
+    fn judge(&self, known: Option<i64>) -> (bool, bool) {
+        let version = self.row().version();
+        let gap = matches!((self, known), (Change::Update { prev, .. }, Some(v)) if v < *prev);
+        let fresh = match (self, known) {
+            (Change::Delete(_), Some(v)) => version >= v,
+            (Change::Delete(_), None) => false,
+            (_, Some(v)) => version > v,
+            (_, None) => true,
+        };
+        (fresh, gap)
+    }
+}
+
+/// A batch of changes to both tables, published as one snapshot. Within each table the
+/// changes are in the order they happened; the tables are independent of each other.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub workers: Vec<Change>,
+    pub routes: Vec<Change<RouteRow>>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty() && self.routes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.workers.len() + self.routes.len()
+    }
+}
+
+/// A batch of `workers` changes alone.
+impl From<Vec<Change>> for Changes {
+    fn from(workers: Vec<Change>) -> Changes {
+        Changes {
+            workers,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// A batch of `routes` changes alone.
+impl From<Vec<Change<RouteRow>>> for Changes {
+    fn from(routes: Vec<Change<RouteRow>>) -> Changes {
+        Changes {
+            workers: Vec::new(),
+            routes,
+        }
+    }
+}
+
+/// The whole content of both tables, read in one transaction (or from the ring cache).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tables {
+    pub workers: Vec<Row>,
+    pub routes: Vec<RouteRow>,
+}
+
+/// `workers` rows and no route at all.
+impl From<Vec<Row>> for Tables {
+    fn from(workers: Vec<Row>) -> Tables {
+        Tables {
+            workers,
+            routes: Vec::new(),
+        }
+    }
+}
+
 /// What a batch or reset did, for the log line.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Changes that were newer than what was known and went into the ring.
+    /// Changes to `workers` that were newer than what was known and went into the ring.
     pub changes: Vec<Change>,
+    /// The same for `routes`.
+    pub routes: Vec<Change<RouteRow>>,
     /// Changes dropped as not newer than the known row version.
     pub stale: usize,
     /// An update arrived for a row whose known version is older than the update's previous
@@ -71,6 +176,10 @@ pub struct Membership {
     workers: HashMap<i64, Arc<Worker>>,
     /// Pool name → ids of its workers, and the highest version applied to the pool.
     pools: BTreeMap<Arc<str>, PoolMembers>,
+    /// Every known row of `routes`, by id.
+    routes: HashMap<i64, RouteRow>,
+    /// Whether a route changed since the routes were last compiled.
+    routes_dirty: bool,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +203,8 @@ impl Membership {
             ring,
             workers: HashMap::new(),
             pools,
+            routes: HashMap::new(),
+            routes_dirty: false,
         }
     }
 
@@ -101,20 +212,14 @@ impl Membership {
         &self.ring
     }
 
-    /// Applies a batch of changes and publishes one snapshot if any of them was new.
-    pub fn apply(&mut self, changes: Vec<Change>) -> Applied {
+    /// Applies a batch of changes (to either table, see [`Changes`]) and publishes one
+    /// snapshot if any of them was new.
+    pub fn apply(&mut self, changes: impl Into<Changes>) -> Applied {
+        let Changes { workers, routes } = changes.into();
         let mut applied = Applied::default();
-        for change in changes {
-            let known = self.workers.get(&change.row().id).map(|w| w.version);
-            if let (Change::Update { prev, .. }, Some(v)) = (&change, known) {
-                applied.gap |= v < *prev;
-            }
-            let fresh = match (&change, known) {
-                (Change::Delete(r), Some(v)) => r.version >= v,
-                (Change::Delete(_), None) => false,
-                (upsert, Some(v)) => upsert.row().version > v,
-                (_, None) => true,
-            };
+        for change in workers {
+            let (fresh, gap) = change.judge(self.workers.get(&change.row().id).map(|w| w.version));
+            applied.gap |= gap;
             if !fresh {
                 applied.stale += 1;
                 continue;
@@ -125,16 +230,41 @@ impl Membership {
             }
             applied.changes.push(change);
         }
-        if !applied.changes.is_empty() {
+        for change in routes {
+            let (fresh, gap) = change.judge(self.routes.get(&change.row().id).map(|r| r.version));
+            applied.gap |= gap;
+            if !fresh {
+                applied.stale += 1;
+                continue;
+            }
+            match &change {
+                Change::Delete(row) => self.routes.remove(&row.id),
+                Change::Insert(row) | Change::Update { row, .. } => {
+                    self.routes.insert(row.id, row.clone())
+                }
+            };
+            self.routes_dirty = true;
+            applied.routes.push(change);
+        }
+        if !applied.changes.is_empty() || !applied.routes.is_empty() {
             applied.generation = Some(self.publish());
         }
         applied
     }
 
-    /// Replaces everything with `rows` (a full table read) and publishes; per-worker state
-    /// is kept for every id whose address did not change. Publishes when anything differs
-    /// or nothing was ever published.
-    pub fn reset(&mut self, rows: Vec<Row>) -> Applied {
+    /// [`Membership::reset_tables`] to `workers` and no route at all.
+    pub fn reset(&mut self, workers: Vec<Row>) -> Applied {
+        self.reset_tables(Tables::from(workers))
+    }
+
+    /// Replaces everything with `tables` (a full read of both tables) and publishes;
+    /// per-worker state is kept for every id whose address did not change. Publishes when
+    /// anything differs or nothing was ever published.
+    pub fn reset_tables(&mut self, tables: Tables) -> Applied {
+        let Tables {
+            workers: rows,
+            routes,
+        } = tables;
         let mut applied = Applied::default();
         let incoming: HashSet<i64> = rows.iter().map(|r| r.id).collect();
         let gone: Vec<Arc<Worker>> = self
@@ -161,7 +291,32 @@ impl Membership {
             self.upsert(change.row(), news);
             applied.changes.push(change);
         }
-        if !applied.changes.is_empty() || self.ring.load().generation == 0 {
+
+        let mut routes: HashMap<i64, RouteRow> = routes.into_iter().map(|r| (r.id, r)).collect();
+        for (id, old) in &self.routes {
+            if !routes.contains_key(id) {
+                applied.routes.push(Change::Delete(old.clone()));
+            }
+        }
+        for row in routes.values() {
+            match self.routes.get(&row.id) {
+                Some(old) if old == row => {}
+                Some(old) => applied.routes.push(Change::Update {
+                    prev: old.version,
+                    row: row.clone(),
+                }),
+                None => applied.routes.push(Change::Insert(row.clone())),
+            }
+        }
+        if !applied.routes.is_empty() {
+            std::mem::swap(&mut self.routes, &mut routes);
+            self.routes_dirty = true;
+        }
+
+        if !applied.changes.is_empty()
+            || !applied.routes.is_empty()
+            || self.ring.load().generation == 0
+        {
             applied.generation = Some(self.publish());
         }
         applied
@@ -234,9 +389,20 @@ impl Membership {
         }
     }
 
-    /// Builds the dirty pools, reuses the others, and publishes one snapshot.
+    /// Builds the dirty pools, reuses the others, compiles the routes if they changed
+    /// (reuses them otherwise), and publishes one snapshot.
     fn publish(&mut self) -> u64 {
         let current = self.ring.load_full();
+        // Compiled first: it registers the pools routes name, which then take their fixed
+        // indices in this very snapshot (empty if no worker is in them).
+        let routes = if self.routes_dirty {
+            let ring = &self.ring;
+            let rows = self.routes.values().cloned();
+            Arc::new(Routes::compile(rows, |pool| ring.register(pool)))
+        } else {
+            current.routes.clone()
+        };
+        self.routes_dirty = false;
         let configured = self.ring.configured_pools();
         // Pools nobody serves and no row uses any more are forgotten.
         self.pools
@@ -264,7 +430,7 @@ impl Membership {
             members.dirty = false;
             pools.push(pool);
         }
-        self.ring.publish(pools)
+        self.ring.publish(pools, routes)
     }
 }
 
@@ -417,6 +583,148 @@ mod tests {
             prev: 5,
         }]);
         assert!(!stale.gap && stale.stale == 1);
+    }
+
+    fn route(id: i64, path: &str, pool: &str, version: i64) -> RouteRow {
+        RouteRow {
+            id,
+            version,
+            host: None,
+            path_prefix: path.into(),
+            pool: pool.into(),
+            priority: 0,
+            listener: None,
+        }
+    }
+
+    /// The pool (by name) that `path` routes to in the current snapshot, checked against
+    /// the snapshot's pool at the route's index.
+    fn routed(m: &Membership, path: &str) -> Option<String> {
+        let snap = m.ring().load();
+        let r = snap.routes.lookup(None, None, path.as_bytes())?;
+        assert_eq!(
+            snap.pool(r.pool).name,
+            r.pool_name,
+            "the index holds the pool"
+        );
+        Some(r.pool_name.to_string())
+    }
+
+    #[test]
+    fn a_batch_of_workers_and_routes_publishes_one_snapshot() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset(vec![row(1, "127.0.0.1:1", 1, "default", 1)]);
+        let a = m.apply(Changes {
+            workers: vec![Change::Insert(row(2, "127.0.0.1:2", 1, "api", 2))],
+            routes: vec![Change::Insert(route(1, "/api", "api", 1))],
+        });
+        assert_eq!((a.changes.len(), a.routes.len()), (1, 1));
+        assert_eq!(a.generation, Some(2), "one publish for both");
+        assert_eq!(routed(&m, "/api/x").as_deref(), Some("api"));
+        assert_eq!(m.ring().pool_index("api"), Some(1));
+        assert_eq!(weights(&m, "api"), vec![(2, 1)]);
+    }
+
+    #[test]
+    fn a_pool_only_a_route_names_is_there_empty_and_keeps_its_index() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset(vec![row(1, "127.0.0.1:1", 1, "other", 1)]);
+        m.apply(vec![Change::Insert(route(1, "/", "routed", 1))]);
+        let snap = m.ring().load_full();
+        let index = m.ring().pool_index("routed").expect("registered");
+        assert_eq!(
+            index, 1,
+            "after the configured pool, before unconfigured ones"
+        );
+        assert!(snap.pool(index).workers.is_empty());
+        assert_eq!(routed(&m, "/").as_deref(), Some("routed"));
+        // Its route gone, the pool keeps its index (an index is never taken back).
+        m.apply(vec![Change::Delete(route(1, "/", "routed", 1))]);
+        assert!(m.ring().load().routes.is_empty());
+        assert_eq!(m.ring().pool_index("routed"), Some(1));
+        assert_eq!(m.ring().load().pool(1).name.as_ref(), "routed");
+        // Workers arriving later land at that index.
+        m.apply(vec![Change::Insert(row(2, "127.0.0.1:2", 1, "routed", 2))]);
+        assert_eq!(m.ring().load().pool(1).workers[0].id, 2);
+    }
+
+    #[test]
+    fn routes_are_compiled_only_when_a_route_changed() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset_tables(Tables {
+            workers: vec![row(1, "127.0.0.1:1", 1, "default", 1)],
+            routes: vec![route(1, "/", "default", 1)],
+        });
+        let before = m.ring().load().routes.clone();
+        m.apply(vec![Change::Insert(row(1, "127.0.0.1:1", 5, "default", 2))]);
+        assert!(Arc::ptr_eq(&before, &m.ring().load().routes), "reused");
+        m.apply(vec![Change::Update {
+            row: route(1, "/x", "default", 2),
+            prev: 1,
+        }]);
+        assert!(!Arc::ptr_eq(&before, &m.ring().load().routes), "recompiled");
+        assert_eq!(routed(&m, "/x").as_deref(), Some("default"));
+        assert_eq!(routed(&m, "/"), None);
+    }
+
+    #[test]
+    fn route_events_are_applied_idempotently() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        m.reset_tables(Tables {
+            workers: vec![],
+            routes: vec![route(1, "/a", "default", 5)],
+        });
+        // Already known (the snapshot overtook them), or about a row never seen.
+        let a = m.apply(vec![
+            Change::Insert(route(1, "/old", "default", 4)),
+            Change::Insert(route(1, "/a", "default", 5)),
+            Change::Delete(route(9, "/z", "default", 3)),
+        ]);
+        assert_eq!((a.stale, a.generation, a.gap), (3, None, false));
+        // An update past a version never seen: applied, and reported as a gap.
+        let a = m.apply(vec![Change::Update {
+            row: route(1, "/b", "default", 8),
+            prev: 7,
+        }]);
+        assert!(a.gap);
+        assert_eq!(routed(&m, "/b").as_deref(), Some("default"));
+        // A delete carries the row's last version: at least the known one removes it.
+        let a = m.apply(vec![Change::Delete(route(1, "/b", "default", 7))]);
+        assert_eq!(a.stale, 1, "older than the known version");
+        let a = m.apply(vec![Change::Delete(route(1, "/b", "default", 8))]);
+        assert_eq!(a.routes.len(), 1);
+        assert!(m.ring().load().routes.is_empty());
+    }
+
+    #[test]
+    fn reset_diffs_routes_too() {
+        let mut m = Membership::new(Ring::new(&["default".into()]));
+        let tables = Tables {
+            workers: vec![row(1, "127.0.0.1:1", 1, "default", 1)],
+            routes: vec![route(1, "/a", "default", 1), route(2, "/b", "default", 2)],
+        };
+        assert_eq!(m.reset_tables(tables.clone()).generation, Some(1));
+        assert_eq!(
+            m.reset_tables(tables.clone()).generation,
+            None,
+            "nothing new"
+        );
+        let a = m.reset_tables(Tables {
+            workers: tables.workers.clone(),
+            routes: vec![route(2, "/c", "default", 3), route(3, "/d", "default", 4)],
+        });
+        let ops: Vec<(i64, &str)> = {
+            let mut ops: Vec<_> = a.routes.iter().map(|c| (c.row().id, c.op())).collect();
+            ops.sort();
+            ops
+        };
+        assert_eq!(ops, [(1, "delete"), (2, "update"), (3, "insert")]);
+        assert_eq!((a.changes.len(), a.generation), (0, Some(2)));
+        let ids: Vec<i64> = m.ring().load().routes.rows().iter().map(|r| r.id).collect();
+        assert_eq!(ids, [2, 3]);
+        // A reset to workers alone drops every route.
+        m.reset(tables.workers);
+        assert!(m.ring().load().routes.is_empty());
     }
 
     #[test]

@@ -25,7 +25,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-pub use membership::{Applied, Change, Membership, Row};
+pub use membership::{Applied, Change, Changes, Membership, Row, Tables, Versioned};
+pub use routes::{Route, RouteRow, Routes};
 pub use state::{InFlight, WorkerState};
 
 /// One backend as the ring sees it: a row of `workers`, plus its long-lived state.
@@ -190,11 +191,13 @@ impl Snapshot {
         self.pools.iter().find(|p| &*p.name == name).map(|p| &**p)
     }
 
-    /// The fingerprint of every pool that has workers, comparable with
-    /// fingerprints the database subscriber reads from the table (`Db::fingerprints`).
-    pub fn fingerprints(&self) -> BTreeMap<String, Fingerprint> {
+    /// The fingerprint of every pool that has workers and of the routes, comparable with
+    /// those the database subscriber reads from the tables (`Db::fingerprints`).
+    pub fn fingerprints(&self) -> Fingerprints {
         use md5::Digest;
-        self.pools
+        let hex = |md5: md5::Md5| md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let pools = self
+            .pools
             .iter()
             .filter(|p| !p.workers.is_empty())
             .map(|p| {
@@ -209,21 +212,80 @@ impl Snapshot {
                         w.id, w.version, w.weight, w.address.text
                     ));
                 }
-                let digest = md5.finalize().iter().map(|b| format!("{b:02x}")).collect();
                 let count = p.workers.len() as u64;
-                (p.name.to_string(), Fingerprint { count, digest })
+                (
+                    p.name.to_string(),
+                    Fingerprint {
+                        count,
+                        digest: hex(md5),
+                    },
+                )
             })
-            .collect()
+            .collect();
+        let rows = self.routes.rows();
+        let routes = if rows.is_empty() {
+            // The SQL's md5 of no row at all is NULL, which it turns into ''.
+            Fingerprint::default()
+        } else {
+            // Rows are sorted by id. Each text column is its byte length, ':' and itself,
+            // or '~' for NULL: no value can pass for another, nor NULL for a value.
+            let text = |v: Option<&str>| v.map_or("~".to_string(), |v| format!("{}:{v}", v.len()));
+            let mut md5 = md5::Md5::new();
+            for (i, r) in rows.iter().enumerate() {
+                if i > 0 {
+                    md5.update(b";");
+                }
+                md5.update(format!(
+                    "{}:{}:{}:{}{}{}{}",
+                    r.id,
+                    r.version,
+                    r.priority,
+                    text(r.host.as_deref()),
+                    text(Some(&r.path_prefix)),
+                    text(Some(&r.pool)),
+                    text(r.listener.as_deref()),
+                ));
+            }
+            Fingerprint {
+                count: rows.len() as u64,
+                digest: hex(md5),
+            }
+        };
+        Fingerprints { pools, routes }
     }
 }
 
 /// A summary of a pool's rows, compared with the table's to detect drift: the row count and
 /// the MD5 of every row's id, version, weight and address in id order. Any difference in
-/// content shows, even a change made with the triggers bypassed.
+/// content shows, even a change made with the triggers bypassed. For `routes`, the same of
+/// the whole table, over every column.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fingerprint {
     pub count: u64,
     pub digest: String,
+}
+
+/// The fingerprints of both tables, from the ring or from the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fingerprints {
+    /// Per pool that has workers.
+    pub pools: BTreeMap<String, Fingerprint>,
+    /// Of the whole `routes` table (count 0 and an empty digest when it is empty).
+    pub routes: Fingerprint,
+}
+
+impl Fingerprints {
+    /// What differs from `other`, for a log line: `pool NAME` (the first, by name) or
+    /// `routes`.
+    pub fn difference(&self, other: &Fingerprints) -> Option<String> {
+        let pools: std::collections::BTreeSet<&String> =
+            self.pools.keys().chain(other.pools.keys()).collect();
+        pools
+            .into_iter()
+            .find(|p| self.pools.get(*p) != other.pools.get(*p))
+            .map(|p| format!("pool {p}"))
+            .or_else(|| (self.routes != other.routes).then(|| "routes".to_string()))
+    }
 }
 
 /// The shared handle: the database subscriber publishes, everyone else loads.
@@ -231,8 +293,9 @@ pub struct Fingerprint {
 pub struct Ring {
     current: ArcSwap<Snapshot>,
     /// Pool names whose index in every snapshot is fixed, so the hot path indexes a Vec
-    /// instead of hashing a string. Only ever appended to (a reload that serves a new pool
-    /// adds it), so an index once handed out stays right for as long as the ring lives. The
+    /// instead of hashing a string: the pools listeners serve, and those routes name. Only
+    /// ever appended to (a reload that serves a new pool adds it, so does a route naming
+    /// one), so an index once handed out stays right for as long as the ring lives. The
     /// lock also serialises publishes with that append; the hot path never takes it.
     configured: Mutex<Vec<Arc<str>>>,
     /// Pools whose snapshots carry a Maglev table (see [`Ring::hash_pool`]). Only ever
@@ -281,13 +344,22 @@ impl Ring {
     /// before building a listener for a pool the ring did not serve.
     pub fn configure(&self, name: &str) -> usize {
         let mut configured = self.configured();
-        if let Some(index) = configured.iter().position(|n| &**n == name) {
-            return index;
+        let (index, _) = register(&mut configured, name);
+        // Also when it was registered already, by a routes compile whose snapshot is not
+        // published yet: the caller is about to use the index.
+        let current = self.current.load();
+        if current.pools.get(index).is_none_or(|p| &*p.name != name) {
+            self.store(&configured, current.pools.clone(), current.routes.clone());
         }
-        configured.push(name.into());
-        let pools = self.current.load().pools.clone();
-        self.store(&configured, pools);
-        configured.len() - 1
+        index
+    }
+
+    /// Gives pool `name` a fixed index, if it has none yet, without publishing: the next
+    /// snapshot published has it there (empty if it has no worker). The routes compiler
+    /// calls it for every pool a route names, so that the snapshot carrying the route has
+    /// the pool at the index the route holds.
+    pub fn register(&self, name: &str) -> usize {
+        register(&mut self.configured(), name).0
     }
 
     /// Makes every snapshot from now on carry a Maglev table for pool `name` (a
@@ -299,9 +371,9 @@ impl Ring {
         let current = self.current.load();
         let missing = current.pool_named(name).is_some_and(|p| p.maglev.is_none());
         if added && missing {
-            let pools = current.pools.clone();
+            let (pools, routes) = (current.pools.clone(), current.routes.clone());
             drop(current);
-            self.store(&configured, pools);
+            self.store(&configured, pools, routes);
         }
     }
 
@@ -316,17 +388,22 @@ impl Ring {
         self.current.load_full()
     }
 
-    /// Publishes `pools` as the next generation. Only the database subscriber calls this
-    /// (and [`Ring::configure`]).
-    pub fn publish(&self, pools: Vec<Arc<Pool>>) -> u64 {
+    /// Publishes `pools` and `routes` as the next generation, in one store. Only the
+    /// database subscriber calls this (and [`Ring::configure`]).
+    pub fn publish(&self, pools: Vec<Arc<Pool>>, routes: Arc<routes::Routes>) -> u64 {
         let configured = self.configured();
-        self.store(&configured, pools)
+        self.store(&configured, pools, routes)
     }
 
     /// Stores `pools` with the configured ones at their indices. The subscriber lists them
     /// there already, unless a pool was configured while it built the snapshot: that pool
     /// then comes after the others, or not at all if it has no workers yet.
-    fn store(&self, configured: &[Arc<str>], mut pools: Vec<Arc<Pool>>) -> u64 {
+    fn store(
+        &self,
+        configured: &[Arc<str>],
+        mut pools: Vec<Arc<Pool>>,
+        routes: Arc<routes::Routes>,
+    ) -> u64 {
         let in_place = configured
             .iter()
             .enumerate()
@@ -351,9 +428,7 @@ impl Ring {
             }
         }
         drop(hashed);
-        let current = self.current.load();
-        let generation = current.generation + 1;
-        let routes = current.routes.clone();
+        let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Snapshot {
             generation,
             pools,
@@ -376,6 +451,17 @@ impl Ring {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The index of `name` in `configured`, appended if it is not there: (index, appended).
+fn register(configured: &mut Vec<Arc<str>>, name: &str) -> (usize, bool) {
+    match configured.iter().position(|n| &**n == name) {
+        Some(index) => (index, false),
+        None => {
+            configured.push(name.into());
+            (configured.len() - 1, true)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -404,7 +490,10 @@ mod tests {
             pool_load: Arc::default(),
         });
         let api = Arc::new(Pool::new("api".into(), 1, vec![worker], Arc::default()));
-        ring.publish(vec![Arc::new(Pool::empty("web".into())), api]);
+        ring.publish(
+            vec![Arc::new(Pool::empty("web".into())), api],
+            Arc::default(),
+        );
 
         assert_eq!(ring.configure("api"), 1);
         assert_eq!(ring.configure("web"), 0, "known pools keep their index");
@@ -413,7 +502,7 @@ mod tests {
         assert_eq!(ring.load().pool(1).workers[0].id, 7);
 
         // A snapshot built before "new" was configured (the subscriber's race) is put right.
-        ring.publish(vec![Arc::new(Pool::empty("web".into()))]);
+        ring.publish(vec![Arc::new(Pool::empty("web".into()))], Arc::default());
         assert_eq!(names(&ring), ["web", "api", "new"]);
     }
 
@@ -454,5 +543,25 @@ mod tests {
             before + 2,
             "already hashed: nothing to publish"
         );
+    }
+
+    #[test]
+    fn a_registered_pool_waits_for_the_next_publish_at_its_index() {
+        let ring = Ring::new(&["web".to_string()]);
+        assert_eq!(ring.register("web"), 0);
+        assert_eq!(ring.register("routed"), 1);
+        assert_eq!(ring.register("routed"), 1);
+        assert_eq!(ring.load().generation, 0, "registering publishes nothing");
+        assert_eq!(names(&ring), ["web"]);
+        ring.publish(vec![Arc::new(Pool::empty("web".into()))], Arc::default());
+        assert_eq!(names(&ring), ["web", "routed"]);
+        assert_eq!(ring.register("late"), 2);
+        assert_eq!(ring.configure("late"), 2);
+        assert_eq!(
+            names(&ring),
+            ["web", "routed", "late"],
+            "configure publishes it"
+        );
+        assert_eq!(ring.load().generation, 2);
     }
 }
