@@ -230,11 +230,14 @@ struct TlsNamer {
 
 impl TlsNamer {
     async fn start(name: &'static str) -> TlsNamer {
-        let certified = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        let chain = vec![CertificateDer::from(certified.cert.der().to_vec())];
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            certified.signing_key.serialize_der(),
-        ));
+        let signing = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&signing).unwrap();
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing.serialize_der()));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -264,8 +267,16 @@ impl TlsNamer {
 }
 
 /// `openssl s_client` through `proxy` with `args`: the subject of the certificate it saw
-/// and what the server sent after the handshake.
-fn s_client(proxy: SocketAddr, args: &[&str]) -> String {
+/// and what the server sent after the handshake. Run off the test's runtime, which serves
+/// the proxy meanwhile.
+async fn s_client(proxy: SocketAddr, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || s_client_blocking(proxy, &args))
+        .await
+        .unwrap()
+}
+
+fn s_client_blocking(proxy: SocketAddr, args: &[String]) -> String {
     let out = Command::new("timeout")
         .args([
             "10",
@@ -279,7 +290,11 @@ fn s_client(proxy: SocketAddr, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .expect("openssl runs (apt-get install -y openssl)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    format!(
+        "{}\n--- stderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 #[tokio::test]
@@ -305,7 +320,7 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
     )
     .await;
 
-    let seen = s_client(proxy, &["-servername", "a.example"]);
+    let seen = s_client(proxy, &["-servername", "a.example"]).await;
     assert!(
         seen.contains("CN=a.example") || seen.contains("CN = a.example"),
         "{seen}"
@@ -314,7 +329,7 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
         seen.contains("\na.example") || seen.ends_with("a.example"),
         "{seen}"
     );
-    let seen = s_client(proxy, &["-servername", "W.Wild.Example"]);
+    let seen = s_client(proxy, &["-servername", "W.Wild.Example"]).await;
     assert!(seen.contains("w.wild.example"), "{seen}");
     for args in [
         &["-servername", "unknown.example"][..],
@@ -322,7 +337,7 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
         &["-servername", "p.example"][..],
         &["-noservername"][..],
     ] {
-        let seen = s_client(proxy, args);
+        let seen = s_client(proxy, args).await;
         assert!(seen.contains("fallback.example"), "{args:?}: {seen}");
     }
 
