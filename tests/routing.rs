@@ -412,3 +412,62 @@ fn client_hello(name: &str) -> Vec<u8> {
     client.write_tls(&mut hello).unwrap();
     hello
 }
+
+#[tokio::test]
+async fn a_routed_pool_gets_its_own_settings_and_health_checks() {
+    let db = TestDb::new().await;
+    let mut config = config(&db, Protocol::Http, AlgorithmKind::RoundRobin);
+    // Pool `api` is no listener's: only a route reaches it, and its table still applies.
+    config.pools.insert(
+        "api".into(),
+        load_balancer::config::PoolConfig {
+            health_check: Some(load_balancer::config::HealthCheckConfig {
+                kind: load_balancer::config::HealthCheckKind::Http {
+                    method: hyper::Method::GET,
+                    path: "/health".into(),
+                    expect_status: 200,
+                },
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_millis(500),
+                rise: 1,
+                fall: 1,
+            }),
+            ..Default::default()
+        },
+    );
+    let lb = load_balancer::start(&config).await.expect("proxy starts");
+    let proxy = lb.listeners[0];
+    let (web, sick, well) = (
+        Backend::start("web").await,
+        Backend::start("sick").await,
+        Backend::start("well").await,
+    );
+    sick.health.store(503, Ordering::SeqCst);
+    workers(
+        &db,
+        &lb,
+        &[("default", &web), ("api", &sick), ("api", &well)],
+    )
+    .await;
+    change(
+        &db,
+        &lb,
+        "INSERT INTO routes(host, pool) VALUES ('api.example', 'api')",
+    )
+    .await;
+
+    // The route started the pool's health checker: the failing worker is taken out.
+    eventually("the routed pool's health check marks `sick` down", || {
+        lb.ring
+            .load()
+            .pool_named("api")
+            .is_some_and(|p| p.workers.iter().any(|w| !w.state.health.is_healthy()))
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(
+            get_host(proxy, "api.example", "/").await,
+            (200, "well".into())
+        );
+    }
+}
