@@ -142,6 +142,11 @@ async fn routes_by_host_wildcard_path_priority_and_listener_change_live_with_sql
     let mut body = response.await.unwrap().into_body();
     assert!(matches!(h2_body(&mut body).await, H2End::Complete(b) if b == b"api"));
 
+    // Metrics count each request under the pool it went to.
+    let (_, metrics) = get(&client(), lb.admin.unwrap(), "/metrics").await;
+    let api_requests = format!("lb_requests_total{{listener=\"{public}\",pool=\"api\",");
+    assert!(metrics.contains(&api_requests), "{metrics}");
+
     // Live: a committed UPDATE or DELETE moves the next request.
     change(
         &db,
