@@ -42,6 +42,20 @@ fn run(text: &str) -> Output {
         .unwrap()
 }
 
+/// `check-config` on `text`, without the environment's overrides.
+fn check_config(text: &str) -> Output {
+    let (_dir, path) = write_config(text);
+    Command::new(env!("CARGO_BIN_EXE_load_balancer"))
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env_remove("DATABASE_URL")
+        .env_remove("LB_STICKY_SECRET")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
 /// Asserts a failed run whose stderr names `key` and points at `line` of config.toml.
 fn assert_config_error(text: &str, key: &str, line: usize) {
     let out = run(text);
@@ -101,15 +115,7 @@ fn misspelt_pool_table_is_accepted_for_routes_but_warned_of_with_a_suggestion() 
     // A table no listener serves may be for a pool rows of `routes` name, which the file
     // cannot know; but it is more often a typo, and check-config says so.
     let text = GOOD.to_string() + "\n[pools.defualt.health_check]\npath = \"/healthz\"\n";
-    let (_dir, path) = write_config(&text);
-    let out = Command::new(env!("CARGO_BIN_EXE_load_balancer"))
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .env_remove("DATABASE_URL")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = check_config(&text);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -125,15 +131,7 @@ fn check_config_accepts_consistent_hash() {
         "algorithm = \"weighted\"",
         "algorithm = \"consistent_hash\"\nhash_key = \"header:X-Tenant\"",
     );
-    let (_dir, path) = write_config(&text);
-    let out = Command::new(env!("CARGO_BIN_EXE_load_balancer"))
-        .arg("--config")
-        .arg(&path)
-        .arg("check-config")
-        .env_remove("DATABASE_URL")
-        .env_remove("LB_STICKY_SECRET")
-        .output()
-        .unwrap();
+    let out = check_config(&text);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -718,17 +718,7 @@ async fn full_worker_beside_a_down_one_gives_503(down: Down) {
         ..PoolConfig::default()
     };
     if let Down::Unhealthy = down {
-        pool.health_check = Some(load_balancer::config::HealthCheckConfig {
-            kind: load_balancer::config::HealthCheckKind::Http {
-                method: hyper::Method::GET,
-                path: "/health".into(),
-                expect_status: 200,
-            },
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(500),
-            rise: 1,
-            fall: 1,
-        });
+        pool.health_check = Some(quick_health_check());
     }
     let lb = start(&with_pool(&db, pool)).await;
     add(&db, &lb, &[&a, &b]).await;

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use load_balancer::config::{
-    AccessLogTarget, AlgorithmKind, Config, HealthCheckConfig, HealthCheckKind, PoolConfig,
-    Protocol, SendProxy, TrustedProxies,
+    AccessLogTarget, AlgorithmKind, Config, PoolConfig, Protocol, SendProxy, TrustedProxies,
 };
 use ppp::v2;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -449,17 +448,7 @@ async fn send_proxy_from_http2_clients_dials_per_stream_and_health_checks_send_l
     let worker = header_reading_worker().await;
     let mut cfg = config(&db, Protocol::Http, AlgorithmKind::RoundRobin);
     sending(&mut cfg, SendProxy::V2);
-    cfg.pools.get_mut("default").unwrap().health_check = Some(HealthCheckConfig {
-        kind: HealthCheckKind::Http {
-            method: hyper::Method::GET,
-            path: "/health".into(),
-            expect_status: 200,
-        },
-        interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(500),
-        rise: 1,
-        fall: 1,
-    });
+    cfg.pools.get_mut("default").unwrap().health_check = Some(quick_health_check());
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
     change(

@@ -252,14 +252,7 @@ async fn the_routes_migration_applies_to_a_database_at_v3() {
     db.exec("INSERT INTO workers (worker_address) VALUES ('127.0.0.1:8000')")
         .await;
     // Back to V3: what V4 adds is gone, and its history row too.
-    db.exec(
-        "DROP TABLE routes;
-         DROP FUNCTION routes_bump_version();
-         DROP FUNCTION routes_notify_row();
-         DROP SEQUENCE routes_version_seq;
-         DELETE FROM refinery_schema_history WHERE version = 4;",
-    )
-    .await;
+    db.exec(UNDO_V4).await;
     let c = db.client().await;
     let version = "SELECT max(version) FROM refinery_schema_history";
     assert_eq!(c.query_one(version, &[]).await.unwrap().get::<_, i32>(0), 3);

@@ -428,17 +428,7 @@ async fn a_routed_pool_gets_its_own_settings_and_health_checks() {
     config.pools.insert(
         "api".into(),
         load_balancer::config::PoolConfig {
-            health_check: Some(load_balancer::config::HealthCheckConfig {
-                kind: load_balancer::config::HealthCheckKind::Http {
-                    method: hyper::Method::GET,
-                    path: "/health".into(),
-                    expect_status: 200,
-                },
-                interval: Duration::from_millis(50),
-                timeout: Duration::from_millis(500),
-                rise: 1,
-                fall: 1,
-            }),
+            health_check: Some(quick_health_check()),
             ..Default::default()
         },
     );

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestDb, WAIT, add, client, eventually_within, get};
-use load_balancer::config::{
-    AlgorithmKind, Config, HealthCheckConfig, HealthCheckKind, PoolConfig, Protocol, StatusConfig,
+use common::{
+    Backend, TestDb, UNDO_V4, WAIT, add, client, eventually_within, get, quick_health_check,
 };
+use load_balancer::config::{AlgorithmKind, Config, PoolConfig, Protocol, StatusConfig};
 use tokio::sync::mpsc;
 
 /// A config for instance `name` that writes every 200 ms, with `pool` for "default".
@@ -30,17 +30,7 @@ async fn start(config: &Config) -> load_balancer::Running {
 /// Active checks of `/health` every 50 ms; one failure or pass flips a worker.
 fn checked(pool: PoolConfig) -> PoolConfig {
     PoolConfig {
-        health_check: Some(HealthCheckConfig {
-            kind: HealthCheckKind::Http {
-                method: hyper::Method::GET,
-                path: "/health".into(),
-                expect_status: 200,
-            },
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(500),
-            rise: 1,
-            fall: 1,
-        }),
+        health_check: Some(quick_health_check()),
         ..pool
     }
 }
@@ -330,13 +320,9 @@ async fn the_worker_status_migration_applies_to_a_database_at_v2() {
         .await;
     // Back to V2: what V3 adds is gone, and its history row too (and V4's, which came
     // after it).
+    db.exec(UNDO_V4).await;
     db.exec(
-        "DROP TABLE routes;
-         DROP FUNCTION routes_bump_version();
-         DROP FUNCTION routes_notify_row();
-         DROP SEQUENCE routes_version_seq;
-         DELETE FROM refinery_schema_history WHERE version = 4;
-         DROP VIEW worker_health;
+        "DROP VIEW worker_health;
          DROP TABLE worker_status;
          DROP TRIGGER worker_status_forget_deleted ON workers;
          DROP TRIGGER worker_status_forget_all ON workers;

@@ -1004,6 +1004,30 @@ pub async fn h2_body(body: &mut h2::RecvStream) -> H2End {
     }
 }
 
+/// Undoes migration V4 (the `routes` table) and its history row: a migration test's way
+/// back to a database at V3.
+pub const UNDO_V4: &str = "DROP TABLE routes;
+     DROP FUNCTION routes_bump_version();
+     DROP FUNCTION routes_notify_row();
+     DROP SEQUENCE routes_version_seq;
+     DELETE FROM refinery_schema_history WHERE version = 4;";
+
+/// Active checks of `/health` every 50 ms (500 ms timeout); one failure or pass flips a
+/// worker.
+pub fn quick_health_check() -> load_balancer::config::HealthCheckConfig {
+    load_balancer::config::HealthCheckConfig {
+        kind: load_balancer::config::HealthCheckKind::Http {
+            method: hyper::Method::GET,
+            path: "/health".into(),
+            expect_status: 200,
+        },
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 1,
+    }
+}
+
 /// A pool whose workers are ejected by their first failure, whatever share of the pool that
 /// is: a failure recorded against a worker shows in `/status` at once.
 pub fn eject_on_first_failure(
