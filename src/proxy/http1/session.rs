@@ -333,7 +333,9 @@ impl Session<'_> {
     async fn refuse_head(&mut self, answer: Canned) {
         self.report.begin();
         self.send_own(&answer, true).await;
-        self.target.reports.finish(&mut self.report);
+        // No head, no route: counted for the listener's own pool, whatever the previous
+        // request on this connection was routed to.
+        self.proxy.targets.own.reports.finish(&mut self.report);
     }
 
     /// Forwards one request and its response, and reports it. Returns whether the
