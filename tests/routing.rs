@@ -321,7 +321,8 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
         &format!(
             "INSERT INTO workers(worker_address, pool) VALUES ('{}', 'default'), ('{}', 'a'), ('{}', 'wild');
              INSERT INTO routes(host, pool) VALUES ('a.example', 'a'), ('*.wild.example', 'wild');
-             INSERT INTO routes(host, path_prefix, pool) VALUES ('p.example', '/api', 'a')",
+             INSERT INTO routes(host, path_prefix, pool) VALUES ('p.example', '/api', 'a');
+             INSERT INTO routes(path_prefix, pool) VALUES ('/', 'a')",
             fallback.addr, a.addr, wild.addr
         ),
     )
@@ -340,7 +341,8 @@ async fn sni_passthrough_routes_tls_by_server_name_and_the_backend_does_the_hand
     assert!(seen.contains("w.wild.example"), "{seen}");
     for args in [
         &["-servername", "unknown.example"][..],
-        // Paths do not apply: a route with a path prefix never matches a connection.
+        // Paths do not apply: a route with a path prefix never matches a connection; nor
+        // do routes for any host (the catch-all route above is for HTTP requests).
         &["-servername", "p.example"][..],
         &["-noservername"][..],
     ] {

@@ -38,6 +38,16 @@ pub fn judge(w: &Slot, settings: &PoolConfig, random: &dyn RandomSource) -> Verd
     Verdict::Usable
 }
 
+/// The weight of the workers of `pool` that take traffic as far as health and ejection go
+/// (limits and slow start aside): what bounded loads divide the load by.
+pub fn usable_weight(pool: &Pool) -> u64 {
+    (pool.active.iter())
+        .map(|&i| &pool.slots[i as usize])
+        .filter(|w| w.state.health.is_healthy() && !w.state.ejection.is_ejected())
+        .map(|w| u64::from(w.weight))
+        .sum()
+}
+
 /// At the pool's `max_connections`.
 #[inline]
 pub fn full(w: &Slot, settings: &PoolConfig) -> bool {

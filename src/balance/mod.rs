@@ -253,24 +253,36 @@ impl Balancer {
             !tried.contains(&w.id) && matches!(self.judge(w), Verdict::Usable | Verdict::Cold(_))
         };
         let table = pool.maglev.as_ref()?;
+        let bound = Bound::of(pool, hashing);
         // The usual case, without starting a walk: the owner takes it.
         let owner = &pool.slots[table.get(hash)? as usize];
-        if usable(owner) && within_bound(pool, owner, hashing) {
+        let owner_usable = usable(owner);
+        if owner_usable && bound.admits(owner) {
             return Some(owner);
         }
-        // Over its bound but usable: taken only if every other usable worker is over too.
-        let mut over = usable(owner).then_some(owner);
+        // Usable workers over their bound, the least loaded (per unit of weight) first: one
+        // of them is taken only when no usable worker within its bound comes up first.
+        let mut least = owner_usable.then_some(owner);
+        let mut over = usize::from(owner_usable);
         for index in table.preferences(hash).skip(1) {
             let w = &pool.slots[index as usize];
             if !usable(w) {
                 continue;
             }
-            if within_bound(pool, w, hashing) {
+            if bound.admits(w) {
                 return Some(w);
             }
-            over = over.or(Some(w));
+            if least.is_none_or(|l| lighter(w, l)) {
+                least = Some(w);
+            }
+            over += 1;
+            // Every worker over its bound means the load is spread already: the walk stops
+            // instead of lapping a large table on every request.
+            if over >= MAX_OVER {
+                break;
+            }
         }
-        over
+        least
     }
 
     fn found(&self, w: &Slot) -> Pick {
@@ -361,19 +373,65 @@ impl Balancer {
     }
 }
 
-/// Bounded loads: whether `w` may take one more request without carrying more than
-/// `balance_factor` percent of its weighted share of the pool's in-flight load, counting the
-/// new request (as HAProxy's `hash-balance-factor`: `in_flight + 1 <= ceil(factor/100 ×
-/// (total + 1) × weight / total_weight)`, compared in integers).
-#[inline]
-fn within_bound(pool: &Pool, w: &Slot, hashing: Hashing) -> bool {
-    let factor = u128::from(hashing.balance_factor);
-    if factor == 0 || pool.total_weight == 0 {
-        return true;
+/// Usable workers over their bound a hashed pick looks at before it takes the least loaded.
+const MAX_OVER: usize = 16;
+
+/// How often a pool's usable weight is summed again for bounded loads.
+const USABLE_WEIGHT_EVERY_MS: u64 = 100;
+
+/// Bounded loads for one pick: whether a worker may take one more request without
+/// carrying more than `balance_factor` percent of its weighted share of the pool's
+/// in-flight load, counting the new request. As HAProxy's `hash-balance-factor`:
+/// `in_flight + 1 <= ceil(factor/100 × (total + 1) × weight / usable_weight)`, compared in
+/// integers, where the usable weight leaves out workers that are down (else their share
+/// would be missing from everyone's bound, and every usable worker would be "over").
+struct Bound {
+    /// 0: off.
+    factor: u128,
+    /// The pool's in-flight requests, plus the new one.
+    total: u128,
+    usable_weight: u128,
+}
+
+impl Bound {
+    fn of(pool: &Pool, hashing: Hashing) -> Bound {
+        let factor = u128::from(hashing.balance_factor);
+        if factor == 0 || pool.total_weight == 0 {
+            return Bound {
+                factor: 0,
+                total: 0,
+                usable_weight: 0,
+            };
+        }
+        let usable = pool
+            .usable_weight
+            .get(USABLE_WEIGHT_EVERY_MS, || availability::usable_weight(pool));
+        Bound {
+            factor,
+            total: u128::from(pool.load.load(Ordering::Relaxed)) + 1,
+            // None usable (or not summed yet): the whole weight, as if all were.
+            usable_weight: u128::from(if usable == 0 {
+                pool.total_weight
+            } else {
+                usable
+            }),
+        }
     }
-    let total = u128::from(pool.load.load(Ordering::Relaxed));
-    let own = u128::from(w.state.in_flight.load(Ordering::Relaxed));
-    own * 100 * u128::from(pool.total_weight) < (total + 1) * factor * u128::from(w.weight)
+
+    #[inline]
+    fn admits(&self, w: &Slot) -> bool {
+        if self.factor == 0 {
+            return true;
+        }
+        let own = u128::from(w.state.in_flight.load(Ordering::Relaxed));
+        own * 100 * self.usable_weight < self.total * self.factor * u128::from(w.weight)
+    }
+}
+
+/// Whether `a` carries fewer in-flight requests per unit of weight than `b`.
+fn lighter(a: &Slot, b: &Slot) -> bool {
+    let load = |w: &Slot| u128::from(w.state.in_flight.load(Ordering::Relaxed));
+    load(a) * u128::from(b.weight) < load(b) * u128::from(a.weight)
 }
 
 #[cfg(test)]
@@ -621,6 +679,29 @@ mod tests {
         }
         let most = bounded.iter().filter(|f| f.worker().id == owner).count();
         assert_eq!(most, 15, "the owner fills up to its bound first");
+    }
+
+    #[test]
+    fn bounded_loads_share_the_load_among_the_workers_that_are_up() {
+        // Half the pool down: the bound is 150% of the average over the five that are up,
+        // not over all ten (which would put every worker over it, and the owner would take
+        // everything).
+        let (b, _m) = hashing(10, 150);
+        for id in 6..=10 {
+            worker(&b, id).state.health.record(false, 1, 1);
+        }
+        let held: Vec<_> = (0..40)
+            .map(|_| {
+                let id = keyed(&b, 7, &[]).unwrap();
+                crate::ring::InFlight::new(worker(&b, id))
+            })
+            .collect();
+        let loads: Vec<usize> = (1..=10)
+            .map(|id| held.iter().filter(|f| f.worker().id == id).count())
+            .collect();
+        assert!(loads[5..].iter().all(|&l| l == 0), "{loads:?}");
+        // 150% of 40 / 5.
+        assert!(loads.iter().all(|&l| l <= 12), "{loads:?}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ impl Config {
             log: source.log(raw.log.as_ref())?,
         };
         source.distinct_binds(&raw, &config)?;
+        source.distinct_sticky_cookies(&raw)?;
         Ok(config)
     }
 }

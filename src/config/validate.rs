@@ -338,6 +338,41 @@ impl Source<'_> {
         }
         Ok(())
     }
+
+    /// Sticky pools use distinct cookie names. A cookie is signed for its own pool, and a
+    /// browser keeps one cookie per name and path: two pools sharing a name (reached by one
+    /// client through routes) would each find the other's cookie foreign and replace it, so
+    /// neither would stay stuck.
+    pub fn distinct_sticky_cookies(&self, raw: &RawConfig) -> Result<(), ConfigError> {
+        let mut tables: Vec<(&Spanned<String>, &super::raw::RawSticky)> = (raw.pools.iter())
+            .filter_map(|(name, pool)| pool.sticky.as_ref().map(|s| (name, s)))
+            .collect();
+        // The second one written is the one reported.
+        tables.sort_by_key(|(name, _)| name.span().start);
+        let mut seen: HashMap<&str, &str> = HashMap::new();
+        for (pool, sticky) in tables {
+            let cookie = sticky
+                .cookie
+                .as_ref()
+                .map_or("lb_sticky", |c| c.get_ref().as_str());
+            if let Some(first) = seen.insert(cookie, pool.get_ref()) {
+                let span = match &sticky.cookie {
+                    Some(c) => c.span(),
+                    None => pool.span(),
+                };
+                return Err(self.invalid(
+                    format!(
+                        "`[pools.{}.sticky]` uses cookie {cookie:?}, as `[pools.{first}.sticky]` does",
+                        pool.get_ref()
+                    ),
+                    span,
+                    "a cookie name of another sticky pool",
+                    Some("give each sticky pool its own `cookie`: a browser keeps one cookie per name, and each pool would replace the other's"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -570,6 +605,21 @@ mod tests {
         );
         assert_eq!(line_of(&text, &e), 13);
         assert!(help_of(&e).contains("header_read_timeout"), "{e:?}");
+    }
+
+    #[test]
+    fn two_sticky_pools_cannot_share_a_cookie_name() {
+        let text = GOOD.to_string()
+            + "\n[pools.default.sticky]\nsecret = \"0123456789abcdef\"\n\n[pools.api.sticky]\nsecret = \"0123456789abcdef\"\n";
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`[pools.api.sticky]` uses cookie \"lb_sticky\", as `[pools.default.sticky]` does"
+        );
+        assert_eq!(line_of(&text, &e), 20);
+        assert!(help_of(&e).contains("its own `cookie`"), "{e:?}");
+        let text = text + "cookie = \"lb_api\"\n";
+        parse(&text).unwrap();
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::access_log::AccessLog;
 use crate::balance::Balancer;
 use crate::config::{AlgorithmKind, ListenerConfig, PoolConfig, Protocol};
 use crate::metrics::Metrics;
+use crate::ring::routes::Route;
 use crate::ring::{Ring, Snapshot};
 use crate::upstream::Connector;
 
@@ -84,6 +85,11 @@ impl Targets {
         pools: &HashMap<String, PoolConfig>,
         log: Option<AccessLog>,
     ) -> Targets {
+        if entry.algorithm == AlgorithmKind::ConsistentHash {
+            // The tables of the pools routes lead to are built by the subscriber as it
+            // publishes the routes, not by the first request routed there.
+            ring.hash_routed_pools();
+        }
         let make = Make {
             ring,
             metrics,
@@ -123,6 +129,19 @@ impl Targets {
         } else {
             snapshot.routes.lookup(self.name.as_deref(), host, path)
         };
+        self.point(route, current);
+    }
+
+    /// The same for a TLS connection whose ClientHello names `server` (`sni_routing`): by
+    /// the routes' hosts only (see `Routes::lookup_server_name`).
+    pub fn route_server_name(&self, snapshot: &Snapshot, server: &[u8], current: &mut Arc<Target>) {
+        let route = snapshot
+            .routes
+            .lookup_server_name(self.name.as_deref(), server);
+        self.point(route, current);
+    }
+
+    fn point(&self, route: Option<&Route>, current: &mut Arc<Target>) {
         let Some(route) = route else {
             if !Arc::ptr_eq(current, &self.own) {
                 *current = self.own.clone();

@@ -154,8 +154,7 @@ impl TcpProxy {
         let ended = match sni::peek_server_name(client, hello, within).await {
             Ok(Peeked::ServerName(name)) => {
                 let snapshot = self.targets.ring().load();
-                self.targets
-                    .route(&snapshot, Some(name.as_bytes()), b"/", &mut target);
+                (self.targets).route_server_name(&snapshot, name.as_bytes(), &mut target);
                 return Some(target);
             }
             Ok(Peeked::NoServerName | Peeked::NotTls) => return Some(target),

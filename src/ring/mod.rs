@@ -18,7 +18,7 @@ pub mod tally;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -90,6 +90,9 @@ pub struct Pool {
     /// Requests (HTTP) or connections (TCP) in flight on the pool's workers: one cell for
     /// the pool's life, shared by every snapshot of it and held by each of its workers.
     pub load: Arc<AtomicU64>,
+    /// The weight of the workers that are up, summed now and then by `balance` (bounded
+    /// loads): health and ejection change between snapshots.
+    pub usable_weight: Refreshed,
     /// When this pool last changed (it is rebuilt only when it changes).
     pub changed_at: SystemTime,
 }
@@ -123,6 +126,7 @@ impl Pool {
             maglev: None,
             total_weight: weights.iter().map(|&w| u64::from(w)).sum(),
             load,
+            usable_weight: Refreshed::default(),
             active,
             slots,
             workers,
@@ -149,8 +153,39 @@ impl Pool {
             maglev: Some(maglev::Table::build(&placed)),
             total_weight: self.total_weight,
             load: self.load.clone(),
+            usable_weight: Refreshed::default(),
             changed_at: self.changed_at,
         }
+    }
+}
+
+/// A number computed from state cells, recomputed by whoever reads it when it is older than
+/// the reader allows: lock-free, one reader recomputes while the others use the last value.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    value: AtomicU64,
+    /// `state::now_ms()` when computed; 0: never.
+    at_ms: AtomicU64,
+}
+
+impl Refreshed {
+    /// The value, recomputed with `compute` if it is older than `every_ms`. 0 while the
+    /// first computation is under way on another thread.
+    pub fn get(&self, every_ms: u64, compute: impl FnOnce() -> u64) -> u64 {
+        let now = state::now_ms();
+        let at = self.at_ms.load(Ordering::Relaxed);
+        if at != 0 && now.saturating_sub(at) < every_ms {
+            return self.value.load(Ordering::Relaxed);
+        }
+        if (self.at_ms)
+            .compare_exchange(at, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let value = compute();
+            self.value.store(value, Ordering::Relaxed);
+            return value;
+        }
+        self.value.load(Ordering::Relaxed)
     }
 }
 
@@ -301,6 +336,8 @@ pub struct Ring {
     /// Pools whose snapshots carry a Maglev table (see [`Ring::hash_pool`]). Only ever
     /// added to; read under the lock of `configured`, which serialises every store.
     hashed: Mutex<HashSet<Arc<str>>>,
+    /// Whether every pool a route names is hashed too (see [`Ring::hash_routed_pools`]).
+    hash_routed: AtomicBool,
     /// Tells waiters (tests, startup) that a new generation was published.
     published: watch::Sender<u64>,
 }
@@ -326,6 +363,7 @@ impl Ring {
             }),
             configured: Mutex::new(names),
             hashed: Mutex::default(),
+            hash_routed: AtomicBool::new(false),
             published: watch::channel(0).0,
         })
     }
@@ -349,7 +387,12 @@ impl Ring {
         // published yet: the caller is about to use the index.
         let current = self.current.load();
         if current.pools.get(index).is_none_or(|p| &*p.name != name) {
-            self.store(&configured, current.pools.clone(), current.routes.clone());
+            self.store(
+                &configured,
+                current.pools.clone(),
+                current.routes.clone(),
+                false,
+            );
         }
         index
     }
@@ -373,7 +416,29 @@ impl Ring {
         if added && missing {
             let (pools, routes) = (current.pools.clone(), current.routes.clone());
             drop(current);
-            self.store(&configured, pools, routes);
+            self.store(&configured, pools, routes, false);
+        }
+    }
+
+    /// Makes every pool a route names carry a Maglev table from now on, as [`hash_pool`]
+    /// does for one pool: called when a `consistent_hash` listener is built, so that the
+    /// subscriber builds a routed pool's table when it publishes the route, and the first
+    /// request routed there finds it ready instead of building it itself.
+    ///
+    /// [`hash_pool`]: Ring::hash_pool
+    pub fn hash_routed_pools(&self) {
+        let configured = self.configured();
+        if self.hash_routed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let current = self.current.load();
+        let routed = routed_pools(&current.routes);
+        let missing =
+            (current.pools.iter()).any(|p| p.maglev.is_none() && routed.contains(&*p.name));
+        if missing {
+            let (pools, routes) = (current.pools.clone(), current.routes.clone());
+            drop(current);
+            self.store(&configured, pools, routes, false);
         }
     }
 
@@ -392,17 +457,22 @@ impl Ring {
     /// database subscriber calls this (and [`Ring::configure`]).
     pub fn publish(&self, pools: Vec<Arc<Pool>>, routes: Arc<routes::Routes>) -> u64 {
         let configured = self.configured();
-        self.store(&configured, pools, routes)
+        self.store(&configured, pools, routes, true)
     }
 
     /// Stores `pools` with the configured ones at their indices. The subscriber lists them
     /// there already, unless a pool was configured while it built the snapshot: that pool
     /// then comes after the others, or not at all if it has no workers yet.
+    ///
+    /// `news`: the table's contents (a publish), rather than a change of structure (a pool
+    /// configured, a table to build). A structural store before the first publish keeps
+    /// generation 0, which says "never loaded" to `/readyz`, to 503s and to slow start.
     fn store(
         &self,
         configured: &[Arc<str>],
         mut pools: Vec<Arc<Pool>>,
         routes: Arc<routes::Routes>,
+        news: bool,
     ) -> u64 {
         let in_place = configured
             .iter()
@@ -422,19 +492,32 @@ impl Ring {
         // Built here, where every snapshot passes: a pool rebuilt by the subscriber, or one
         // a `hash_pool` racing with it published, gets its table either way.
         let hashed = lock(&self.hashed);
+        let routed = if self.hash_routed.load(Ordering::Relaxed) {
+            routed_pools(&routes)
+        } else {
+            HashSet::new()
+        };
         for pool in &mut pools {
-            if pool.maglev.is_none() && hashed.contains(&pool.name) {
+            let wanted = hashed.contains(&pool.name) || routed.contains(&*pool.name);
+            if pool.maglev.is_none() && wanted {
                 *pool = Arc::new(pool.with_table());
             }
         }
         drop(hashed);
-        let generation = self.current.load().generation + 1;
+        let current = self.current.load().generation;
+        let generation = if news || current > 0 {
+            current + 1
+        } else {
+            current
+        };
         self.current.store(Arc::new(Snapshot {
             generation,
             pools,
             routes,
         }));
-        self.published.send_replace(generation);
+        if generation != current {
+            self.published.send_replace(generation);
+        }
         generation
     }
 
@@ -447,6 +530,11 @@ impl Ring {
     fn configured(&self) -> std::sync::MutexGuard<'_, Vec<Arc<str>>> {
         lock(&self.configured)
     }
+}
+
+/// The names of the pools `routes` send requests to.
+fn routed_pools(routes: &routes::Routes) -> HashSet<&str> {
+    routes.rows().iter().map(|r| r.pool.as_str()).collect()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -542,6 +630,25 @@ mod tests {
             ring.load().generation,
             before + 2,
             "already hashed: nothing to publish"
+        );
+    }
+
+    #[test]
+    fn structure_before_the_first_publish_leaves_the_ring_unloaded() {
+        // A consistent_hash listener built while the database is down: its pool gets a
+        // table, but the ring is still "never loaded" (503s say why, /readyz waits, and
+        // the first sync is not news for slow start).
+        let ring = Ring::new(&["p".to_string()]);
+        let published = ring.subscribe();
+        ring.hash_pool("p");
+        ring.configure("q");
+        let snapshot = ring.load();
+        assert_eq!(snapshot.generation, 0);
+        assert!(snapshot.pool_named("p").unwrap().maglev.is_some());
+        assert!(snapshot.pool_named("q").is_some());
+        assert!(
+            !published.has_changed().unwrap(),
+            "no publish was announced"
         );
     }
 

@@ -232,7 +232,24 @@ impl Routes {
             _ => None,
         };
         table
-            .lookup(host.as_ref(), path)
+            .lookup(host.as_ref(), path, true)
+            .map(|i| &self.routes[i as usize])
+    }
+
+    /// The route of a TLS connection to the listener named `listener` whose ClientHello
+    /// names `server` (SNI passthrough): routes by host only, exact then wildcard. Paths do
+    /// not apply (only a route whose `path_prefix` is `/` matches), nor do routes for any
+    /// host: those are for HTTP requests, and a catch-all HTTP route must not take every TLS
+    /// connection that happens to send a server name.
+    pub fn lookup_server_name(&self, listener: Option<&str>, server: &[u8]) -> Option<&Route> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        let table = self.table(listener);
+        let mut buf = [0u8; MAX_HOST];
+        let host = Host::normalise(server, &mut buf)?;
+        table
+            .lookup(Some(&host), b"/", false)
             .map(|i| &self.routes[i as usize])
     }
 
@@ -319,7 +336,8 @@ impl Table {
 
     /// The index of the route for `host` and `path`.
     #[inline]
-    fn lookup(&self, host: Option<&Host>, path: &[u8]) -> Option<u32> {
+    /// `any`: whether routes for any host apply when no host route does.
+    fn lookup(&self, host: Option<&Host>, path: &[u8], any: bool) -> Option<u32> {
         if let Some(host) = host {
             let name = host.name;
             if let Some(found) = self
@@ -357,7 +375,7 @@ impl Table {
                 }
             }
         }
-        self.any.lookup(path)
+        if any { self.any.lookup(path) } else { None }
     }
 }
 

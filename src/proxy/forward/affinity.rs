@@ -74,11 +74,18 @@ pub fn client_hash(client: IpAddr) -> u64 {
     }
 }
 
-/// The path and the query (after the first `?`, if any) of a request-target.
+/// The path and the query (after the first `?`, if any) of a request-target. An empty
+/// path (an absolute-form target without one, `http://host?q`) and `*` (`OPTIONS *`) are
+/// `/`, as the worker is sent, and as HTTP/2 says: routes and `hash_key = "path"` see the
+/// same path over both versions.
 pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
-    match target.iter().position(|&b| b == b'?') {
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
+    };
+    match path {
+        b"" | b"*" => (b"/", query),
+        path => (path, query),
     }
 }
 
@@ -184,6 +191,9 @@ mod tests {
             (&b"/a/b"[..], Some(&b"x=1?y"[..]))
         );
         assert_eq!(split_target(b"/a"), (&b"/a"[..], None));
+        assert_eq!(split_target(b""), (&b"/"[..], None));
+        assert_eq!(split_target(b"?x=1"), (&b"/"[..], Some(&b"x=1"[..])));
+        assert_eq!(split_target(b"*"), (&b"/"[..], None));
     }
 
     fn h1<'h>(fields: &'h [(&'h str, &'h [u8])]) -> Vec<httparse::Header<'h>> {
