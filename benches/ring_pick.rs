@@ -79,29 +79,32 @@ fn picks(c: &mut Criterion) {
             });
         }
         // consistent_hash with a key: hashing the client's address, the owner's slot, and
-        // the checks of its availability (bounded loads on, as they cost a load more).
-        let balancer = Balancer::of(
-            ring.clone(),
-            "default",
-            AlgorithmKind::ConsistentHash,
-            150,
-            PoolConfig::default(),
-        );
+        // the checks of its availability; with bounded loads on, the pool's load and usable
+        // weight (kept fresh with a clock read) as well.
         let clients: Vec<std::net::IpAddr> = (0..1024u32)
             .map(|i| std::net::Ipv4Addr::from(0xc633_6400 + i).into())
             .collect();
-        let mut i = 0;
-        group.bench_function(format!("consistent_hash/{n}"), |b| {
-            b.iter(|| {
-                i = (i + 1) % clients.len();
-                let hash = load_balancer::proxy::forward::affinity::client_hash(clients[i]);
-                let affinity = Affinity {
-                    hash: Some(black_box(hash)),
-                    sticky: None,
-                };
-                black_box(balancer.pick(&[], affinity))
-            })
-        });
+        for (name, factor) in [("consistent_hash", 0), ("consistent_hash_bounded", 150)] {
+            let balancer = Balancer::of(
+                ring.clone(),
+                "default",
+                AlgorithmKind::ConsistentHash,
+                factor,
+                PoolConfig::default(),
+            );
+            let mut i = 0;
+            group.bench_function(format!("{name}/{n}"), |b| {
+                b.iter(|| {
+                    i = (i + 1) % clients.len();
+                    let hash = load_balancer::proxy::forward::affinity::client_hash(clients[i]);
+                    let affinity = Affinity {
+                        hash: Some(black_box(hash)),
+                        sticky: None,
+                    };
+                    black_box(balancer.pick(&[], affinity))
+                })
+            });
+        }
     }
     group.finish();
 }
