@@ -3,12 +3,14 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use load_balancer::Running;
+use load_balancer::cli::demo::{self, DemoOptions};
 use load_balancer::cli::workers::WorkersCommand;
 use load_balancer::config::{Config, Overrides};
 use load_balancer::shutdown::{SignalEvent, Signals};
@@ -23,6 +25,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How long in-flight requests may run after SIGTERM/SIGINT, or on a listener a reload
 /// removed, before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The demo's grace on Ctrl-C: its requests are curl's, a second each at most; a person
+/// waiting for the prompt should not wait 30 seconds.
+const DEMO_GRACE: Duration = Duration::from_secs(2);
 
 /// HTTP and TCP load balancer whose backends are the rows of a PostgreSQL table.
 ///
@@ -79,6 +84,32 @@ enum Command {
     Workers {
         #[command(subcommand)]
         command: WorkersCommand,
+    },
+    /// Try it in one command: three demo backends, their rows in `workers`, the proxy in
+    /// front of them, and the SQL to type next.
+    ///
+    /// Creates the database if it does not exist, starts three HTTP backends on free ports
+    /// of 127.0.0.1 (each answers every request with its name: demo-1, demo-2, demo-3),
+    /// inserts them into `workers` (pool default, weight 1), serves the proxy (weighted
+    /// round robin) and prints what to try next with this run's ports: a curl loop, the
+    /// UPDATE that reweights demo-1 and the one that drains demo-2, the admin /status.
+    ///
+    /// The database is DATABASE_URL (or --database-url), else
+    /// postgres://postgres@127.0.0.1:5432/load_balancer; the config file is not read.
+    ///
+    /// The rows it inserts are recorded in the table demo_workers. At start, the rows an
+    /// earlier demo recorded there are deleted if they still have the address and pool it
+    /// gave them and nothing accepts connections at that address any more; no other row is
+    /// touched, so rows you added stay. Ctrl-C (or SIGTERM) stops the proxy and the
+    /// backends; the rows stay, for inspection.
+    Demo {
+        /// The proxy's address [default: 127.0.0.1:8080, or a free port if it is taken].
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// The admin endpoint's address [default: 127.0.0.1:9901, or a free port if it is
+        /// taken]; one that is not a loopback address needs LB_ADMIN_TOKEN.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
     },
 }
 
@@ -184,6 +215,19 @@ fn main() -> ExitCode {
         admin_token: cli.admin_token.filter(|t| !t.is_empty()),
         sticky_secret: cli.sticky_secret.filter(|s| !s.is_empty()),
     };
+    // The demo needs no config file: it never reads one.
+    if let Some(Command::Demo { listen, admin }) = &cli.command {
+        let options = DemoOptions {
+            url: overrides
+                .database_url
+                .clone()
+                .unwrap_or_else(|| demo::DEFAULT_URL.to_string()),
+            listen: *listen,
+            admin: *admin,
+            admin_token: overrides.admin_token.clone(),
+        };
+        return run_demo(&options, cli.log_format);
+    }
     // An operator's shell often has DATABASE_URL and no config.toml at hand; `migrate` and
     // the workers commands need nothing else. With a config file, its rules apply as to
     // the proxy.
@@ -229,7 +273,65 @@ fn main() -> ExitCode {
         }
         Command::Migrate => migrate(&config.database.url),
         Command::Workers { command } => workers(&config.database.url, &command),
+        Command::Demo { .. } => {
+            unreachable!("run before the configuration is read")
+        }
     }
+}
+
+/// A diagnostic as one line on stderr, with its fix when it has one.
+fn print_error(e: &dyn Diagnostic) {
+    match e.help() {
+        Some(help) => eprintln!("error: {e}; {help}"),
+        None => eprintln!("error: {e}"),
+    }
+}
+
+/// Runs the demo until SIGTERM or SIGINT; the instructions go to stdout once it serves,
+/// after the startup logs (stderr).
+fn run_demo(options: &DemoOptions, log_format: LogFormat) -> ExitCode {
+    let _log_level = init_logging(log_format, None);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        // Before anything starts, as for serve: a Ctrl-C during startup is held until the
+        // demo has started, then stops it as any other (startup is bounded by the database's
+        // connect timeout), instead of killing it between its rows and its proxy.
+        let mut signals = match Signals::register() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let demo = match demo::start(options).await {
+            Ok(d) => d,
+            Err(e) => {
+                print_error(&e);
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", demo.instructions());
+        let signal = loop {
+            match signals.next().await {
+                SignalEvent::Stop(signal) => break signal,
+                SignalEvent::Reload => {
+                    tracing::info!("SIGHUP ignored: the demo has no configuration file")
+                }
+            }
+        };
+        tracing::info!(signal, "stopping the demo");
+        demo.stop(DEMO_GRACE).await;
+        println!(
+            "demo stopped; its rows stay in workers (DELETE FROM workers WHERE id IN (SELECT worker_id FROM demo_workers) removes them)"
+        );
+        ExitCode::SUCCESS
+    })
 }
 
 /// Runs `future` to its end on a single-threaded runtime, for the one-shot commands; `None`
