@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use load_balancer::Running;
 use load_balancer::cli::demo::{self, DemoOptions};
+use load_balancer::cli::healthcheck::Probe;
 use load_balancer::cli::workers::WorkersCommand;
 use load_balancer::config::{Config, Overrides};
 use load_balancer::shutdown::{SignalEvent, Signals};
@@ -110,6 +111,19 @@ enum Command {
         /// taken]; one that is not a loopback address needs LB_ADMIN_TOKEN.
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+    },
+    /// Exit 0 if the proxy is ready (GET /readyz answers 200), else 1 with one line saying
+    /// why: a container healthcheck that needs no curl.
+    ///
+    /// Asks the admin endpoint of `--config`'s `[admin]` (bind; 0.0.0.0 or [::] is
+    /// reached on 127.0.0.1 or [::1]), with `Authorization: Bearer <token>` when
+    /// LB_ADMIN_TOKEN or `[admin] token` sets one. Connect, request and answer must take
+    /// under 2 seconds.
+    Healthcheck {
+        /// Ask this URL instead, e.g. http://127.0.0.1:9901/readyz (without a path:
+        /// /readyz); the config file is then read only for the token, if it exists.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
     },
 }
 
@@ -215,18 +229,25 @@ fn main() -> ExitCode {
         admin_token: cli.admin_token.filter(|t| !t.is_empty()),
         sticky_secret: cli.sticky_secret.filter(|s| !s.is_empty()),
     };
-    // The demo needs no config file: it never reads one.
-    if let Some(Command::Demo { listen, admin }) = &cli.command {
-        let options = DemoOptions {
-            url: overrides
-                .database_url
-                .clone()
-                .unwrap_or_else(|| demo::DEFAULT_URL.to_string()),
-            listen: *listen,
-            admin: *admin,
-            admin_token: overrides.admin_token.clone(),
-        };
-        return run_demo(&options, cli.log_format);
+    // Both run before the proxy's config handling: the demo never reads a file, and
+    // healthcheck loads it itself, for `[admin]` only (with --url, only if it exists).
+    match &cli.command {
+        Some(Command::Demo { listen, admin }) => {
+            let options = DemoOptions {
+                url: overrides
+                    .database_url
+                    .clone()
+                    .unwrap_or_else(|| demo::DEFAULT_URL.to_string()),
+                listen: *listen,
+                admin: *admin,
+                admin_token: overrides.admin_token.clone(),
+            };
+            return run_demo(&options, cli.log_format);
+        }
+        Some(Command::Healthcheck { url }) => {
+            return healthcheck(&cli.config, &overrides, url.as_deref());
+        }
+        _ => {}
     }
     // An operator's shell often has DATABASE_URL and no config.toml at hand; `migrate` and
     // the workers commands need nothing else. With a config file, its rules apply as to
@@ -273,7 +294,7 @@ fn main() -> ExitCode {
         }
         Command::Migrate => migrate(&config.database.url),
         Command::Workers { command } => workers(&config.database.url, &command),
-        Command::Demo { .. } => {
+        Command::Demo { .. } | Command::Healthcheck { .. } => {
             unreachable!("run before the configuration is read")
         }
     }
@@ -332,6 +353,44 @@ fn run_demo(options: &DemoOptions, log_format: LogFormat) -> ExitCode {
         );
         ExitCode::SUCCESS
     })
+}
+
+/// Asks the running proxy's /readyz: exit 0 when it answers 200, else 1 and why.
+fn healthcheck(path: &Path, overrides: &Overrides, url: Option<&str>) -> ExitCode {
+    let config = if url.is_none() || path.exists() {
+        match Config::load(path, overrides.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{:?}", miette::Report::new(e));
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let probe = match Probe::new(
+        url,
+        config.as_ref(),
+        overrides.admin_token.clone(),
+        &path.display().to_string(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::FAILURE;
+        }
+    };
+    match run_once(probe.run()) {
+        Some(Ok(ready)) => {
+            println!("{ready}");
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+        None => ExitCode::FAILURE,
+    }
 }
 
 /// Runs `future` to its end on a single-threaded runtime, for the one-shot commands; `None`
