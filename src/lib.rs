@@ -43,7 +43,7 @@ use tokio::task::JoinHandle;
 use config::Config;
 use db::subscriber::Timing;
 use db::{Db, Subscriber, SubscriberError, SyncStatus};
-use listeners::{BindError, Listeners, bind};
+use listeners::{BindError, BindFor, Listeners, bind};
 use metrics::Metrics;
 use pool_tasks::PoolTasks;
 use ring::{Membership, Ring};
@@ -72,6 +72,18 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
 }
 
+impl StartError {
+    /// Names `path`, the configuration file `start` was given the contents of, in the
+    /// help of an error about one of its addresses (`start` takes a [`Config`], which
+    /// does not know where it was read from).
+    pub fn in_file(self, path: &std::path::Path) -> StartError {
+        match self {
+            StartError::Bind(e) => StartError::Bind(e.in_file(path)),
+            other => other,
+        }
+    }
+}
+
 /// A started proxy: its bound addresses and the handles to stop it.
 pub struct Running {
     pub ring: Arc<Ring>,
@@ -98,11 +110,11 @@ pub struct Running {
 /// Addresses are bound first, so a taken port is reported before the database is touched.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        bound.push(bind(l.bind).await?);
+    for (i, l) in config.listeners.iter().enumerate() {
+        bound.push(bind(l.bind, BindFor::listener(i, l)).await?);
     }
     let admin_listener = match &config.admin {
-        Some(a) => Some(bind(a.bind).await?),
+        Some(a) => Some(bind(a.bind, BindFor::Admin).await?),
         None => None,
     };
     // Certificates were checked when the file was read, but may have changed since: they

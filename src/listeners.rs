@@ -3,6 +3,7 @@
 //! removes entries.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,16 +24,100 @@ use crate::ring::Ring;
 use crate::shutdown::Shutdown;
 use crate::tls::{Terminator, TlsError};
 
-/// An address that could not be bound.
-#[derive(Debug, thiserror::Error, Diagnostic)]
-#[error("cannot listen on {address}: {source}")]
-#[diagnostic(
-    code(listeners::bind),
-    help("another process may hold this address; change `bind` in config.toml")
-)]
+/// An address that could not be bound: which entry of the configuration asked for it, the
+/// address, and the OS's reason, once (in the message, so it is not also a `source` that a
+/// report would print a second time).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} for {entry}: {cause}")]
 pub struct BindError {
+    /// The `[[listeners]]` entry or the `[admin]` table whose `bind` this is.
+    pub entry: BindFor,
     pub address: SocketAddr,
-    pub source: std::io::Error,
+    /// What the OS said (e.g. "Address already in use (os error 98)").
+    pub cause: std::io::Error,
+    /// The configuration file the address comes from, when the caller knows it (see
+    /// [`BindError::in_file`]): the help names it.
+    pub config_path: Option<PathBuf>,
+}
+
+/// What a bound socket is for, as the configuration file names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindFor {
+    /// The `[[listeners]]` entry at `index` (from 0, as in `listeners[1].bind`).
+    Listener { index: usize, name: Option<String> },
+    /// The `[admin]` table.
+    Admin,
+}
+
+impl BindFor {
+    pub fn listener(index: usize, entry: &ListenerConfig) -> BindFor {
+        BindFor::Listener {
+            index,
+            name: entry.name.clone(),
+        }
+    }
+
+    /// The key of its address in the file, as the configuration's own diagnostics say it.
+    pub fn key(&self) -> String {
+        match self {
+            BindFor::Listener { index, .. } => format!("listeners[{index}].bind"),
+            BindFor::Admin => "admin.bind".to_string(),
+        }
+    }
+}
+
+/// `[[listeners]] #2 (listeners[1], name "public")`: counted from 1 as a reader counts
+/// the entries, with the key the configuration's diagnostics use; or `[admin]`.
+impl std::fmt::Display for BindFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindFor::Listener { index, name } => {
+                write!(f, "[[listeners]] #{} (listeners[{index}]", index + 1)?;
+                if let Some(name) = name {
+                    write!(f, ", name {name:?}")?;
+                }
+                f.write_str(")")
+            }
+            BindFor::Admin => f.write_str("[admin]"),
+        }
+    }
+}
+
+impl BindError {
+    /// Names `path` as the file to change in the help.
+    pub fn in_file(mut self, path: &Path) -> BindError {
+        self.config_path = Some(path.to_path_buf());
+        self
+    }
+}
+
+impl Diagnostic for BindError {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new("listeners::bind"))
+    }
+
+    /// What most likely causes it, and the key to change in the file it is in.
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        let file = match &self.config_path {
+            Some(path) => path.display().to_string(),
+            None => "the configuration file".to_string(),
+        };
+        let fix = format!("change `{}` in {file}", self.entry.key());
+        let port = self.address.port();
+        let help = match self.cause.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "another process holds this address (`ss -ltnp 'sport = :{port}'` shows which): stop it, or {fix}"
+            ),
+            std::io::ErrorKind::PermissionDenied if port < 1024 => format!(
+                "a port below 1024 needs root or the CAP_NET_BIND_SERVICE capability: grant it, or {fix}"
+            ),
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("no network interface of this host has this address: {fix}")
+            }
+            _ => fix,
+        };
+        Some(Box::new(help))
+    }
 }
 
 /// A socket bound for a listener, not served yet.
@@ -42,9 +127,14 @@ pub struct Bound {
     pub address: SocketAddr,
 }
 
-/// Binds `address` (as configured) for a listener or the admin endpoint.
-pub async fn bind(address: SocketAddr) -> Result<Bound, BindError> {
-    let error = |source| BindError { address, source };
+/// Binds `address` (as configured) for `entry`, a listener or the admin endpoint.
+pub async fn bind(address: SocketAddr, entry: BindFor) -> Result<Bound, BindError> {
+    let error = |cause| BindError {
+        entry: entry.clone(),
+        address,
+        cause,
+        config_path: None,
+    };
     let listener = TcpListener::bind(address).await.map_err(error)?;
     let address = listener.local_addr().map_err(error)?;
     Ok(Bound { listener, address })

@@ -483,7 +483,7 @@ fn serve(config: Config, path: &Path, overrides: &Overrides, log_level: &LogLeve
         let mut running = match load_balancer::start(&config).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("{:?}", miette::Report::new(e));
+                eprintln!("{:?}", miette::Report::new(e.in_file(path)));
                 return ExitCode::FAILURE;
             }
         };
@@ -541,6 +541,6 @@ async fn reload(running: &mut Running, path: &Path, overrides: &Overrides, log_l
             tracing::info!(%summary, "configuration reloaded");
             log_level.apply(level.as_deref());
         }
-        Err(e) => tracing::error!("{}", render(&e)),
+        Err(e) => tracing::error!("{}", render(&e.in_file(path))),
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::Running;
 use crate::access_log::AccessLogError;
 use crate::config::Config;
-use crate::listeners::{self, BindError, Bound, Served};
+use crate::listeners::{self, BindError, BindFor, Bound, Served};
 use crate::tls::TlsError;
 use miette::Diagnostic;
 
@@ -73,10 +73,11 @@ impl fmt::Display for ReloadSummary {
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum ReloadError {
-    /// A listener the new configuration adds cannot be bound.
+    /// A listener the new configuration adds cannot be bound. Not a `source`: the
+    /// message holds it, and a report would print it again.
     #[error("configuration not reloaded: {0}")]
     #[diagnostic(transparent)]
-    Bind(#[from] BindError),
+    Bind(BindError),
     /// A listener's new access log cannot be opened.
     #[error("configuration not reloaded: {0}")]
     #[diagnostic(
@@ -88,6 +89,23 @@ pub enum ReloadError {
     #[error("configuration not reloaded: {0}")]
     #[diagnostic(transparent)]
     Tls(#[from] TlsError),
+}
+
+impl From<BindError> for ReloadError {
+    fn from(e: BindError) -> ReloadError {
+        ReloadError::Bind(e)
+    }
+}
+
+impl ReloadError {
+    /// Names `path`, the file the new configuration was read from, in the help of an
+    /// error about one of its addresses.
+    pub fn in_file(self, path: &std::path::Path) -> ReloadError {
+        match self {
+            ReloadError::Bind(e) => ReloadError::Bind(e.in_file(path)),
+            other => other,
+        }
+    }
 }
 
 /// Where each entry of the new configuration comes from.
@@ -182,14 +200,17 @@ impl Running {
         let served = self.served.served();
         let mut taken = vec![false; served.len()];
         let mut sources = Vec::with_capacity(config.listeners.len());
-        for entry in &config.listeners {
+        for (index, entry) in config.listeners.iter().enumerate() {
             let old = (0..served.len()).find(|&i| !taken[i] && served[i].is(entry.bind));
             match old {
                 Some(i) => {
                     taken[i] = true;
                     sources.push(Source::Kept(i));
                 }
-                None => sources.push(Source::Added(listeners::bind(entry.bind).await?)),
+                None => {
+                    let bound = listeners::bind(entry.bind, BindFor::listener(index, entry));
+                    sources.push(Source::Added(bound.await?));
+                }
             }
         }
         Ok(sources)

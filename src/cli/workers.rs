@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Subcommand;
 use tokio_postgres::error::SqlState;
 
-use crate::db::{self, Db, StartupError};
+use crate::db::{Db, StartupError};
 
 /// The weights the table's CHECK constraint (`workers_weight_range`) allows.
 const WEIGHTS: std::ops::RangeInclusive<i64> = 0..=10_000;
@@ -138,7 +138,7 @@ pub async fn run(url: &str, command: &WorkersCommand) -> Result<String, WorkersE
         }
         _ => None,
     };
-    let client = db::connect(&Db::new(url)?.config).await?;
+    let client = Db::new(url)?.connect().await?;
     match command {
         WorkersCommand::List { pool } => list(&client, pool.as_deref()).await,
         WorkersCommand::Add { address, pool, .. } => {

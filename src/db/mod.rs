@@ -1,7 +1,8 @@
 //! Everything that talks to PostgreSQL: connection settings, the startup checks, migrations,
 //! the snapshot of both tables (`workers`, `routes`), the subscriber task that turns NOTIFY
 //! events into ring updates, and the status reporter that writes this instance's view of
-//! the workers to `worker_status`.
+//! the workers to `worker_status`. Every connection is made with the one TLS connector of
+//! [`tls`], as the URL's `sslmode` asks.
 //!
 //! The hot path never comes here: it only reads the ring the subscriber publishes.
 
@@ -10,14 +11,15 @@ mod event;
 mod migrate;
 pub mod status;
 pub mod subscriber;
+pub mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use miette::Diagnostic;
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, config::Host};
 
 use crate::ring::{Fingerprint, Fingerprints, RouteRow, Row, Tables};
 
@@ -40,6 +42,8 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Db {
     /// Settings for the subscriber's own connection (never pooled: see `subscriber.rs`).
     pub config: tokio_postgres::Config,
+    /// TLS for every connection, pooled or not (`sslmode` in `config` says whether it is used).
+    pub tls: tls::Connector,
     /// Pooled connections for queries such as the snapshot read.
     /// A deadpool of connections for snapshot and fingerprint queries (a "pool" of
     /// workers is another thing: `workers.pool`).
@@ -74,9 +78,25 @@ pub enum StartupError {
         help("start PostgreSQL, or fix the host and port in [database] url or DATABASE_URL")
     )]
     Unreachable { server: String, message: String },
+    #[error("TLS to PostgreSQL at {server} failed: {message}")]
+    #[diagnostic(code(database::tls))]
+    Tls {
+        server: String,
+        message: String,
+        #[help]
+        fix: String,
+    },
     #[error("PostgreSQL at {server} failed: {message}")]
     #[diagnostic(code(database::error))]
     Other { server: String, message: String },
+    /// The URL does not parse. Its text is not repeated: it may hold a password.
+    #[error("the database URL is not valid: {message}")]
+    #[diagnostic(code(database::url))]
+    Url {
+        message: String,
+        #[help]
+        fix: Option<String>,
+    },
     #[error("database migrations failed: {0}")]
     #[diagnostic(code(database::migrate))]
     Migrate(String),
@@ -94,12 +114,7 @@ impl Db {
     /// Parses `url` into connection settings and connections for queries. No I/O: nothing is
     /// connected until it is used.
     pub fn new(url: &str) -> Result<Db, StartupError> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| StartupError::Other {
-                // Not the URL itself: it may hold a password.
-                server: "the configured URL".to_string(),
-                message: e.to_string(),
-            })?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| url_error(&e))?;
         if config.get_application_name().is_none() {
             config.application_name("load_balancer");
         }
@@ -111,9 +126,10 @@ impl Db {
             .keepalives_retries(3)
             .tcp_user_timeout(TCP_USER_TIMEOUT);
 
+        let tls = tls::connector();
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // Checked with a query on checkout: snapshots are rare, and a connection the
                 // server dropped meanwhile must not fail a resync.
@@ -129,13 +145,30 @@ impl Db {
             .expect("a tokio runtime and timeouts are set");
         Ok(Db {
             config,
+            tls,
             connections,
         })
     }
 
+    /// Opens one connection of its own (not pooled) and drives it on a task; the error
+    /// says what went wrong.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, StartupError> {
+        match self.config.connect(self.tls.clone()).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "database connection closed");
+                    }
+                });
+                Ok(client)
+            }
+            Err(e) => Err(classify(&self.config, &e)),
+        }
+    }
+
     /// Connects (a clear error if that fails) and runs the pending migrations.
     pub async fn migrate(&self) -> Result<(), StartupError> {
-        let mut client = connect(&self.config).await?;
+        let mut client = self.connect().await?;
         migrate::run(&mut client)
             .await
             .map_err(|e| StartupError::Migrate(e.to_string()))
@@ -248,39 +281,50 @@ pub enum SnapshotError {
     Query(#[from] tokio_postgres::Error),
 }
 
-/// Opens one plain connection and drives it on a task; the error says what went wrong.
-pub async fn connect(
-    config: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, StartupError> {
-    match config.connect(NoTls).await {
-        Ok((client, connection)) => {
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "database connection closed");
-                }
-            });
-            Ok(client)
-        }
-        Err(e) => Err(classify(config, &e)),
+/// `e` and its causes, as one line: the interesting part ("Connection refused", "invalid
+/// value for option `sslmode`") is inside.
+fn chain(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
     }
+    text
+}
+
+/// A URL tokio-postgres cannot parse: what it says, and for the TLS options it does not
+/// know, what it does support (see [`tls`]).
+fn url_error(e: &tokio_postgres::Error) -> StartupError {
+    let message = chain(e);
+    const MODES: &str = "sslmode can be disable, prefer (the default: TLS when the server offers it) or require (always TLS, the server's certificate not verified)";
+    let fix = if message.contains("option `sslmode`") {
+        Some(format!(
+            "{MODES}; verify-ca and verify-full are not supported: use require"
+        ))
+    } else if ["sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl"]
+        .iter()
+        .any(|option| message.contains(&format!("option `{option}`")))
+    {
+        Some(format!(
+            "{MODES}; certificates (sslrootcert, sslcert, sslkey) are not supported: remove the option"
+        ))
+    } else {
+        None
+    };
+    StartupError::Url { message, fix }
 }
 
 /// Turns a connection error into the one-line reason and fix a user needs.
 fn classify(config: &tokio_postgres::Config, e: &tokio_postgres::Error) -> StartupError {
     let server = describe_server(config);
+    if let Some(failure) = tls::failure(e) {
+        return tls_error(server, failure);
+    }
     let message = e
         .as_db_error()
         .map(|d| d.message().to_string())
-        .unwrap_or_else(|| {
-            // Walk the source chain: the interesting part ("Connection refused") is inside.
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            text
-        });
+        .unwrap_or_else(|| chain(e));
     let user = config.get_user().unwrap_or("(default)").to_string();
     match e.code() {
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
@@ -304,6 +348,22 @@ fn classify(config: &tokio_postgres::Config, e: &tokio_postgres::Error) -> Start
         }
         Some(_) => StartupError::Other { server, message },
         None => StartupError::Unreachable { server, message },
+    }
+}
+
+/// What to say of a TLS failure, and how to fix it.
+fn tls_error(server: String, failure: tls::TlsFailure) -> StartupError {
+    match failure {
+        tls::TlsFailure::NotOffered => StartupError::Tls {
+            server,
+            message: "the server does not accept TLS connections, and the URL requires TLS (sslmode=require)".to_string(),
+            fix: "turn TLS on in PostgreSQL (`ssl = on` and a certificate in postgresql.conf), or allow a plain connection: sslmode=prefer (TLS when offered) or sslmode=disable".to_string(),
+        },
+        tls::TlsFailure::Handshake(reason) => StartupError::Tls {
+            server,
+            message: format!("the handshake failed: {reason}"),
+            fix: "check the server's TLS settings (ssl_min_protocol_version, ssl_ciphers, its certificate), or connect without TLS: sslmode=disable".to_string(),
+        },
     }
 }
 

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::event::Event;
@@ -71,8 +71,10 @@ const LOG_EACH_UP_TO: usize = 16;
 pub enum SubscriberError {
     #[error(transparent)]
     Prepare(#[from] super::StartupError),
-    #[error("connect: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    /// With its causes in the message (tokio-postgres' own says only which step failed,
+    /// e.g. "error performing TLS handshake"): the reconnect log line is all there is.
+    #[error("connect: {}", super::chain(.0))]
+    Connect(tokio_postgres::Error),
     #[error("LISTEN failed (a read replica, or a transaction-mode pooler, cannot LISTEN): {0}")]
     Listen(#[source] tokio_postgres::Error),
     #[error(transparent)]
@@ -98,13 +100,17 @@ impl SubscriberError {
     /// Whether no server accepted the connection: refused, reset, closed or timed out
     /// before PostgreSQL said a word, or PostgreSQL still starting up or recovering
     /// (57P03, the usual first answer of a restarted server). No session was started, so
-    /// retrying soon costs the server nothing; see [`UNREACHABLE_CAP`].
+    /// retrying soon costs the server nothing; see [`UNREACHABLE_CAP`]. A server that
+    /// answers but whose TLS fails (it refuses TLS the URL requires, or the handshake
+    /// fails) is not unreachable: that waits for an operator, at the long backoff.
     pub fn is_unreachable(&self) -> bool {
         match self {
             SubscriberError::Prepare(e) => matches!(e, super::StartupError::Unreachable { .. }),
-            SubscriberError::Connect(e) => e
-                .code()
-                .is_none_or(|c| *c == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+            SubscriberError::Connect(e) => {
+                super::tls::failure(e).is_none()
+                    && e.code()
+                        .is_none_or(|c| *c == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW)
+            }
             _ => false,
         }
     }
@@ -266,7 +272,7 @@ impl Subscriber {
         let (client, connection) = self
             .db
             .config
-            .connect(NoTls)
+            .connect(self.db.tls.clone())
             .await
             .map_err(SubscriberError::Connect)?;
         let (tx, messages) = mpsc::unbounded_channel();
@@ -683,6 +689,7 @@ fn log_applied(applied: &Applied, received: usize, latency_us: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::NoTls;
 
     #[test]
     fn backoff_stays_under_a_second_while_unreachable() {
