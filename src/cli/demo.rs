@@ -26,7 +26,7 @@ use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AdminConfig, AlgorithmKind, Config, DatabaseConfig, ListenerConfig, Protocol};
-use crate::db::{self, Db, StartupError};
+use crate::db::{Db, StartupError};
 use crate::{Running, StartError};
 
 /// The database when neither `--database-url` nor `DATABASE_URL` names one: the README's.
@@ -298,16 +298,16 @@ fn shell_quote(text: &str) -> String {
 /// the server says it does not exist.
 async fn ensure_database(url: &str) -> Result<(), DemoError> {
     let db = Db::new(url)?;
-    match db::connect(&db.config).await {
+    match db.connect().await {
         Ok(_) => return Ok(()),
         Err(StartupError::NoDatabase { .. }) => {}
         Err(e) => return Err(e.into()),
     }
     let user = db.config.get_user().unwrap_or("postgres").to_string();
     let database = db.config.get_dbname().unwrap_or(&user).to_string();
-    let mut maintenance = db.config.clone();
-    maintenance.dbname("postgres");
-    let client = db::connect(&maintenance).await?;
+    let mut maintenance = db.clone();
+    maintenance.config.dbname("postgres");
+    let client = maintenance.connect().await?;
     let server = server_of(&db.config);
     let quoted = format!("\"{}\"", database.replace('"', "\"\""));
     match client
@@ -396,7 +396,7 @@ async fn start_proxy(options: &DemoOptions) -> Result<Running, DemoError> {
         } else {
             return Err(DemoError::Bind {
                 address: e.address,
-                source: e.source,
+                source: e.cause,
             });
         }
     }
@@ -414,7 +414,7 @@ struct Registered {
 /// Deletes a previous demo's rows whose backends are gone, starts the backends and inserts
 /// their rows (one transaction: one publish for a proxy already following the table).
 async fn register(url: &str, stop: &CancellationToken) -> Result<Registered, DemoError> {
-    let mut client = db::connect(&Db::new(url)?.config).await?;
+    let mut client = Db::new(url)?.connect().await?;
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS demo_workers (
@@ -510,7 +510,7 @@ async fn register(url: &str, stop: &CancellationToken) -> Result<Registered, Dem
 /// that led here is the one to report.
 async fn unregister(url: &str, ids: &[i64]) {
     let deleted = async {
-        let mut client = db::connect(&Db::new(url)?.config).await?;
+        let mut client = Db::new(url)?.connect().await?;
         let tx = client.transaction().await?;
         tx.execute("DELETE FROM workers WHERE id = ANY($1)", &[&ids])
             .await?;

@@ -43,18 +43,24 @@ impl Source<'_> {
             Some(url) => {
                 tokio_postgres::Config::from_str(&url).map_err(|e| {
                     ConfigError::DatabaseUrlEnv {
-                        reason: e.to_string(),
+                        reason: url_error(&e),
                     }
                 })?;
                 url
             }
             None => {
                 tokio_postgres::Config::from_str(raw.url.get_ref()).map_err(|e| {
+                    let reason = url_error(&e);
+                    let help = if reason.contains("ssl") {
+                        SSL_HELP
+                    } else {
+                        "e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\""
+                    };
                     self.invalid(
-                        format!("`database.url` is not a valid PostgreSQL URL: {e}"),
+                        format!("`database.url` is not a valid PostgreSQL URL: {reason}"),
                         raw.url.span(),
                         "this URL",
-                        Some("e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\""),
+                        Some(help),
                     )
                 })?;
                 raw.url.get_ref().clone()
@@ -375,6 +381,21 @@ impl Source<'_> {
     }
 }
 
+/// What a URL that does not parse is wrong with: tokio-postgres says "invalid connection
+/// string" and puts the reason (e.g. an unknown `sslmode`) in its source.
+fn url_error(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// The TLS settings of a database URL that are understood.
+const SSL_HELP: &str = "sslmode can be disable, prefer (the default: TLS when the server offers it) or require (always TLS, the server's certificate not verified); verify-ca, verify-full and certificate files (sslrootcert, sslcert, sslkey) are not supported";
+
 impl Config {
     /// A warning for each `[pools.NAME]` table of a pool no listener serves. Such a table is
     /// valid, since a row of `routes` (which the file cannot know) may send requests to its
@@ -605,6 +626,20 @@ mod tests {
         );
         assert_eq!(line_of(&text, &e), 13);
         assert!(help_of(&e).contains("header_read_timeout"), "{e:?}");
+    }
+
+    #[test]
+    fn an_unsupported_sslmode_says_why_and_which_modes_work() {
+        let text = GOOD.replace("/load_balancer\"", "/load_balancer?sslmode=verify-full\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`database.url` is not a valid PostgreSQL URL: invalid connection string: invalid value for option `sslmode`"
+        );
+        assert!(
+            help_of(&e).starts_with("sslmode can be disable, prefer"),
+            "{e:?}"
+        );
     }
 
     #[test]
