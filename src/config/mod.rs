@@ -37,9 +37,40 @@ pub use duration::parse_duration;
 pub use proxy_protocol::{SendProxy, TrustedProxies};
 use source::Source;
 pub use tls::{
-    CertificateError, CertificateFiles, LoadedCertificate, TlsConfig, TlsVersion,
-    provider as tls_provider,
+    AcceptAnyCertificate, CertificateError, CertificateFiles, LoadedCertificate, TlsConfig,
+    TlsVersion, provider as tls_provider,
 };
+
+/// `e` and its causes, as one line (`invalid connection string: invalid value for option
+/// `sslmode``): errors that wrap one say what matters only in their source. Here because
+/// both config (a URL in the file) and db (a connection) describe tokio-postgres errors.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// What to do about a database URL tokio-postgres refused with `message` (see
+/// [`with_causes`]), when it is a TLS option it does not know: the ones that work.
+pub fn database_url_help(message: &str) -> Option<String> {
+    const MODES: &str = "sslmode can be disable, prefer (the default: TLS when the server offers it) or require (always TLS, the server's certificate not verified)";
+    if message.contains("option `sslmode`") {
+        return Some(format!(
+            "{MODES}; verify-ca and verify-full are not supported: use require"
+        ));
+    }
+    let certificates = ["sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl"];
+    if (certificates.iter()).any(|option| message.contains(&format!("option `{option}`"))) {
+        return Some(format!(
+            "{MODES}; certificates (sslrootcert, sslcert, sslkey) are not supported: remove the option"
+        ));
+    }
+    None
+}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

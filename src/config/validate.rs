@@ -43,24 +43,22 @@ impl Source<'_> {
             Some(url) => {
                 tokio_postgres::Config::from_str(&url).map_err(|e| {
                     ConfigError::DatabaseUrlEnv {
-                        reason: url_error(&e),
+                        reason: super::with_causes(&e),
                     }
                 })?;
                 url
             }
             None => {
                 tokio_postgres::Config::from_str(raw.url.get_ref()).map_err(|e| {
-                    let reason = url_error(&e);
-                    let help = if reason.contains("ssl") {
-                        SSL_HELP
-                    } else {
-                        "e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\""
-                    };
+                    let reason = super::with_causes(&e);
+                    let help = super::database_url_help(&reason).unwrap_or_else(|| {
+                        "e.g. url = \"postgres://postgres@127.0.0.1:5432/load_balancer\"".into()
+                    });
                     self.invalid(
                         format!("`database.url` is not a valid PostgreSQL URL: {reason}"),
                         raw.url.span(),
                         "this URL",
-                        Some(help),
+                        Some(&help),
                     )
                 })?;
                 raw.url.get_ref().clone()
@@ -380,21 +378,6 @@ impl Source<'_> {
         Ok(())
     }
 }
-
-/// What a URL that does not parse is wrong with: tokio-postgres says "invalid connection
-/// string" and puts the reason (e.g. an unknown `sslmode`) in its source.
-fn url_error(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
-/// The TLS settings of a database URL that are understood.
-const SSL_HELP: &str = "sslmode can be disable, prefer (the default: TLS when the server offers it) or require (always TLS, the server's certificate not verified); verify-ca, verify-full and certificate files (sslrootcert, sslcert, sslkey) are not supported";
 
 impl Config {
     /// A warning for each `[pools.NAME]` table of a pool no listener serves. Such a table is

@@ -284,34 +284,14 @@ pub enum SnapshotError {
 /// `e` and its causes, as one line: the interesting part ("Connection refused", "invalid
 /// value for option `sslmode`") is inside.
 fn chain(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
+    crate::config::with_causes(e)
 }
 
 /// A URL tokio-postgres cannot parse: what it says, and for the TLS options it does not
 /// know, what it does support (see [`tls`]).
 fn url_error(e: &tokio_postgres::Error) -> StartupError {
     let message = chain(e);
-    const MODES: &str = "sslmode can be disable, prefer (the default: TLS when the server offers it) or require (always TLS, the server's certificate not verified)";
-    let fix = if message.contains("option `sslmode`") {
-        Some(format!(
-            "{MODES}; verify-ca and verify-full are not supported: use require"
-        ))
-    } else if ["sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl"]
-        .iter()
-        .any(|option| message.contains(&format!("option `{option}`")))
-    {
-        Some(format!(
-            "{MODES}; certificates (sslrootcert, sslcert, sslkey) are not supported: remove the option"
-        ))
-    } else {
-        None
-    };
+    let fix = crate::config::database_url_help(&message);
     StartupError::Url { message, fix }
 }
 

@@ -20,11 +20,10 @@
 use std::error::Error as _;
 use std::sync::{Arc, OnceLock};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::ClientConfig;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::AcceptAnyCertificate;
 
 /// The connector every connection to PostgreSQL is made with.
 pub type Connector = MakeRustlsConnect;
@@ -46,7 +45,7 @@ fn client_config() -> ClientConfig {
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(UnverifiedCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     config
@@ -98,58 +97,6 @@ pub enum TlsFailure {
     NotOffered,
     /// The handshake failed; what rustls said.
     Handshake(String),
-}
-
-/// `sslmode=require` (and `prefer`): any certificate is taken, as libpq's modes without
-/// verification do. The handshake's signatures are still checked (it costs nothing and
-/// catches a broken peer), but as the certificate is not, that proves nothing about who
-/// the server is.
-#[derive(Debug)]
-struct UnverifiedCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for UnverifiedCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
