@@ -10,8 +10,8 @@
 //! [`pool_tasks`]; [`reload`] applies a new configuration to them. Beside the flow:
 //! [`metrics`] (the counters the transports add to, which `admin` exposes), [`access_log`]
 //! (its queue and writer), [`tls`] (termination on listeners; TLS to workers is
-//! `upstream`'s) and [`cli`] (the `workers` commands). `main.rs` only adds the command
-//! line, logging and signals.
+//! `upstream`'s, to PostgreSQL `db`'s) and [`cli`] (the `workers` commands, the `demo` and
+//! the `healthcheck`). `main.rs` only adds the command line, logging and signals.
 
 #![forbid(unsafe_code)]
 
