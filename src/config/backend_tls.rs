@@ -14,23 +14,11 @@ use rustls::RootCertStore;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::ConfigError;
+use super::raw::RawBackendTls;
 use super::source::Source;
-
-/// `[pools.NAME.tls]` as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawBackendTls {
-    pub enabled: Option<bool>,
-    pub ca: Option<Spanned<String>>,
-    pub server_name: Option<Spanned<String>>,
-    pub verify: Option<bool>,
-    pub client_cert: Option<Spanned<String>>,
-    pub client_key: Option<Spanned<String>>,
-}
 
 /// TLS to a pool's workers, validated, with its files read.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -108,7 +108,7 @@ pub(super) struct RawPool {
     pub health_check: Option<RawHealthCheck>,
     pub ejection: Option<RawEjection>,
     pub send_proxy: Option<Spanned<String>>,
-    pub tls: Option<super::backend_tls::RawBackendTls>,
+    pub tls: Option<RawBackendTls>,
     pub sticky: Option<RawSticky>,
 }
 
@@ -146,4 +146,16 @@ pub(super) struct RawEjection {
     pub max_time: Dur,
     pub max_percent: Option<Spanned<u32>>,
     pub on: Option<Spanned<String>>,
+}
+
+/// `[pools.NAME.tls]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendTls {
+    pub enabled: Option<bool>,
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub verify: Option<bool>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
