@@ -94,9 +94,9 @@ impl Config {
 
     /// Reads and validates `path`; `database_url` (from `DATABASE_URL`) overrides the file.
     pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Config::parse_with(&path.display().to_string(), &text, overrides)
     }
@@ -605,14 +605,15 @@ pub struct Overrides {
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error, Diagnostic)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // `cause`, not `source`: in the message, and not a source a report would print again.
+    #[error("cannot read config file {path}: {cause}")]
     #[diagnostic(
         code(config::read),
         help("pass the file with --config PATH (default ./config.toml)")
     )]
     Read {
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("{message}")]
