@@ -91,7 +91,7 @@ enum Command {
     ///
     /// Creates the database if it does not exist, starts three HTTP backends on free ports
     /// of 127.0.0.1 (each answers every request with its name: demo-1, demo-2, demo-3),
-    /// inserts them into `workers` (pool default, weight 1), serves the proxy (weighted
+    /// inserts them into `workers` (pool demo, weight 1), serves the proxy (weighted
     /// round robin) and prints what to try next with this run's ports: a curl loop, the
     /// UPDATE that reweights demo-1 and the one that drains demo-2, the admin /status.
     ///
@@ -400,7 +400,13 @@ fn run_once<F: std::future::Future>(future: F) -> Option<F::Output> {
         .enable_all()
         .build()
     {
-        Ok(runtime) => Some(runtime.block_on(future)),
+        Ok(runtime) => {
+            let output = runtime.block_on(future);
+            // Not a wait for blocking tasks left behind (a name lookup that outlived the
+            // command's own timeout): the answer is known, the process is about to exit.
+            runtime.shutdown_background();
+            Some(output)
+        }
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             None

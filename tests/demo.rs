@@ -196,9 +196,9 @@ async fn demo_serves_follows_sql_and_stops_leaving_its_rows() {
     let printed = read_instructions(&mut child, &mut stdout).await;
     assert_eq!(printed.url, url, "the psql lines name the demo's database");
     assert!(
-        printed
-            .reweight
-            .starts_with("UPDATE workers SET weight = 3 WHERE worker_address = '127.0.0.1:"),
+        printed.reweight.starts_with(
+            "UPDATE workers SET weight = 3 WHERE pool = 'demo' AND worker_address = '127.0.0.1:"
+        ),
         "{}",
         printed.reweight
     );
@@ -270,7 +270,7 @@ async fn a_later_demo_replaces_only_the_rows_of_a_demo_that_is_gone() {
         .local_addr()
         .unwrap();
     db.execute(
-        "INSERT INTO workers (worker_address) VALUES ($1)",
+        "INSERT INTO workers (worker_address, pool) VALUES ($1, 'demo')",
         &[&dead.to_string()],
     )
     .await
@@ -284,7 +284,7 @@ async fn a_later_demo_replaces_only_the_rows_of_a_demo_that_is_gone() {
         "{text}"
     );
     assert!(
-        text.contains("(Pool \"default\" has 1 other row(s), not the demo's: they get their share too. SELECT * FROM workers shows them.)"),
+        text.contains("(Pool \"demo\" has 1 other row(s), not the demo's: they get their share too. SELECT * FROM workers shows them.)"),
         "{text}"
     );
     let addresses: Vec<String> = db

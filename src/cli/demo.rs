@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +38,10 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 /// The pool the demo's rows go to and its listener serves: the one a bare `INSERT INTO
 /// workers(worker_address)` fills, so the README's examples work against the demo too.
-const POOL: &str = "default";
+// A pool of its own: its listener serves only it, so the rows it leaves behind are never
+// balanced by a proxy serving `default` from the same database (the README's next steps,
+// or a deployment whose DATABASE_URL is set in this shell).
+const POOL: &str = "demo";
 /// The backends' names, in the order their rows are inserted.
 const NAMES: [&str; 3] = ["demo-1", "demo-2", "demo-3"];
 /// How long a previous demo's backend may take to accept before it counts as gone.
@@ -179,6 +183,7 @@ pub async fn start(options: &DemoOptions) -> Result<Demo, DemoError> {
     if let Err(e) = wait_for_ring(&running, &ids).await {
         stop_backends.cancel();
         running.stop(Duration::ZERO).await;
+        unregister(&options.url, &ids).await;
         return Err(e);
     }
     Ok(Demo {
@@ -225,10 +230,14 @@ impl Demo {
                 self.others
             );
         }
+        // A URL with a password is not printed: the shell's DATABASE_URL holds it.
+        let url = match tokio_postgres::Config::from_str(&self.url) {
+            Ok(c) if c.get_password().is_some() => "\"$DATABASE_URL\"".to_string(),
+            _ => shell_quote(&self.url),
+        };
         let psql = |weight: u32, backend: &DemoBackend| {
             format!(
-                "psql {} -c \"UPDATE workers SET weight = {weight} WHERE worker_address = '{}'\"",
-                shell_quote(&self.url),
+                "psql {url} -c \"UPDATE workers SET weight = {weight} WHERE pool = '{POOL}' AND worker_address = '{}'\"",
                 backend.address
             )
         };

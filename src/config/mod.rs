@@ -611,10 +611,7 @@ pub enum ConfigError {
         code(config::read),
         help("pass the file with --config PATH (default ./config.toml)")
     )]
-    Read {
-        path: String,
-        cause: std::io::Error,
-    },
+    Read { path: String, cause: std::io::Error },
 
     #[error("{message}")]
     #[diagnostic(code(config::invalid))]
