@@ -21,8 +21,8 @@ algorithm = "weighted"
 bind = "127.0.0.1:0"
 "#;
 
-fn write_config(text: &str) -> (tempdir::Dir, PathBuf) {
-    let dir = tempdir::Dir::new();
+fn write_config(text: &str) -> (common::TempDir, PathBuf) {
+    let dir = common::TempDir::new("cli");
     let path = dir.0.join("config.toml");
     std::fs::write(&path, text).unwrap();
     (dir, path)
@@ -300,31 +300,6 @@ async fn database_url_overrides_the_file_and_serves() {
     stop(child).await;
 }
 
-/// A temporary directory removed on drop (std has none, and one small type beats a crate).
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new() -> Dir {
-            use std::sync::atomic::{AtomicUsize, Ordering};
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "lb-cli-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 type Log = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>;
 
 /// Reads until a line contains `wanted`; returns it. Keeps every line in `seen`.
@@ -558,7 +533,7 @@ async fn sighup_reopens_a_rotated_access_log_even_when_the_new_config_is_refused
 
     let db = TestDb::new().await;
     let backend = common::Backend::start("a").await;
-    let logs = tempdir::Dir::new();
+    let logs = common::TempDir::new("cli");
     let access = logs.0.join("access.log");
     let with_log = GOOD.replace(
         "algorithm = \"weighted\"\n",

@@ -18,22 +18,7 @@ struct DropDatabase(String);
 
 impl Drop for DropDatabase {
     fn drop(&mut self) {
-        let name = self.0.clone();
-        // Drop runs inside the test's runtime, which must not block: a thread of its own.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let admin = connect(&format!("{}/postgres", server_url())).await;
-                let _ = admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-            });
-        })
-        .join()
-        .ok();
+        common::drop_database(&self.0);
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, WAIT};
+use common::{Backend, TempDir, TestDb, WAIT};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -1177,27 +1177,4 @@ async fn sigterm_drains_the_request_in_flight_refuses_new_ones_and_exits_0() {
     assert!(exit.success(), "{exit:?}: {:#?}", lb.seen);
     assert!(stopped.elapsed() < DRAIN, "took {:?}", stopped.elapsed());
     lb.line("shutdown complete").await;
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "lb-packaging-{what}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
