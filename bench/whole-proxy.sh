@@ -8,19 +8,23 @@
 # the measured run divided by the requests served. Prints medians over the repetitions and
 # each figure's ratio to HAProxy.
 #
+# -2 (--h2): the clients speak HTTP/2 (h2c, prior knowledge) with h2load, 10 streams at
+# once per connection; HAProxy binds with `proto h2`, nginx with `http2`; the backends stay
+# HTTP/1.1. The latency column is then h2load's mean request time (it prints no p99).
+#
 # -t (--tls): every proxy terminates TLS 1.3 with the same ECDSA P-256 certificate, made
 # for the run with openssl, and speaks cleartext keep-alive to the backends; wrk uses
 # https://. -n (--new-conn): every request on a new connection (`Connection: close`), to
 # measure connection setup (with -t: a TLS handshake per request; wrk resumes sessions
 # when the proxy offers tickets, as a browser would).
 #
-# usage: bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"] [-t] [-n]
-# needs: wrk, haproxy, nginx, openssl (installed with apt-get if missing), PostgreSQL on
+# usage: bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"] [-t] [-n] [-2]
+# needs: wrk (h2load for -2), haproxy, nginx, openssl (installed with apt-get if missing), PostgreSQL on
 # 127.0.0.1:5432 (user postgres), and `cargo build --release` done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REPS=3 DUR=5 CONNS="64" TLS=0 NEWCONN=0
+REPS=3 DUR=5 CONNS="64" TLS=0 NEWCONN=0 H2=0
 while (($#)); do
   case $1 in
     -r) REPS=$2; shift ;;
@@ -28,16 +32,20 @@ while (($#)); do
     -c) CONNS=$2; shift ;;
     -t|--tls) TLS=1 ;;
     -n|--new-conn) NEWCONN=1 ;;
-    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"] [-t] [-n]" >&2; exit 2 ;;
+    -2|--h2) H2=1 ;;
+    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"] [-t] [-n] [-2]" >&2; exit 2 ;;
   esac
   shift
 done
 PROXY_CPU=${PROXY_CPU:-1} LOAD_CPU=${LOAD_CPU:-0}
 LB=${LB:-$PWD/target/release/load_balancer}
 [ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 2; }
-for tool in wrk haproxy nginx openssl; do
-  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk haproxy nginx openssl >/dev/null; }
+for tool in wrk haproxy nginx openssl h2load; do
+  command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk haproxy nginx openssl nghttp2-client >/dev/null; }
 done
+if ((H2 && (TLS || NEWCONN))); then
+  echo "-2 measures cleartext keep-alive HTTP/2 (h2c): not with -t or -n" >&2; exit 2
+fi
 
 TMP=$(mktemp -d)
 cleanup() {
@@ -52,6 +60,12 @@ SCHEME=http WRK_ARGS=()
 
 # TLS: one certificate for every proxy. HAProxy reads the certificate and key from one file.
 HAPROXY_BIND="" NGINX_LISTEN="" LB_TLS=""
+CURL_ARGS=()
+if ((H2)); then
+  HAPROXY_BIND=" proto h2"
+  NGINX_LISTEN=" http2"
+  CURL_ARGS=(--http2-prior-knowledge)
+fi
 if ((TLS)); then
   SCHEME=https
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -129,7 +143,7 @@ start() {   # start proxy $1 pinned to PROXY_CPU; sets PID
       done
       psql -q -h 127.0.0.1 -U postgres -d $DB -c "TRUNCATE workers; INSERT INTO workers(worker_address) VALUES $(printf "('127.0.0.1:%s')," "${PORTS[@]}" | sed 's/,$//')" >/dev/null ;;
   esac
-  for _ in $(seq 100); do curl -skf "$SCHEME://$LISTEN/" >/dev/null && return; sleep 0.05; done
+  for _ in $(seq 100); do curl -skf "${CURL_ARGS[@]}" "$SCHEME://$LISTEN/" >/dev/null && return; sleep 0.05; done
   echo "$1 did not start" >&2; exit 1
 }
 
@@ -146,25 +160,37 @@ for rep in $(seq "$REPS"); do
   for c in $CONNS; do
     for proxy in haproxy nginx lb; do
       start $proxy
-      taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2 "${WRK_ARGS[@]}" "$SCHEME://$LISTEN/" >/dev/null
-      t0=$(cpu_ticks $PID)
-      out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DUR" --latency "${WRK_ARGS[@]}" "$SCHEME://$LISTEN/")
-      t1=$(cpu_ticks $PID)
+      if ((H2)); then
+        taskset -c "$LOAD_CPU" h2load -c"$c" -m10 -D2 "$SCHEME://$LISTEN/" >/dev/null
+        t0=$(cpu_ticks $PID)
+        out=$(taskset -c "$LOAD_CPU" h2load -c"$c" -m10 -D"$DUR" "$SCHEME://$LISTEN/")
+        t1=$(cpu_ticks $PID)
+        # "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+        requests=$(echo "$out" | awk '/^requests:/ {print $8}')
+        rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+        p99=$(echo "$out" | awk '/^time for request:/ {print $6}')
+        errors=$(echo "$out" | awk '/^requests:/ {print $10 + $12 + $14}')
+      else
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d2 "${WRK_ARGS[@]}" "$SCHEME://$LISTEN/" >/dev/null
+        t0=$(cpu_ticks $PID)
+        out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$c" -d"$DUR" --latency "${WRK_ARGS[@]}" "$SCHEME://$LISTEN/")
+        t1=$(cpu_ticks $PID)
+        requests=$(echo "$out" | awk '/requests in/ {print $1}')
+        rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+        p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+        errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {n += $NF} END {print n + 0}')
+      fi
       kill $PID; wait $PID 2>/dev/null || true
-      requests=$(echo "$out" | awk '/requests in/ {print $1}')
-      rps=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
-      p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-      errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {n += $NF} END {print n + 0}')
       us=$(echo "($t1 - $t0) * 1000000 / $(getconf CLK_TCK) / $requests" | bc -l)
-      printf "  [%s/%s] %-8s c=%-4s %9.0f req/s  p99 %-8s %6.2f us/req  errors %s\n" \
-        "$rep" "$REPS" $proxy "$c" "$rps" "$p99" "$us" "$errors"
+      printf "  [%s/%s] %-8s c=%-4s %9.0f req/s  %s %-8s %6.2f us/req  errors %s\n" \
+        "$rep" "$REPS" $proxy "$c" "$rps" "$( ((H2)) && echo mean || echo p99)" "$p99" "$us" "$errors"
       echo "$proxy $c $rps $us $errors $rep" >>"$RESULTS"
     done
   done
 done
 
 echo
-echo "$SCHEME$( ((NEWCONN)) && echo ", a new connection per request"); medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
+echo "$SCHEME$( ((NEWCONN)) && echo ", a new connection per request")$( ((H2)) && echo ", HTTP/2 clients (h2c, 10 streams per connection)"); medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
 printf "%-8s %5s %10s %10s %8s %8s %7s\n" proxy conns req/s us/req "x req/s" "x us" errors
 python3 - "$RESULTS" "$CONNS" <<'EOF'
 import sys, statistics as st
