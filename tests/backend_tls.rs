@@ -235,12 +235,7 @@ async fn http_to_a_tls_worker_reuses_its_pooled_connection() {
     let db = TestDb::new().await;
     let a = TlsBackend::start("a", &pki, "server", None).await;
     let lb = start(&db, Protocol::Http, &tls_pool(&pki, "")).await;
-    common::change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    common::add_addresses(&db, &lb, &[a.addr]).await;
 
     let c = client();
     for _ in 0..5 {
@@ -267,12 +262,7 @@ async fn server_name_is_sent_as_sni() {
         &tls_pool(&pki, "server_name = \"localhost\"\n"),
     )
     .await;
-    common::change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    common::add_addresses(&db, &lb, &[a.addr]).await;
     assert_eq!(
         get(&client(), lb.listeners[0], "/").await,
         (200, "a".to_string())
@@ -305,15 +295,7 @@ async fn verify_false_accepts_a_certificate_of_any_issuer() {
     let db = TestDb::new().await;
     let other = TlsBackend::start("other", &pki, "other", None).await;
     let lb = start(&db, Protocol::Http, "[pools.default.tls]\nverify = false\n").await;
-    common::change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            other.addr
-        ),
-    )
-    .await;
+    common::add_addresses(&db, &lb, &[other.addr]).await;
     assert_eq!(
         get(&client(), lb.listeners[0], "/").await,
         (200, "other".to_string())
@@ -458,12 +440,7 @@ async fn a_tcp_listener_originates_tls_to_a_tls_pool() {
     let db = TestDb::new().await;
     let a = TlsBackend::start("a", &pki, "server", None).await;
     let lb = start(&db, Protocol::Tcp, &tls_pool(&pki, "")).await;
-    common::change(
-        &db,
-        &lb,
-        &format!("INSERT INTO workers(worker_address) VALUES ('{}')", a.addr),
-    )
-    .await;
+    common::add_addresses(&db, &lb, &[a.addr]).await;
     let reply = common::raw(
         lb.listeners[0],
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

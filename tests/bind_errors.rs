@@ -9,30 +9,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::TestDb;
+use common::{TempDir, TestDb};
 use load_balancer::config::{AlgorithmKind, Config, ListenerConfig, Protocol};
 use load_balancer::reload::ReloadError;
-
-/// A directory of its own for one test's configuration file, removed afterwards.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new() -> Dir {
-        let path = std::env::temp_dir().join(format!(
-            "lb-bind-errors-{}-{}",
-            std::process::id(),
-            common::rand_suffix()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Dir(path)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A port this test holds, so binding it again fails; and what the OS says then, exactly.
 fn occupied() -> (TcpListener, SocketAddr, String) {
@@ -46,7 +25,7 @@ fn occupied() -> (TcpListener, SocketAddr, String) {
 
 /// Runs the proxy on `text`, written to `proxy-edge.toml` (not `config.toml`, so a help
 /// that names the default file cannot pass); killed after 20 s if it does not exit.
-fn serve(dir: &Dir, text: &str) -> (PathBuf, Output) {
+fn serve(dir: &TempDir, text: &str) -> (PathBuf, Output) {
     let path = dir.0.join("proxy-edge.toml");
     std::fs::write(&path, text).unwrap();
     let out = Command::new("timeout")
@@ -120,7 +99,7 @@ async fn assert_bind_failure(db: &TestDb, path: &Path, out: &Output, expected: E
 async fn a_taken_listener_address_names_the_listener_and_the_file_given() {
     let db = TestDb::new().await;
     let (_held, taken, cause) = occupied();
-    let dir = Dir::new();
+    let dir = TempDir::new("bind-errors");
     let text = format!(
         r#"[database]
 url = "{url}"
@@ -151,7 +130,7 @@ bind = "127.0.0.1:0"
 async fn a_taken_admin_address_names_admin() {
     let db = TestDb::new().await;
     let (_held, taken, cause) = occupied();
-    let dir = Dir::new();
+    let dir = TempDir::new("bind-errors");
     let text = format!(
         r#"[database]
 url = "{url}"

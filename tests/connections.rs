@@ -415,15 +415,7 @@ async fn slow_but_moving_upload_outlasts_the_response_timeout_over_both_versions
     let db = TestDb::new().await;
     let worker = Scripted::start(buffering_echo).await;
     let lb = start(&with_pool(&db, short_response_timeout())).await;
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            worker.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[worker.addr]).await;
     let proxy = lb.listeners[0];
     let whole: Vec<u8> = slow_body().concat();
     assert_eq!(whole.len(), 1000);
@@ -635,15 +627,7 @@ async fn slow_response_is_not_cut(plan: Vec<(Duration, String)>) {
     let total: Duration = plan.iter().map(|(d, _)| *d).sum();
     let worker = Scripted::start(move |s, log| paced(s, log, plan.clone())).await;
     let lb = start(&with_header_read_timeout(&db, timeout)).await;
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            worker.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[worker.addr]).await;
 
     let started = Instant::now();
     let (mut h2, conn) = h2_connect(lb.listeners[0]).await;

@@ -12,10 +12,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, client, get};
+use common::{Backend, TestDb, client, get, lb_with_database_url as lb};
 use load_balancer::config::{AlgorithmKind, Config, Protocol};
 use load_balancer::db::StartupError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,21 +295,6 @@ async fn prefer_falls_back_to_plain_when_tls_is_declined() {
     let seen = proxy_connections_ssl(&db, 3).await;
     assert_all_three_kinds(&seen, false);
     running.stop(Duration::from_secs(1)).await;
-}
-
-/// Runs `load_balancer ARGS` with DATABASE_URL=`url` and no config file.
-async fn lb(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new("timeout")
-        .arg("20")
-        .arg(env!("CARGO_BIN_EXE_load_balancer"))
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .env("DATABASE_URL", url)
-        .env("NO_COLOR", "1")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
 }
 
 /// `migrate` and `workers` connect as the proxy does: over TLS with `require`, and a

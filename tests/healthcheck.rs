@@ -13,40 +13,28 @@ use load_balancer::config::{AdminConfig, AlgorithmKind, Config, DatabaseConfig, 
 
 /// A config file in a directory of its own, removed with it.
 struct ConfigFile {
-    dir: PathBuf,
+    /// Held for its `Drop`: the directory goes with the file.
+    _dir: common::TempDir,
     path: PathBuf,
 }
 
 impl ConfigFile {
     /// A valid file whose `[admin]` table is `admin` (none if empty).
     fn new(admin: &str) -> ConfigFile {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lb-healthcheck-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.toml");
+        let dir = common::TempDir::new("healthcheck");
+        let path = dir.0.join("config.toml");
         let text = format!(
             "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/load_balancer\"\n\n\
              [[listeners]]\nbind = \"127.0.0.1:0\"\n\n{admin}"
         );
         std::fs::write(&path, text).unwrap();
-        ConfigFile { dir, path }
+        ConfigFile { _dir: dir, path }
     }
 
     /// `[admin] bind = "ADDRESS"`, and the token line if any.
     fn admin(bind: &str, token: Option<&str>) -> ConfigFile {
         let token = token.map_or(String::new(), |t| format!("token = \"{t}\"\n"));
         ConfigFile::new(&format!("[admin]\nbind = \"{bind}\"\n{token}"))
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

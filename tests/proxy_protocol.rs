@@ -93,15 +93,7 @@ async fn trusted_v1_and_v2_headers_give_the_client_address_everywhere() {
     cfg.listeners[0].access_log = AccessLogTarget::File(log.clone());
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            backend.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[backend.addr]).await;
 
     let v1 = b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\n";
     assert!(request_after(proxy, v1).await.starts_with("HTTP/1.1 200"));
@@ -176,15 +168,7 @@ async fn missing_malformed_oversized_and_unfinished_headers_are_closed() {
     cfg.listeners[0].header_read_timeout = Duration::from_millis(400);
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            backend.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[backend.addr]).await;
 
     let mut oversized = v2_header(v2::Command::Proxy, "192.0.2.7:5555", "10.0.0.1:80");
     oversized[14..16].copy_from_slice(&5000u16.to_be_bytes());
@@ -235,15 +219,7 @@ async fn an_untrusted_peer_is_served_as_itself_and_closed_if_it_sends_a_header()
     let cfg = trusting(&db, Protocol::Http, &["10.0.0.0/8"]);
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            backend.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[backend.addr]).await;
 
     for header in [
         b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\n".to_vec(),
@@ -331,15 +307,7 @@ async fn send_proxy_http(send: SendProxy, name: &str) {
     sending(&mut cfg, send);
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            worker.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[worker.addr]).await;
 
     // One client (its address given by a PROXY header in front), two requests: one
     // worker connection, one header naming it.
@@ -404,15 +372,7 @@ async fn send_proxy_in_tcp_mode_carries_each_sessions_client() {
     cfg.listeners.push(behind);
     let lb = load_balancer::start(&cfg).await.unwrap();
     let (proxy, proxy_behind) = (lb.listeners[0], lb.listeners[1]);
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            worker.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[worker.addr]).await;
 
     let mut expected = Vec::new();
     for i in 0..3 {
@@ -451,15 +411,7 @@ async fn send_proxy_from_http2_clients_dials_per_stream_and_health_checks_send_l
     cfg.pools.get_mut("default").unwrap().health_check = Some(quick_health_check());
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            worker.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[worker.addr]).await;
     // The checks reach a worker that requires a header: they send LOCAL.
     eventually("a health check with a LOCAL header", || {
         worker.requests().iter().any(|h| h == "v2 local")
@@ -509,15 +461,7 @@ async fn tcp_listener_serves_untrusted_peers_at_once_and_closes_their_headers() 
     cfg.listeners[0].header_read_timeout = Duration::from_secs(10);
     let lb = load_balancer::start(&cfg).await.unwrap();
     let proxy = lb.listeners[0];
-    change(
-        &db,
-        &lb,
-        &format!(
-            "INSERT INTO workers(worker_address) VALUES ('{}')",
-            worker.addr
-        ),
-    )
-    .await;
+    add_addresses(&db, &lb, &[worker.addr]).await;
 
     // An untrusted client that waits for the server: greeted at once, not after the
     // header timeout; then its data goes through.

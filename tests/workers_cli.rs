@@ -8,26 +8,8 @@ use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, WAIT, client, get};
+use common::{Backend, TestDb, WAIT, client, get, lb_with_database_url as lb};
 use load_balancer::config::{AlgorithmKind, Protocol};
-
-/// Runs `load_balancer ARGS` with DATABASE_URL=`url`, from a directory without a
-/// config.toml (DATABASE_URL alone is enough); killed after 20 s (exit 124) so a regression
-/// fails instead of hanging. Awaited, not blocking: a proxy started by the test runs on the
-/// same runtime and must go on serving meanwhile.
-async fn lb(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new("timeout")
-        .arg("20")
-        .arg(env!("CARGO_BIN_EXE_load_balancer"))
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .env("DATABASE_URL", url)
-        .env("NO_COLOR", "1")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -357,7 +357,18 @@ pub async fn wait_publish(running: &load_balancer::Running, after: u64, what: &s
 
 /// Registers `backends` (weight 1, pool default) and waits for the ring to publish them.
 pub async fn add(db: &TestDb, running: &load_balancer::Running, backends: &[&Backend]) -> u64 {
-    let values: Vec<String> = backends.iter().map(|b| format!("('{}')", b.addr)).collect();
+    let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    add_addresses(db, running, &addresses).await
+}
+
+/// Registers workers at `addresses` (weight 1, pool default) and waits for the ring to
+/// publish them: for workers that are not a [`Backend`] (scripted, TLS, raw TCP).
+pub async fn add_addresses(
+    db: &TestDb,
+    running: &load_balancer::Running,
+    addresses: &[SocketAddr],
+) -> u64 {
+    let values: Vec<String> = addresses.iter().map(|a| format!("('{a}')")).collect();
     let sql = format!(
         "INSERT INTO workers(worker_address) VALUES {}",
         values.join(", ")
@@ -1030,6 +1041,24 @@ pub async fn h2_body(body: &mut h2::RecvStream) -> H2End {
             }
         }
     }
+}
+
+/// Runs `load_balancer ARGS` with DATABASE_URL=`url`, from a directory without a
+/// config.toml (DATABASE_URL alone is enough); killed after 20 s (exit 124) so a regression
+/// fails instead of hanging. Awaited, not blocking: a proxy started by the test runs on the
+/// same runtime and must go on serving meanwhile.
+pub async fn lb_with_database_url(url: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_load_balancer"))
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .env("DATABASE_URL", url)
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap()
 }
 
 /// Undoes migration V4 (the `routes` table) and its history row: a migration test's way
