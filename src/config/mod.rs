@@ -373,6 +373,34 @@ pub struct PoolConfig {
     /// `[pools.NAME.sticky]`: HTTP requests carrying the pool's cookie go to the worker it
     /// names while that worker is available. `None`: no sticky sessions.
     pub sticky: Option<StickyConfig>,
+    /// How HTTP requests reach the workers: HTTP/1.1 (the default) or HTTP/2.
+    pub protocol: UpstreamProtocol,
+    /// With `protocol = "h2"`: streams one connection to a worker carries at once (fewer
+    /// if the worker's SETTINGS say so); beyond it, another connection is opened.
+    pub max_streams_per_connection: u32,
+}
+
+/// `[pools.NAME] protocol`: what the HTTP transports speak to the pool's workers. TCP
+/// listeners forward bytes whatever it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// `"http/1.1"`: one request at a time per connection, connections kept idle for reuse.
+    Http1,
+    /// `"h2"`: HTTP/2, many streams per connection; prior knowledge in cleartext, ALPN `h2`
+    /// over `[pools.NAME.tls]`. What gRPC workers need.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub const ALL: [UpstreamProtocol; 2] = [UpstreamProtocol::Http1, UpstreamProtocol::H2];
+
+    /// As written in `config.toml` (and in ALPN for `h2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http/1.1",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
 }
 
 /// Sticky sessions: `[pools.NAME.sticky]`. The cookie names a worker opaquely: its id and
@@ -455,6 +483,8 @@ impl Default for PoolConfig {
             tls: None,
             send_proxy: SendProxy::Off,
             sticky: None,
+            protocol: UpstreamProtocol::Http1,
+            max_streams_per_connection: 100,
         }
     }
 }
@@ -481,6 +511,9 @@ pub enum HealthCheckKind {
     },
     /// The check passes when a TCP connection is accepted.
     Tcp,
+    /// `grpc.health.v1.Health/Check` over HTTP/2 for `service` ("" asks about the server
+    /// as a whole); the check passes on `SERVING` only.
+    Grpc { service: String },
 }
 
 /// Passive ejection: `[pools.NAME.ejection]`.

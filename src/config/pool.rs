@@ -13,7 +13,7 @@ use super::source::Source;
 use super::sticky;
 use super::{
     ConfigError, EjectOn, EjectionConfig, HealthCheckConfig, HealthCheckKind, PoolConfig,
-    StickySecret,
+    SendProxy, StickySecret, UpstreamProtocol,
 };
 
 impl Source<'_> {
@@ -60,6 +60,38 @@ impl Source<'_> {
             None => None,
             Some(s) => Some(self.sticky(&key("sticky"), s, sticky_secret)?),
         };
+        let protocol = self.upstream_protocol(&key("protocol"), &raw.protocol)?;
+        let send_proxy = self.send_proxy(&key("send_proxy"), &raw.send_proxy)?;
+        if let (UpstreamProtocol::H2, Some(s)) = (protocol, &raw.send_proxy)
+            && send_proxy != SendProxy::Off
+        {
+            return Err(self.invalid(
+                format!(
+                    "`{}` cannot be used with `{} = \"h2\"`",
+                    key("send_proxy"),
+                    key("protocol")
+                ),
+                s.span(),
+                "one header, many clients",
+                Some(
+                    "an HTTP/2 connection to a worker carries the streams of many clients, and a \
+                     PROXY header names one: use `protocol = \"http/1.1\"` with `send_proxy`, \
+                     or pass the client's address in X-Forwarded-For (always added)",
+                ),
+            ));
+        }
+        let max_streams_per_connection = match &raw.max_streams_per_connection {
+            None => d.max_streams_per_connection,
+            Some(n) if *n.get_ref() >= 1 => *n.get_ref(),
+            Some(n) => {
+                return Err(self.invalid(
+                    format!("`{}` must be at least 1", key("max_streams_per_connection")),
+                    n.span(),
+                    "zero",
+                    None,
+                ));
+            }
+        };
         Ok(PoolConfig {
             connect_timeout: self.duration(
                 &key("connect_timeout"),
@@ -96,9 +128,37 @@ impl Source<'_> {
             health_check,
             ejection,
             tls,
-            send_proxy: self.send_proxy(&key("send_proxy"), &raw.send_proxy)?,
+            send_proxy,
             sticky,
+            protocol,
+            max_streams_per_connection,
         })
+    }
+
+    /// `[pools.NAME] protocol`; `key` is `pools.NAME.protocol`.
+    fn upstream_protocol(
+        &self,
+        key: &str,
+        raw: &Option<Spanned<String>>,
+    ) -> Result<UpstreamProtocol, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(UpstreamProtocol::Http1);
+        };
+        let name = raw.get_ref().as_str();
+        UpstreamProtocol::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| {
+                self.invalid(
+                    format!("`{key}` must be \"http/1.1\" or \"h2\", not {name:?}"),
+                    raw.span(),
+                    "unknown protocol",
+                    Some(
+                        "\"h2\" speaks HTTP/2 to the workers (gRPC needs it), \"http/1.1\" \
+                         (the default) HTTP/1.1",
+                    ),
+                )
+            })
     }
 
     /// `[pools.NAME.ejection]`; `key` is `pools.NAME.ejection`.
@@ -155,15 +215,37 @@ impl Source<'_> {
         let kind = match raw.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None | Some(("http", _)) => self.http_check(key, raw)?,
             Some(("tcp", _)) => HealthCheckKind::Tcp,
+            Some(("grpc", _)) => HealthCheckKind::Grpc {
+                service: raw.service.as_ref().map_or_else(String::new, |s| s.get_ref().clone()),
+            },
             Some((other, span)) => {
                 return Err(self.invalid(
-                    format!("`{key}.type` must be \"http\" or \"tcp\", not {other:?}"),
+                    format!(
+                        "`{key}.type` must be \"http\", \"tcp\" or \"grpc\", not {other:?}"
+                    ),
                     span,
                     "unknown check",
                     None,
                 ));
             }
         };
+        // A key of another kind of check is a mistake worth saying, not one to ignore.
+        let http_only = [("method", raw.method.as_ref().map(|v| v.span())),
+            ("path", raw.path.as_ref().map(|v| v.span())),
+            ("expect_status", raw.expect_status.as_ref().map(|v| v.span()))];
+        let misplaced = match &kind {
+            HealthCheckKind::Grpc { .. } => http_only.into_iter().find_map(|(k, s)| Some((k, s?))),
+            _ => raw.service.as_ref().map(|s| ("service", s.span())),
+        };
+        if let Some((k, span)) = misplaced {
+            let only = if k == "service" { "\"grpc\"" } else { "\"http\"" };
+            return Err(self.invalid(
+                format!("`{key}.{k}` applies to `type = {only}` checks only"),
+                span,
+                "not for this type",
+                None,
+            ));
+        }
         let count = |k: &str, v: &Option<Spanned<u32>>, default: u32| match v {
             None => Ok(default),
             Some(n) if *n.get_ref() >= 1 => Ok(*n.get_ref()),
@@ -294,8 +376,29 @@ mod tests {
                 19,
             ),
             (
-                "[pools.default.health_check]\ntype = \"grpc\"\n",
+                "[pools.default.health_check]\ntype = \"grpcs\"\n",
                 "pools.default.health_check.type",
+                19,
+            ),
+            (
+                "[pools.default.health_check]\ntype = \"grpc\"\npath = \"/\"\n",
+                "pools.default.health_check.path",
+                20,
+            ),
+            (
+                "[pools.default.health_check]\nservice = \"x\"\n",
+                "pools.default.health_check.service",
+                19,
+            ),
+            ("protocol = \"h3\"\n", "pools.default.protocol", 18),
+            (
+                "max_streams_per_connection = 0\n",
+                "pools.default.max_streams_per_connection",
+                18,
+            ),
+            (
+                "protocol = \"h2\"\nsend_proxy = \"v2\"\n",
+                "pools.default.send_proxy",
                 19,
             ),
             (
@@ -339,6 +442,40 @@ mod tests {
             "`pools.default.tls.client_key` needs `pools.default.tls.client_cert`"
         );
         assert_eq!(line_of(&text, &e), 19);
+    }
+
+    #[test]
+    fn h2_pool_and_grpc_check() {
+        let text = with_pool(
+            "protocol = \"h2\"\nmax_streams_per_connection = 7\n\
+             [pools.default.health_check]\ntype = \"grpc\"\nservice = \"echo.Echo\"\n",
+        );
+        let p = parse(&text).unwrap().pool("default");
+        assert_eq!(p.protocol, UpstreamProtocol::H2);
+        assert_eq!(p.max_streams_per_connection, 7);
+        let kind = HealthCheckKind::Grpc {
+            service: "echo.Echo".into(),
+        };
+        assert_eq!(p.health_check.unwrap().kind, kind);
+        let p = parse(&with_pool("[pools.default.health_check]\ntype = \"grpc\"\n"))
+            .unwrap()
+            .pool("default");
+        let kind = HealthCheckKind::Grpc { service: "".into() };
+        assert_eq!(p.health_check.unwrap().kind, kind, "no service: the server");
+        assert_eq!(p.protocol, UpstreamProtocol::Http1, "the default");
+
+        let e = parse(&with_pool("protocol = \"http2\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`pools.default.protocol` must be \"http/1.1\" or \"h2\", not \"http2\""
+        );
+        let e = parse(&with_pool("protocol = \"h2\"\nsend_proxy = \"v1\"\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`pools.default.send_proxy` cannot be used with `pools.default.protocol = \"h2\"`"
+        );
+        // Off is fine.
+        parse(&with_pool("protocol = \"h2\"\nsend_proxy = \"off\"\n")).unwrap();
     }
 
     #[test]

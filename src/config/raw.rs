@@ -110,6 +110,8 @@ pub(super) struct RawPool {
     pub send_proxy: Option<Spanned<String>>,
     pub tls: Option<RawBackendTls>,
     pub sticky: Option<RawSticky>,
+    pub protocol: Option<Spanned<String>>,
+    pub max_streams_per_connection: Option<Spanned<u32>>,
 }
 
 /// `[pools.NAME.sticky]`.
@@ -132,6 +134,7 @@ pub(super) struct RawHealthCheck {
     pub method: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub expect_status: Option<Spanned<u16>>,
+    pub service: Option<Spanned<String>>,
     pub interval: Dur,
     pub timeout: Dur,
     pub rise: Option<Spanned<u32>>,
