@@ -8,7 +8,7 @@
 //! HTTP/1 path, because both ask `forward`.
 
 mod replay;
-mod to_h2;
+pub mod to_h2;
 mod to_http1;
 
 use std::convert::Infallible;
