@@ -4,7 +4,6 @@
 //! The HTTP/1 path applies it to bytes as it copies a head (`http1::request`, `http1::response`); the HTTP/2
 //! path to hyper's header map ([`rewrite_h2_request`]).
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
@@ -127,6 +126,8 @@ pub struct Client {
     pub address: SocketAddr,
     /// `X-Forwarded-For` form: `10.1.2.3` or `::1`.
     pub xff: String,
+    /// The same, as a field value the HTTP/2 path inserts without copying.
+    pub xff_value: HeaderValue,
     /// `Forwarded` form: `for=10.1.2.3` or `for="[::1]"` (RFC 7239 §6).
     pub forwarded: String,
     /// The scheme the client spoke, for `X-Forwarded-Proto` and `Forwarded: proto=`:
@@ -141,9 +142,11 @@ impl Client {
             IpAddr::V4(v4) => format!("for={v4}"),
             IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
         };
+        let xff = ip.to_string();
         Client {
             address: peer,
-            xff: ip.to_string(),
+            xff_value: HeaderValue::from_str(&xff).expect("an address is a valid value"),
+            xff,
             forwarded,
             proto: "http",
         }
@@ -245,17 +248,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// with the same values the HTTP/1 path writes. Several fields of a list become one line
 /// with the client last: workers often read only the first line.
 fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
-    let mut xff = Vec::with_capacity(64);
-    for v in headers.get_all(X_FORWARDED_FOR) {
-        let v = trim_ows(v.as_bytes());
-        if !v.is_empty() {
-            xff.extend_from_slice(v);
-            xff.extend_from_slice(b", ");
+    // Most requests carry no earlier value: the client's own, made once per connection.
+    if headers.contains_key(X_FORWARDED_FOR) {
+        let mut xff = Vec::with_capacity(64);
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            let v = trim_ows(v.as_bytes());
+            if !v.is_empty() {
+                xff.extend_from_slice(v);
+                xff.extend_from_slice(b", ");
+            }
         }
-    }
-    xff.extend_from_slice(client.xff.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
-        headers.insert(X_FORWARDED_FOR, v);
+        xff.extend_from_slice(client.xff.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR, client.xff_value.clone());
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
 
@@ -267,7 +275,9 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
             fwd.extend_from_slice(b", ");
         }
     }
-    let _ = write!(fwd, "{};proto={}", client.forwarded, client.proto);
+    fwd.extend_from_slice(client.forwarded.as_bytes());
+    fwd.extend_from_slice(b";proto=");
+    fwd.extend_from_slice(client.proto.as_bytes());
     if let Some(h) = headers
         .get(header::HOST)
         .map(HeaderValue::as_bytes)

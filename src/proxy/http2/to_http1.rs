@@ -132,6 +132,15 @@ pub async fn exchange(
                 }
             }
         };
+        if body.is_none() && out.first.is_none() {
+            let stale_ok = pooled && out.replayable;
+            match direct(in_flight, up, stale_ok, out, settings.response_timeout).await {
+                Err(Head::Stale) => continue,
+                Err(Head::Failed(f)) => return Err(f),
+                Err(Head::Response(..)) => unreachable!("a response is Ok"),
+                Ok(response) => return Ok(response),
+            }
+        }
         let (head_tx, head_rx) = oneshot::channel();
         let (data_tx, data_rx) = mpsc::channel(2);
         let task = Task {
@@ -150,7 +159,7 @@ pub async fn exchange(
         match head_rx.await {
             Ok(Head::Response(status, fields)) => {
                 let mut response = Response::new(WorkerBody {
-                    pieces: data_rx,
+                    from: From::Task(data_rx),
                     ended: false,
                 });
                 *response.status_mut() = status;
@@ -246,7 +255,7 @@ impl Task {
                     response_timeout,
                     stale_ok,
                     &progress,
-                    tx,
+                    tx.closed(),
                 )
                 .await;
                 let tx = head_tx.take().expect("not sent yet");
@@ -404,8 +413,9 @@ async fn read_head<R: AsyncRead + Unpin>(
     response_timeout: Duration,
     stale_ok: bool,
     progress: &Progress,
-    head_tx: &mut oneshot::Sender<Head>,
+    gone: impl Future<Output = ()>,
 ) -> Result<Parsed, Head> {
+    tokio::pin!(gone);
     let timeout_ms = response_timeout.as_millis() as u64;
     let mut received = false;
     loop {
@@ -449,7 +459,7 @@ async fn read_head<R: AsyncRead + Unpin>(
                 }));
             }
             // Nobody waits for this answer any more.
-            _ = head_tx.closed() => return Err(Head::Failed(Failed::ClientGone)),
+            _ = &mut gone => return Err(Head::Failed(Failed::ClientGone)),
         };
         match read {
             Ok(n) if n > 0 => received = true,
@@ -515,9 +525,120 @@ async fn relay_body<R: AsyncRead + Unpin>(
     }
 }
 
-/// A worker's response body on its way to an HTTP/2 client: what the exchange task relays.
+/// Sends a bodiless request on `up` and reads the response head, without a task: the
+/// response body then reads the connection itself (`From::Connection`), and puts it back in
+/// the idle store at its clean end. Most requests have no body, and for them the task and
+/// its two channels would be pure cost. Dropped early (the client went), the connection
+/// closes with it.
+async fn direct(
+    in_flight: InFlight,
+    mut up: Upstream,
+    stale_ok: bool,
+    out: &Outbound,
+    response_timeout: Duration,
+) -> Result<Response<WorkerBody>, Head> {
+    if let Err(e) = up.stream.write_all(&out.head).await {
+        return Err(if stale_ok {
+            Head::Stale
+        } else {
+            Head::Failed(Failed::Broken(Outcome::Reset, e.to_string()))
+        });
+    }
+    let progress = Progress {
+        last_ms: AtomicU64::new(now_ms()),
+        done: AtomicBool::new(true),
+    };
+    let mut rbuf = BytesMut::new();
+    let (head, status, fields) = read_head(
+        &mut up.stream,
+        &mut rbuf,
+        out.head_request,
+        response_timeout,
+        stale_ok,
+        &progress,
+        std::future::pending(),
+    )
+    .await?;
+    let mut response = Response::new(WorkerBody {
+        from: From::Connection(Box::new(Reading {
+            up: Some(up),
+            rbuf,
+            left: BodyLeft::of(head.framing, Output::Data),
+            reusable: head.reusable,
+            in_flight,
+        })),
+        ended: false,
+    });
+    *response.status_mut() = status;
+    *response.headers_mut() = fields;
+    Ok(response)
+}
+
+/// A response body read straight from its worker connection.
+struct Reading {
+    /// `None` once given back to the idle store.
+    up: Option<Upstream>,
+    rbuf: BytesMut,
+    left: BodyLeft,
+    /// The worker's response allows another request on the connection.
+    reusable: bool,
+    /// The request counts on its worker until the body has ended.
+    in_flight: InFlight,
+}
+
+impl Reading {
+    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Piece> {
+        let mut out = Vec::new();
+        loop {
+            if self.left.take(&mut self.rbuf, &mut out).is_err() {
+                let broken = io::Error::other("malformed chunked body from the worker");
+                return Poll::Ready(Piece::Failed(broken));
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Piece::Data(Bytes::from(out)));
+            }
+            if self.left.done() {
+                if let Some(up) = self.up.take()
+                    && self.reusable
+                    && self.rbuf.is_empty()
+                {
+                    IdleConns::put_upstream(self.in_flight.worker(), up);
+                }
+                return Poll::Ready(Piece::End);
+            }
+            let Some(up) = self.up.as_mut() else {
+                return Poll::Ready(Piece::Failed(io::ErrorKind::NotConnected.into()));
+            };
+            reserved(&mut self.rbuf, READ);
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut up.stream), cx, &mut self.rbuf);
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if matches!(self.left, BodyLeft::Close) => {
+                    // Close-delimited: the end is the close, and the connection goes with it.
+                    self.up = None;
+                    return Poll::Ready(Piece::End);
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Piece::Failed(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Piece::Failed(e)),
+            }
+        }
+    }
+}
+
+/// Where a response body comes from.
+enum From {
+    /// The exchange task relays it (the request had a body to stream at the same time).
+    Task(mpsc::Receiver<Piece>),
+    /// Read here, from the connection (see `direct`).
+    Connection(Box<Reading>),
+}
+
+/// A worker's response body on its way to an HTTP/2 client.
 pub struct WorkerBody {
-    pieces: mpsc::Receiver<Piece>,
+    from: From,
     /// The end (or an error) was delivered: nothing more comes.
     ended: bool,
 }
@@ -533,9 +654,15 @@ impl Body for WorkerBody {
         if self.ended {
             return Poll::Ready(None);
         }
-        let piece = match self.pieces.poll_recv(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(piece) => piece,
+        let piece = match &mut self.from {
+            From::Task(pieces) => match pieces.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(piece) => piece,
+            },
+            From::Connection(reading) => match reading.poll_piece(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(piece) => Some(piece),
+            },
         };
         Poll::Ready(match piece {
             Some(Piece::Data(data)) => Some(Ok(Frame::data(data))),
