@@ -570,3 +570,133 @@ async fn an_http1_client_to_an_h2_pool_gets_its_answer() {
     assert!(reply.ends_with("h2-only"), "the worker's body: {reply}");
     lb.stop(Duration::from_secs(1)).await;
 }
+
+/// The gRPC probe itself, on one worker, as the health check task runs it.
+async fn probe(
+    address: std::net::SocketAddr,
+    service: &str,
+    tls: Option<Arc<load_balancer::upstream::tls::UpstreamTls>>,
+) -> bool {
+    use load_balancer::balance::health::Probe;
+    let worker = load_balancer::ring::Worker {
+        state: Default::default(),
+        id: 1,
+        version: 1,
+        weight: 1,
+        pool: "default".into(),
+        address: load_balancer::ring::Address::new(&address.to_string()),
+        pool_load: Default::default(),
+    };
+    let check = match grpc_checked(service).health_check {
+        Some(check) => check,
+        None => unreachable!(),
+    };
+    let probe = load_balancer::upstream::probe::NetworkProbe {
+        tls,
+        ..Default::default()
+    };
+    let started = tokio::time::Instant::now();
+    let passed = tokio::time::timeout(WAIT, probe.probe(Arc::new(worker), Arc::new(check)))
+        .await
+        .expect("the probe ends");
+    // Bounded by the check's timeout (500 ms) by itself, whatever the worker does.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the probe took {:?}",
+        started.elapsed()
+    );
+    passed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_probe_passes_on_serving_only() {
+    let worker = GrpcWorker::start("w").await;
+    assert!(probe(worker.addr, "", None).await, "SERVING");
+    worker.set_serving(ServingStatus::NotServing).await;
+    assert!(!probe(worker.addr, "", None).await, "NOT_SERVING");
+    worker.set_serving(ServingStatus::Unknown).await;
+    assert!(!probe(worker.addr, "", None).await, "UNKNOWN");
+    worker.set_serving(ServingStatus::Serving).await;
+    assert!(
+        !probe(worker.addr, "test.Echo", None).await,
+        "a service it does not know"
+    );
+    worker
+        .health
+        .set_service_status("test.Echo", ServingStatus::Serving)
+        .await;
+    assert!(
+        probe(worker.addr, "test.Echo", None).await,
+        "a named service SERVING"
+    );
+    worker.set_health_service(false);
+    assert!(
+        !probe(worker.addr, "", None).await,
+        "UNIMPLEMENTED (no health service)"
+    );
+
+    let http1 = common::Backend::start("http1").await;
+    assert!(!probe(http1.addr, "", None).await, "an HTTP/1-only worker");
+
+    // Accepts, reads, never answers: failed by the check's timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    assert!(
+        !probe(silent_addr, "", None).await,
+        "a worker that never answers"
+    );
+    hold.abort();
+}
+
+/// A TLS server config for 127.0.0.1 (self-signed) offering `alpn`.
+fn tls_server(alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_probe_over_tls_offers_h2_by_alpn() {
+    let text = "[database]\nurl = \"postgres://x@127.0.0.1/x\"\n\n\
+                [[listeners]]\nbind = \"127.0.0.1:9\"\n\n\
+                [pools.default]\nprotocol = \"h2\"\n\
+                [pools.default.tls]\nverify = false\n\
+                [pools.default.health_check]\ntype = \"grpc\"\n";
+    let config = load_balancer::config::Config::parse("config.toml", text, None).unwrap();
+    let tls = load_balancer::upstream::tls::for_pool_tasks("default", &config.pools["default"]);
+    assert!(tls.is_some());
+
+    let h2 = GrpcWorker::start_tls("h2", tls_server(&[b"h2"])).await;
+    assert!(probe(h2.addr, "", tls.clone()).await, "ALPN h2 agreed");
+    h2.set_serving(ServingStatus::NotServing).await;
+    assert!(
+        !probe(h2.addr, "", tls.clone()).await,
+        "NOT_SERVING over TLS"
+    );
+
+    // A TLS worker that offers http/1.1 alone refuses the handshake: no common protocol.
+    // (This worker would in fact speak HTTP/2: only a probe that offers h2 fails here.)
+    let http1 = GrpcWorker::start_tls("http1", tls_server(&[b"http/1.1"])).await;
+    assert!(!probe(http1.addr, "", tls.clone()).await, "no h2 by ALPN");
+    // A cleartext worker fails the TLS check.
+    let plain = GrpcWorker::start("plain").await;
+    assert!(
+        !probe(plain.addr, "", tls).await,
+        "cleartext under a TLS pool"
+    );
+}

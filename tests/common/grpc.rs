@@ -103,6 +103,8 @@ struct Shared {
     holding: AtomicUsize,
     /// `true` once the test releases the held streams.
     released: watch::Sender<bool>,
+    /// `false`: no `grpc.health.v1.Health` here (its calls answer UNIMPLEMENTED).
+    health_on: std::sync::atomic::AtomicBool,
 }
 
 /// A gRPC worker on 127.0.0.1:0: `test.Echo`, `grpc.health.v1.Health`, and `GET /name`
@@ -123,6 +125,15 @@ pub struct GrpcWorker {
 
 impl GrpcWorker {
     pub async fn start(name: &str) -> GrpcWorker {
+        GrpcWorker::serving(name, None).await
+    }
+
+    /// A worker behind TLS with `config` (whose ALPN list the test chooses).
+    pub async fn start_tls(name: &str, config: Arc<rustls::ServerConfig>) -> GrpcWorker {
+        GrpcWorker::serving(name, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serving(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> GrpcWorker {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let health = tonic_health::server::HealthReporter::new();
@@ -135,6 +146,7 @@ impl GrpcWorker {
             cancelled: AtomicUsize::new(0),
             holding: AtomicUsize::new(0),
             released: watch::channel(false).0,
+            health_on: true.into(),
         });
         let service = Dispatch {
             shared: shared.clone(),
@@ -145,6 +157,7 @@ impl GrpcWorker {
         let killed = CancellationToken::new();
         let task = tokio::spawn(serve(
             listener,
+            tls,
             service,
             open.clone(),
             graceful.clone(),
@@ -185,6 +198,11 @@ impl GrpcWorker {
     /// Lets every held server stream (and any that reaches its hold later) go on.
     pub fn release(&self) {
         self.shared.released.send_replace(true);
+    }
+
+    /// Whether the worker serves `grpc.health.v1.Health` at all.
+    pub fn set_health_service(&self, on: bool) {
+        self.shared.health_on.store(on, Ordering::SeqCst);
     }
 
     /// What `grpc.health.v1.Health/Check` answers for the whole server ("").
@@ -230,6 +248,7 @@ impl Drop for GrpcWorker {
 /// end after their GOAWAY) or `killed`.
 async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     service: Dispatch,
     open: Arc<AtomicUsize>,
     graceful: CancellationToken,
@@ -246,28 +265,53 @@ async fn serve(
             _ = killed.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // As tonic's server: a window that does not throttle 4 MiB messages.
-            .initial_stream_window_size(2 * 1024 * 1024)
-            .initial_connection_window_size(4 * 1024 * 1024)
-            .serve_connection(TokioIo::new(tcp), service.clone());
-        let conn = watcher.watch(conn);
         let gauge = Gauge::up(&open);
         let killed = killed.clone();
-        tokio::spawn(async move {
-            let _open = gauge;
-            tokio::select! {
-                _ = conn => {}
-                _ = killed.cancelled() => {}
+        match &tls {
+            None => {
+                let conn =
+                    watcher.watch(http2().serve_connection(TokioIo::new(tcp), service.clone()));
+                tokio::spawn(async move {
+                    let _open = gauge;
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.cancelled() => {}
+                    }
+                });
             }
-        });
+            // Not watched for a graceful shutdown: the TLS tests need none.
+            Some(acceptor) => {
+                let (acceptor, service) = (acceptor.clone(), service.clone());
+                tokio::spawn(async move {
+                    let _open = gauge;
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let conn = http2().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = killed.cancelled() => {}
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {
         _ = watcher.shutdown() => {}
         _ = killed.cancelled() => {}
     }
+}
+
+/// The workers' HTTP/2 server settings.
+fn http2() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // As tonic's server: windows that do not throttle 4 MiB messages.
+        .initial_stream_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(4 * 1024 * 1024);
+    builder
 }
 
 /// Routes a request to `test.Echo`, the health service, or the plain `GET /name`.
@@ -289,7 +333,9 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         let mut health = self.health.clone();
         Box::pin(async move {
             let path = request.uri().path().to_string();
-            if path.starts_with("/grpc.health.v1.Health/") {
+            if path.starts_with("/grpc.health.v1.Health/")
+                && shared.health_on.load(Ordering::SeqCst)
+            {
                 use tonic::codegen::Service;
                 std::future::poll_fn(|cx| {
                     Service::<http::Request<Incoming>>::poll_ready(&mut health, cx)
