@@ -442,6 +442,7 @@ async fn a_workers_goaway_mid_load_fails_no_call() {
     .await;
     let a_before = a.calls();
     a.start_shutdown();
+    let done_at_goaway = done.load(Ordering::SeqCst);
 
     let mut failures = Vec::new();
     for task in tasks {
@@ -463,11 +464,257 @@ async fn a_workers_goaway_mid_load_fails_no_call() {
     a.shutdown().await; // it did finish: its streams all ended
     assert_eq!(a.open(), 0);
     assert!(a_before > 0, "a served calls before its GOAWAY");
+    assert!(
+        done_at_goaway < TASKS * CALLS * 3 / 4,
+        "the GOAWAY came mid-load ({done_at_goaway} calls done)"
+    );
     assert_eq!(
         a.calls() + b.calls() + c.calls(),
         TASKS * CALLS,
         "every call reached exactly one worker (retries only of what no worker processed)"
     );
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_cuts_a_drained_workers_stream_with_unavailable() {
+    let db = TestDb::new().await;
+    let pool = PoolConfig {
+        drain_timeout: Duration::from_millis(300),
+        ..h2_pool()
+    };
+    let lb = start(&db, pool).await;
+    let a = GrpcWorker::start("a").await;
+    register(&db, &lb, &[(&a, 1)]).await;
+    let mut client = EchoClient::connect(lb.listeners[0]).await;
+    let request = EchoRequest {
+        count: 10,
+        hold_after: 1,
+        ..Default::default()
+    };
+    let mut stream = client.server_stream(request).await.unwrap().into_inner();
+    assert_eq!(
+        next(&mut stream, "the first reply")
+            .await
+            .unwrap()
+            .map(|r| r.seq),
+        Some(0)
+    );
+    eventually("the stream is held", || a.holding() == 1).await;
+    let drained = tokio::time::Instant::now();
+    common::change(
+        &db,
+        &lb,
+        &format!(
+            "UPDATE workers SET weight = 0 WHERE worker_address = '{}'",
+            a.addr
+        ),
+    )
+    .await;
+    // Never released: drain_timeout ends it, as a gRPC client understands.
+    let status = next(&mut stream, "the cut").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        drained.elapsed() >= Duration::from_millis(250),
+        "cut after {:?}, before drain_timeout",
+        drained.elapsed()
+    );
+    eventually("the worker's stream is cancelled by the cut", || {
+        a.holding() == 0
+    })
+    .await;
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timeout_bounds_a_call_without_deadline() {
+    let db = TestDb::new().await;
+    let pool = PoolConfig {
+        response_timeout: Duration::from_millis(300),
+        ..h2_pool()
+    };
+    let lb = start(&db, pool).await;
+    let worker = GrpcWorker::start("slow").await;
+    register(&db, &lb, &[(&worker, 1)]).await;
+    let mut client = EchoClient::connect(lb.listeners[0]).await;
+    let slow = EchoRequest {
+        sleep_ms: 20_000,
+        ..Default::default()
+    };
+    // No grpc-timeout at all, then one longer than response_timeout: both cut at 300 ms.
+    for timeout in [None, Some(Duration::from_secs(20))] {
+        let mut request = tonic::Request::new(slow.clone());
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        let started = tokio::time::Instant::now();
+        let status = tokio::time::timeout(WAIT, client.unary(request))
+            .await
+            .expect("cut by response_timeout")
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "{timeout:?}: {status:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "{timeout:?}");
+    }
+    eventually("both calls cancelled at the worker", || {
+        worker.cancelled() == 2
+    })
+    .await;
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_reached_its_worker_is_never_retried() {
+    let db = TestDb::new().await;
+    let lb = start(&db, h2_pool()).await;
+    let (a, b) = (GrpcWorker::start("a").await, GrpcWorker::start("b").await);
+    register(&db, &lb, &[(&a, 1)]).await;
+    let mut client = EchoClient::connect(lb.listeners[0]).await;
+    served_by(&mut client, "a warm-up call").await;
+    register(&db, &lb, &[(&b, 0)]).await;
+    common::change(
+        &db,
+        &lb,
+        &format!(
+            "UPDATE workers SET weight = 1 WHERE worker_address = '{}'",
+            b.addr
+        ),
+    )
+    .await;
+
+    // The worker's own UNAVAILABLE is its answer, passed on: not a reason to try b.
+    let mut unavailable = Vec::new();
+    for _ in 0..4 {
+        let request = EchoRequest {
+            fail_code: Code::Unavailable as i32,
+            fail_message: "overloaded".into(),
+            ..Default::default()
+        };
+        let status = client.unary(request).await.unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::Unavailable, "overloaded")
+        );
+        unavailable.push(
+            status
+                .metadata()
+                .get("x-served-by")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (a_calls, b_calls) = (a.calls(), b.calls());
+    assert_eq!(
+        a_calls + b_calls,
+        1 + 4,
+        "one worker call per client call: {unavailable:?}"
+    );
+
+    // A worker that dies with a call in hand: UNAVAILABLE, and the call is not replayed
+    // on the other worker (it may have been processed).
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let request = EchoRequest {
+            sleep_ms: 20_000,
+            ..Default::default()
+        };
+        let mut client = client.clone();
+        calls.push(tokio::spawn(async move { client.unary(request).await }));
+    }
+    eventually("both sleeping calls reached a worker", || {
+        a.calls() + b.calls() == a_calls + b_calls + 2
+    })
+    .await;
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (a_calls + 1, b_calls + 1),
+        "one sleeping call on each worker"
+    );
+    a.kill();
+    eventually("a's call ends when a dies", || {
+        calls.iter().filter(|c| c.is_finished()).count() == 1
+    })
+    .await;
+    let (ended, sleeping): (Vec<_>, Vec<_>) = calls.into_iter().partition(|c| c.is_finished());
+    let status = ended
+        .into_iter()
+        .next()
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(b.calls(), b_calls + 1, "a's call was not replayed on b");
+    b.kill();
+    let status = tokio::time::timeout(WAIT, sleeping.into_iter().next().unwrap())
+        .await
+        .expect("b's call ends when b dies")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(a.calls(), a_calls + 1, "b's call was not replayed on a");
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_streams_per_connection_opens_another_connection_beyond_it() {
+    let db = TestDb::new().await;
+    let pool = PoolConfig {
+        max_streams_per_connection: 2,
+        ..h2_pool()
+    };
+    let lb = start(&db, pool).await;
+    let worker = GrpcWorker::start("w").await;
+    register(&db, &lb, &[(&worker, 1)]).await;
+    let client = EchoClient::connect(lb.listeners[0]).await;
+    let mut streams = Vec::new();
+    for i in 0..5 {
+        let request = EchoRequest {
+            count: 2,
+            hold_after: 1,
+            ..Default::default()
+        };
+        let mut stream = client
+            .clone()
+            .server_stream(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            next(&mut stream, &format!("stream {i}"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        streams.push(stream);
+    }
+    eventually("five streams held at the worker", || worker.holding() == 5).await;
+    assert_eq!(
+        worker.open(),
+        3,
+        "5 streams at 2 per connection: 3 connections"
+    );
+    worker.release();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        assert!(
+            next(&mut stream, &format!("stream {i} after release"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(next(&mut stream, "end").await.unwrap(), None);
+    }
+    // Idle again: new calls share what is open, no new connection per call.
+    let mut client = client;
+    for i in 0..20 {
+        served_by(&mut client, &format!("call {i}")).await;
+    }
+    assert!(worker.open() <= 3, "{} connections", worker.open());
     lb.stop(Duration::from_secs(1)).await;
 }
 

@@ -100,7 +100,7 @@ struct Shared {
     /// the stream).
     cancelled: AtomicUsize,
     /// Server streams parked at `hold_after`.
-    holding: AtomicUsize,
+    holding: Arc<AtomicUsize>,
     /// `true` once the test releases the held streams.
     released: watch::Sender<bool>,
     /// `false`: no `grpc.health.v1.Health` here (its calls answer UNIMPLEMENTED).
@@ -144,7 +144,7 @@ impl GrpcWorker {
             name: name.to_string(),
             calls: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
-            holding: AtomicUsize::new(0),
+            holding: Arc::new(AtomicUsize::new(0)),
             released: watch::channel(false).0,
             health_on: true.into(),
         });
@@ -500,10 +500,10 @@ impl tonic::server::ServerStreamingService<EchoRequest> for Echo {
                         return None;
                     }
                     if message.hold_after != 0 && seq == message.hold_after {
-                        shared.holding.fetch_add(1, Ordering::SeqCst);
+                        // Counted down when released or when the stream is dropped (reset).
+                        let _held = Gauge::up(&shared.holding);
                         let mut released = shared.released.subscribe();
                         let _ = released.wait_for(|r| *r).await;
-                        shared.holding.fetch_sub(1, Ordering::SeqCst);
                     }
                     let reply = EchoReply {
                         payload,
