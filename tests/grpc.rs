@@ -161,6 +161,11 @@ async fn the_four_call_kinds_stream_both_ways() {
     drop(tx);
     assert_eq!(next(&mut replies, "bidi end").await.unwrap(), None);
     assert_eq!(worker.calls(), 4);
+    assert_eq!(
+        worker.last_te().as_deref(),
+        Some("trailers"),
+        "te: trailers is kept"
+    );
     lb.stop(Duration::from_secs(1)).await;
 }
 

@@ -103,6 +103,8 @@ struct Shared {
     holding: Arc<AtomicUsize>,
     /// `true` once the test releases the held streams.
     released: watch::Sender<bool>,
+    /// The `te` header of the last `test.Echo` call (gRPC requires `te: trailers`).
+    last_te: std::sync::Mutex<Option<String>>,
     /// `false`: no `grpc.health.v1.Health` here (its calls answer UNIMPLEMENTED).
     health_on: std::sync::atomic::AtomicBool,
 }
@@ -147,6 +149,7 @@ impl GrpcWorker {
             holding: Arc::new(AtomicUsize::new(0)),
             released: watch::channel(false).0,
             health_on: true.into(),
+            last_te: Default::default(),
         });
         let service = Dispatch {
             shared: shared.clone(),
@@ -183,6 +186,11 @@ impl GrpcWorker {
     /// Calls dropped unanswered (reset by the client or the proxy).
     pub fn cancelled(&self) -> usize {
         self.shared.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The `te` header of the last `test.Echo` call, if it had one.
+    pub fn last_te(&self) -> Option<String> {
+        self.shared.last_te.lock().unwrap().clone()
     }
 
     /// Server streams parked at `hold_after` now.
@@ -355,6 +363,10 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE);
             let echo = Echo(shared.clone());
+            *shared.last_te.lock().unwrap() = request
+                .headers()
+                .get("te")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let response = match path.as_str() {
                 UNARY => {
                     shared.calls.fetch_add(1, Ordering::SeqCst);
