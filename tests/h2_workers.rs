@@ -1,0 +1,280 @@
+//! `protocol = "h2"` pools with workers written on the `h2` crate, so the frames a worker
+//! sends — REFUSED_STREAM, a graceful GOAWAY, a stream held open — are exactly the ones
+//! a test needs. The gRPC behaviour with a real gRPC stack is in `grpc.rs`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use h2::server::SendResponse;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use load_balancer::config::{AlgorithmKind, PoolConfig, Protocol, UpstreamProtocol};
+use tokio::net::TcpListener;
+
+/// How a scripted worker treats the streams of each connection.
+#[derive(Clone, Copy)]
+enum Script {
+    /// Every stream: RST_STREAM(REFUSED_STREAM), before reading anything.
+    Refuse,
+    /// Serves the first `n` streams of each connection (echoing the body after its name),
+    /// then a graceful GOAWAY; streams the GOAWAY leaves in are served too.
+    GoAwayAfter(usize),
+    /// Answers 200 with `content-type: application/grpc` and one DATA frame, then holds
+    /// the stream open until the connection goes.
+    Hold,
+}
+
+struct H2Worker {
+    addr: SocketAddr,
+    /// Streams received (refused ones included).
+    streams: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+}
+
+impl H2Worker {
+    async fn start(name: &'static str, script: Script) -> H2Worker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let streams = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s, c) = (streams.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    let mut served = 0;
+                    while let Some(Ok((request, respond))) = conn.accept().await {
+                        s.fetch_add(1, Ordering::SeqCst);
+                        match script {
+                            Script::Refuse => {
+                                let mut respond = respond;
+                                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            }
+                            Script::GoAwayAfter(n) => {
+                                tokio::spawn(echo(name, request, respond));
+                                served += 1;
+                                if served == n {
+                                    conn.graceful_shutdown();
+                                }
+                            }
+                            Script::Hold => {
+                                tokio::spawn(hold(respond));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        H2Worker {
+            addr,
+            streams,
+            connections,
+        }
+    }
+}
+
+async fn echo(name: &str, request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>) {
+    let mut body = request.into_body();
+    let mut got = name.as_bytes().to_vec();
+    got.push(b':');
+    while let Some(Ok(data)) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.len());
+        got.extend_from_slice(&data);
+    }
+    let Ok(mut send) = respond.send_response(Response::new(()), false) else {
+        return;
+    };
+    let _ = send.send_data(Bytes::from(got), true);
+}
+
+async fn hold(mut respond: SendResponse<Bytes>) {
+    let response = Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let Ok(mut send) = respond.send_response(response, false) else {
+        return;
+    };
+    let _ = send.send_data(Bytes::from_static(b"\0\0\0\0\x01x"), false);
+    // Held until the proxy's side of the stream goes.
+    let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
+}
+
+fn h2_config(db: &TestDb, drain_timeout: Duration) -> load_balancer::config::Config {
+    let mut cfg = config(db, Protocol::Http, AlgorithmKind::RoundRobin);
+    cfg.pools.insert(
+        "default".into(),
+        PoolConfig {
+            protocol: UpstreamProtocol::H2,
+            drain_timeout,
+            ..PoolConfig::default()
+        },
+    );
+    cfg
+}
+
+/// An HTTP/2 (prior knowledge) client to the proxy.
+fn h2_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+async fn post(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    proxy: SocketAddr,
+    body: &'static [u8],
+) -> (u16, Bytes) {
+    let request = Request::post(format!("http://{proxy}/echo"))
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap();
+    let response = client.request(request).await.expect("an answer");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn a_refused_stream_goes_to_another_worker_with_its_whole_body() {
+    let db = TestDb::new().await;
+    let refuser = H2Worker::start("refuser", Script::Refuse).await;
+    let server = H2Worker::start("server", Script::GoAwayAfter(usize::MAX)).await;
+    let lb = load_balancer::start(&h2_config(&db, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    add_addresses(&db, &lb, &[refuser.addr, server.addr]).await;
+    let proxy = lb.listeners[0];
+    let client = h2_client();
+    let body: &'static [u8] = &[b'b'; 40_000];
+    for _ in 0..10 {
+        let (status, got) = post(&client, proxy, body).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            got.len(),
+            "server:".len() + body.len(),
+            "the body went whole"
+        );
+        assert!(got.starts_with(b"server:"));
+    }
+    assert!(
+        refuser.streams.load(Ordering::SeqCst) >= 4,
+        "round robin sent about half the requests to the refuser first: {}",
+        refuser.streams.load(Ordering::SeqCst)
+    );
+    // An HTTP/1.1 client's body (de-chunked from its connection) is replayed the same way.
+    let raw = raw_once(
+        proxy,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(
+        raw.ends_with("\r\n\r\n12\r\nserver:hello world\r\n0\r\n\r\n"),
+        "{raw}"
+    );
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn streams_above_a_graceful_goaway_go_again_and_none_fails() {
+    let db = TestDb::new().await;
+    let a = H2Worker::start("a", Script::GoAwayAfter(3)).await;
+    let b = H2Worker::start("b", Script::GoAwayAfter(3)).await;
+    let lb = load_balancer::start(&h2_config(&db, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    add_addresses(&db, &lb, &[a.addr, b.addr]).await;
+    let proxy = lb.listeners[0];
+    let client = h2_client();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let mut failed = Vec::new();
+            for _ in 0..25 {
+                let (status, got) = post(&client, proxy, b"x").await;
+                if status != 200 || !got.ends_with(b":x") {
+                    failed.push((i, status, got));
+                }
+            }
+            failed
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = calls.join_next().await {
+        failed.extend(r.unwrap());
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 400 failed: {failed:?}",
+        failed.len()
+    );
+    let connections = a.connections.load(Ordering::SeqCst) + b.connections.load(Ordering::SeqCst);
+    // A connection serves its first three streams and those already in flight when its
+    // GOAWAY goes: far fewer than 400, far more than the two a pool would keep otherwise.
+    assert!(
+        connections >= 20,
+        "connections were recycled by GOAWAY: {connections} connections"
+    );
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_grpc_stream_cut_by_the_drain_deadline_ends_with_unavailable() {
+    let db = TestDb::new().await;
+    let holder = H2Worker::start("holder", Script::Hold).await;
+    let lb = load_balancer::start(&h2_config(&db, Duration::from_millis(300)))
+        .await
+        .unwrap();
+    add_addresses(&db, &lb, &[holder.addr]).await;
+    let proxy = lb.listeners[0];
+    // The h2 crate as the client: it shows the trailers exactly as they come.
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let request = Request::post(format!("http://{proxy}/test.Echo/Stream"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = body.data().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"\0\0\0\0\x01x");
+    change(&db, &lb, "UPDATE workers SET weight = 0").await;
+    let trailers = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(data) = body.data().await {
+            data.expect("no reset: the call ends with a status");
+        }
+        body.trailers().await
+    })
+    .await
+    .expect("the drain deadline ends the stream")
+    .expect("trailers, not an error")
+    .expect("trailers present");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    lb.stop(Duration::from_secs(1)).await;
+}
