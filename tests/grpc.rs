@@ -89,6 +89,17 @@ async fn calls_from_one_channel_spread_over_three_workers_by_weight() {
         (counts["a"], counts["b"], counts["c"]),
         "each call reached the worker that answered it, once"
     );
+    // A second client's calls share the proxy's connections to the workers: one each, as
+    // one call at a time needs no more.
+    let mut other = EchoClient::connect(lb.listeners[0]).await;
+    for i in 0..30 {
+        served_by(&mut other, &format!("second client's call {i}")).await;
+    }
+    assert_eq!(
+        (a.open(), b.open(), c.open()),
+        (1, 1, 1),
+        "connections to workers are reused across calls and clients"
+    );
     lb.stop(Duration::from_secs(1)).await;
 }
 
