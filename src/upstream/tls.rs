@@ -23,7 +23,9 @@ use tokio_rustls::client::TlsStream;
 
 use super::ConnectError;
 use super::stream::UpstreamStream;
-use crate::config::{AcceptAnyCertificate, BackendTlsConfig, PoolConfig, UpstreamProtocol};
+use crate::config::{
+    AcceptAnyCertificate, BackendTlsConfig, HealthCheckKind, PoolConfig, UpstreamProtocol,
+};
 use crate::ring::Address;
 
 /// How a pool's connections are made TLS: one rustls client config, shared by every
@@ -62,6 +64,22 @@ impl UpstreamTls {
                 tracing::error!(error = %e, "TLS to workers cannot be set up: their connections will fail");
                 Arc::from(e.to_string())
             });
+        Some(Arc::new(UpstreamTls {
+            connector,
+            server_name: tls.server_name.clone(),
+        }))
+    }
+
+    /// As [`UpstreamTls::of`], offering ALPN `h2` alone: for what speaks HTTP/2 to the
+    /// workers over TLS (a `type = "grpc"` health check, whatever the pool's `protocol`).
+    pub fn of_h2(settings: &PoolConfig) -> Option<Arc<UpstreamTls>> {
+        let tls = settings.tls.as_ref()?;
+        let connector = client_config(tls)
+            .map(|mut c| {
+                c.alpn_protocols = vec![b"h2".to_vec()];
+                TlsConnector::from(Arc::new(c))
+            })
+            .map_err(|e| Arc::from(e.to_string()));
         Some(Arc::new(UpstreamTls {
             connector,
             server_name: tls.server_name.clone(),
@@ -239,9 +257,9 @@ fn system_roots() -> Option<Arc<RootCertStore>> {
         .clone()
 }
 
-/// The TLS of pool `name` for its health checks, and its one startup warning when it does
-/// not verify workers (called once per start of the pool's tasks: at startup and when a
-/// reload changes the pool).
+/// The TLS of pool `name` for its health checks (ALPN `h2` for gRPC checks), and its one
+/// startup warning when it does not verify workers (called once per start of the pool's
+/// tasks: at startup and when a reload changes the pool).
 pub fn for_pool_tasks(name: &str, settings: &PoolConfig) -> Option<Arc<UpstreamTls>> {
     if settings.tls.as_ref().is_some_and(|t| !t.verify) {
         tracing::warn!(
@@ -249,7 +267,15 @@ pub fn for_pool_tasks(name: &str, settings: &PoolConfig) -> Option<Arc<UpstreamT
             "verify = false: connections to pool {name} are not authenticated"
         );
     }
-    UpstreamTls::of(settings)
+    let grpc = settings
+        .health_check
+        .as_ref()
+        .is_some_and(|c| matches!(c.kind, HealthCheckKind::Grpc { .. }));
+    if grpc {
+        UpstreamTls::of_h2(settings)
+    } else {
+        UpstreamTls::of(settings)
+    }
 }
 
 #[cfg(test)]

@@ -1101,6 +1101,9 @@ pub fn eject_on_first_failure(
     }
 }
 
+/// gRPC workers (`test.Echo` and the health service) and clients: see its own doc.
+pub mod grpc;
+
 /// Raw HTTP/2 frames, for what the h2 crate would not send or a test must see byte by byte.
 pub mod h2raw {
     use tokio::io::AsyncReadExt;
