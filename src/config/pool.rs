@@ -216,13 +216,14 @@ impl Source<'_> {
             None | Some(("http", _)) => self.http_check(key, raw)?,
             Some(("tcp", _)) => HealthCheckKind::Tcp,
             Some(("grpc", _)) => HealthCheckKind::Grpc {
-                service: raw.service.as_ref().map_or_else(String::new, |s| s.get_ref().clone()),
+                service: raw
+                    .service
+                    .as_ref()
+                    .map_or_else(String::new, |s| s.get_ref().clone()),
             },
             Some((other, span)) => {
                 return Err(self.invalid(
-                    format!(
-                        "`{key}.type` must be \"http\", \"tcp\" or \"grpc\", not {other:?}"
-                    ),
+                    format!("`{key}.type` must be \"http\", \"tcp\" or \"grpc\", not {other:?}"),
                     span,
                     "unknown check",
                     None,
@@ -230,15 +231,24 @@ impl Source<'_> {
             }
         };
         // A key of another kind of check is a mistake worth saying, not one to ignore.
-        let http_only = [("method", raw.method.as_ref().map(|v| v.span())),
+        let http_only = [
+            ("method", raw.method.as_ref().map(|v| v.span())),
             ("path", raw.path.as_ref().map(|v| v.span())),
-            ("expect_status", raw.expect_status.as_ref().map(|v| v.span()))];
+            (
+                "expect_status",
+                raw.expect_status.as_ref().map(|v| v.span()),
+            ),
+        ];
         let misplaced = match &kind {
             HealthCheckKind::Grpc { .. } => http_only.into_iter().find_map(|(k, s)| Some((k, s?))),
             _ => raw.service.as_ref().map(|s| ("service", s.span())),
         };
         if let Some((k, span)) = misplaced {
-            let only = if k == "service" { "\"grpc\"" } else { "\"http\"" };
+            let only = if k == "service" {
+                "\"grpc\""
+            } else {
+                "\"http\""
+            };
             return Err(self.invalid(
                 format!("`{key}.{k}` applies to `type = {only}` checks only"),
                 span,
@@ -457,9 +467,11 @@ mod tests {
             service: "echo.Echo".into(),
         };
         assert_eq!(p.health_check.unwrap().kind, kind);
-        let p = parse(&with_pool("[pools.default.health_check]\ntype = \"grpc\"\n"))
-            .unwrap()
-            .pool("default");
+        let p = parse(&with_pool(
+            "[pools.default.health_check]\ntype = \"grpc\"\n",
+        ))
+        .unwrap()
+        .pool("default");
         let kind = HealthCheckKind::Grpc { service: "".into() };
         assert_eq!(p.health_check.unwrap().kind, kind, "no service: the server");
         assert_eq!(p.protocol, UpstreamProtocol::Http1, "the default");

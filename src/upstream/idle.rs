@@ -1,7 +1,8 @@
-//! Idle keep-alive connections to one worker, kept for reuse.
+//! Connections to one worker kept for reuse.
 //!
 //! Each worker's [`IdleConns`] holds idle HTTP/1.1 connections ([`Upstream`]) in a
-//! lock-free queue, for both HTTP transports. A request takes one (or dials a new one)
+//! lock-free queue, for both HTTP transports, and the HTTP/2 connections of an h2 pool
+//! (`h2.rs`), which many requests share at once. A request takes one (or dials a new one)
 //! and gives it back only once the response has ended cleanly; a connection in any other
 //! state is dropped, never reused. The store hangs off the worker's state in the ring
 //! (`WorkerState::attached`), so a reweight keeps the warm connections and a removed worker
@@ -20,6 +21,7 @@ use crossbeam_queue::ArrayQueue;
 use tokio_util::sync::CancellationToken;
 
 use super::Upstream;
+use super::h2::Multiplexed;
 use crate::ring::state::now_ms;
 use crate::ring::{Ring, Worker};
 
@@ -99,6 +101,8 @@ impl<T: Reusable> Queue<T> {
 #[derive(Default)]
 pub struct IdleConns {
     h1: Queue<Upstream>,
+    /// A `protocol = "h2"` worker's connections (empty for other workers).
+    pub h2: Multiplexed,
 }
 
 impl fmt::Debug for IdleConns {
@@ -151,7 +155,7 @@ impl IdleConns {
     /// Closes the connections idle since before `oldest` (every one when `oldest` is
     /// `u64::MAX`); returns how many.
     fn expire(&self, oldest: u64) -> usize {
-        self.h1.expire(oldest)
+        self.h1.expire(oldest) + self.h2.expire(oldest)
     }
 
     pub fn len(&self) -> usize {

@@ -8,6 +8,7 @@
 //! ones by the reaper.
 
 pub mod connect;
+pub mod h2;
 pub mod idle;
 pub mod private;
 pub mod probe;

@@ -23,7 +23,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::ConnectError;
 use super::stream::UpstreamStream;
-use crate::config::{AcceptAnyCertificate, BackendTlsConfig, PoolConfig};
+use crate::config::{AcceptAnyCertificate, BackendTlsConfig, PoolConfig, UpstreamProtocol};
 use crate::ring::Address;
 
 /// How a pool's connections are made TLS: one rustls client config, shared by every
@@ -51,7 +51,13 @@ impl UpstreamTls {
     pub fn of(settings: &PoolConfig) -> Option<Arc<UpstreamTls>> {
         let tls = settings.tls.as_ref()?;
         let connector = client_config(tls)
-            .map(|c| TlsConnector::from(Arc::new(c)))
+            .map(|mut c| {
+                // An h2 pool says so in ALPN: a TLS worker serving both picks HTTP/2 by it.
+                if settings.protocol == UpstreamProtocol::H2 {
+                    c.alpn_protocols = vec![b"h2".to_vec()];
+                }
+                TlsConnector::from(Arc::new(c))
+            })
             .map_err(|e| {
                 tracing::error!(error = %e, "TLS to workers cannot be set up: their connections will fail");
                 Arc::from(e.to_string())

@@ -191,6 +191,23 @@ pub fn rewrite_h2_request(headers: &mut HeaderMap, authority: Option<&str>, clie
     add_forwarded(headers, client);
 }
 
+/// Rewrites a request's fields for an HTTP/2 worker (from either client version): hop-by-hop
+/// fields removed except `te: trailers` (the one value HTTP/2 allows, and one gRPC servers
+/// require), `Host` dropped (the request's `:authority` carries it), the forwarding fields
+/// added. Cookies stay as they came: HTTP/2 allows them split.
+pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
+    let trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    headers.remove(header::HOST);
+    headers.remove(header::EXPECT);
+    add_forwarded(headers, client);
+}
+
 /// Removes hop-by-hop fields, including those the `Connection` field names, and `Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Runs twice per request. Most messages carry none of these fields: one pass of cheap

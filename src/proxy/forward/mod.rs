@@ -7,6 +7,8 @@
 //! - `headers`: which fields are hop-by-hop, and the forwarding fields that tell the worker
 //!   who the client is;
 //! - `canned`: the proxy's own answers (400 … 504), each body written once;
+//! - `grpc`: which requests are gRPC calls, their deadline, and the proxy's answers and
+//!   cuts as a gRPC client reads them (`grpc-status`);
 //! - `retry`: which failures may go to another worker.
 //!
 //! Whatever HTTP/1 refuses, HTTP/2 refuses the same way, because both ask these functions.
@@ -14,6 +16,7 @@
 pub mod affinity;
 pub mod canned;
 pub mod checks;
+pub mod grpc;
 pub mod headers;
 pub mod retry;
 

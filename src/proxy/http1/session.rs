@@ -29,14 +29,17 @@ use super::chunked::{ChunkError, Output};
 use super::head::put;
 use super::request::{RequestHead, rewrite_request};
 use super::response::{Malformed, ResponseHead, rewrite_response};
+use super::to_h2;
 use crate::access_log::Ended as LogEnded;
 use crate::balance::{Affinity, Attempts, NoWorker, Outcome};
+use crate::config::UpstreamProtocol;
 use crate::db::SyncStatus;
 use crate::proxy::forward::affinity::{self, split_target};
 use crate::proxy::forward::checks::MAX_FIELDS;
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, Reject, checks};
+use crate::proxy::http2::to_h2::{Call, forward as forward_h2};
 use crate::proxy::report::{self, Report};
 use crate::proxy::stamped::Stamped;
 use crate::proxy::stream::ClientStream;
@@ -347,7 +350,11 @@ impl Session<'_> {
             let request = report::h1_request(&self.inbuf[..head.len]);
             self.report.detail(|d| d.request = request);
         }
-        let result = self.forward(head).await;
+        let result = if self.target.balancer.settings.protocol == UpstreamProtocol::H2 {
+            self.forward_to_h2(head).await
+        } else {
+            self.forward(head).await
+        };
         if let Err(abort) = &result {
             self.report.ended(match abort {
                 Abort::Client(_) | Abort::ClientGone => LogEnded::ClientClosed,
@@ -398,6 +405,54 @@ impl Session<'_> {
                 Tried::Failed { .. } => return Ok(self.bad_gateway(&head, whole).await),
             }
         }
+    }
+
+    /// Forwards a request to an h2 pool: sent as a stream by the HTTP/2 path (`to_h2`), its
+    /// body streamed from this connection while the response comes back as HTTP/1.1.
+    async fn forward_to_h2(&mut self, head: RequestHead) -> Result<bool, Abort> {
+        self.target.balancer.count_request();
+        let tls = self.target.connector.tls.is_some();
+        let Some(mut parts) = to_h2::parts_of(&self.req_out[..], tls) else {
+            return Ok(self.own_after(&head, false, &Canned::BAD_REQUEST).await);
+        };
+        self.inbuf.advance(head.len);
+        if head.expect_continue {
+            // HTTP/2 has no use for it: the client is told to go on, and its body streams.
+            parts.headers.remove(hyper::header::EXPECT);
+            let go_on = b"HTTP/1.1 100 Continue\r\n\r\n";
+            self.client.write_all(go_on).await.map_err(Abort::Client)?;
+        }
+        let call = Call::of(&parts.headers);
+        let (tx, body) = to_h2::ChannelBody::new(head.framing);
+        let mut left = BodyLeft::of(head.framing, Output::Data);
+        let target = self.target.clone();
+        let close = !head.keep_alive || self.shutdown.is_draining();
+        let (proxy, peer, report, out) =
+            (self.proxy, &self.peer, &mut self.report, &mut self.res_out);
+        let (mut rd, mut wr) = self.client.split();
+        let pump = to_h2::pump(&mut rd, &mut self.inbuf, &mut left, tx);
+        let exchange = async {
+            let response = forward_h2(proxy, &target, parts, body, peer, call, report).await;
+            let written =
+                to_h2::write_response(&mut wr, response, out, head.head, head.http10, close).await;
+            (written, report)
+        };
+        tokio::pin!(pump, exchange);
+        let mut pumped = None;
+        let (written, report) = loop {
+            tokio::select! {
+                w = &mut exchange => break w,
+                p = &mut pump, if pumped.is_none() => pumped = Some(p),
+            }
+        };
+        let written = written.map_err(Abort::Client)?;
+        report.detail(|d| d.bytes_out = written.body_bytes);
+        // The connection goes on only if the request's body was read whole and the
+        // response ended as its framing said.
+        Ok(matches!(pumped, Some(to_h2::Pumped::Done))
+            && written.clean
+            && !written.close_delimited
+            && !close)
     }
 
     /// Points `target` at the pool the request in `inbuf` goes to (see `Targets::route`).

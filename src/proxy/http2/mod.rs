@@ -1,13 +1,15 @@
 //! The HTTP/2 transport (prior knowledge, h2c): hyper serves the client; each request (one
 //! stream) is checked and rewritten by the forwarding policy (`forward`), picks a worker
-//! afresh and goes to it as HTTP/1.1 (`worker`), on the connections the HTTP/1 transport
-//! uses too.
+//! afresh and goes to it as its pool says: as HTTP/1.1 (`to_http1`), on the connections
+//! the HTTP/1 transport uses too, or as a stream on a shared HTTP/2 connection (`to_h2`).
 //!
 //! Bodies stream through without buffering, trailers included. What is refused, what the
 //! proxy answers itself and when a request goes to another worker are the same as on the
 //! HTTP/1 path, because both ask `forward`.
 
-mod worker;
+mod replay;
+pub mod to_h2;
+mod to_http1;
 
 use std::convert::Infallible;
 use std::io;
@@ -35,7 +37,7 @@ use super::HttpProxy;
 use super::forward::affinity;
 use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
-use super::forward::{Canned, Reject, checks};
+use super::forward::{Canned, Reject, checks, grpc};
 use super::http1::head::{Framing, put, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
@@ -43,12 +45,15 @@ use super::stream::ClientStream;
 use super::target::Target;
 use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
+use crate::config::UpstreamProtocol;
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
-use worker::{Failed, Outbound, WorkerBody};
+use to_h2::{Call, H2Body};
+use to_http1::{Failed, Outbound, WorkerBody};
 
-/// What a response to the client carries: a worker's body, or the proxy's own answer.
-pub type ProxyBody = Either<WorkerBody, Full<Bytes>>;
+/// What a response to the client carries: an HTTP/1.1 or an h2 worker's body, or the
+/// proxy's own answer.
+pub type ProxyBody = Either<Either<WorkerBody, H2Body>, Full<Bytes>>;
 
 /// What keeps a client connection alive: bytes moving either way, or a stream open.
 #[derive(Default)]
@@ -222,18 +227,23 @@ async fn handle(
         let logged = logged_request(&request);
         report.detail(|d| d.request = Some(logged));
     }
+    let grpc = grpc::is_call(request.headers());
+    if settings.protocol == UpstreamProtocol::H2 {
+        let call = Call::of(request.headers());
+        return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
+            Ok((parts, body)) => {
+                to_h2::forward(proxy, target, parts, body, client, call, report).await
+            }
+            Err(reject) => call.own(report, &rejected(reject)),
+        };
+    }
     let (parts, length, body) = match prepare(request, client) {
         Ok(prepared) => prepared,
-        Err(reject) => {
-            if let Reject::BadRequest(why) = reject {
-                tracing::debug!(why, "bad request");
-            }
-            return own(report, &reject.canned());
-        }
+        Err(reject) => return own(report, &rejected(reject), grpc),
     };
     let Some((framing, first, body)) = body_framing(length, body).await else {
         // The client's stream broke before its body began: nobody reads an answer.
-        return own(report, &Canned::BAD_REQUEST);
+        return own(report, &Canned::BAD_REQUEST, grpc);
     };
     let mut out = Outbound {
         head: write_head(&parts, length, framing),
@@ -260,12 +270,18 @@ async fn handle(
     loop {
         let (worker, may_retry) = match attempts.next(balancer, &affinity) {
             Ok(next) => next,
-            Err(NoWorker::Exhausted) => return own(report, &Canned::BAD_GATEWAY),
-            Err(none) => return own(report, &Canned::no_worker(none, balancer, &proxy.sync)),
+            Err(NoWorker::Exhausted) => return own(report, &Canned::BAD_GATEWAY, grpc),
+            Err(none) => {
+                return own(
+                    report,
+                    &Canned::no_worker(none, balancer, &proxy.sync),
+                    grpc,
+                );
+            }
         };
         report.tried(worker.clone());
         let exchanged =
-            worker::exchange(&worker, &target.connector, settings, &mut out, &mut body).await;
+            to_http1::exchange(&worker, &target.connector, settings, &mut out, &mut body).await;
         report.detail(|d| d.connect = out.connect);
         let (failure, outcome, error) = match exchanged {
             Ok(response) => {
@@ -290,7 +306,7 @@ async fn handle(
                     if let Some(uploaded) = out.uploaded.take() {
                         report.detail(|d| d.uploading = Some(uploaded));
                     }
-                    return response.map(Either::Left);
+                    return response.map(|body| Either::Left(Either::Left(body)));
                 }
                 tracing::info!(backend = %worker.address.text, status, "retrying on another worker");
                 continue;
@@ -304,12 +320,12 @@ async fn handle(
                         timeout_ms = settings.response_timeout.as_millis() as u64,
                         suppressed, "no response headers in time");
                 }
-                return own(report, &Canned::GATEWAY_TIMEOUT);
+                return own(report, &Canned::GATEWAY_TIMEOUT, grpc);
             }
             // The client's doing, not the worker's: nothing is recorded against it.
-            Err(Failed::Refused(reject)) => return own(report, &reject.canned()),
-            Err(Failed::ClientStalled) => return own(report, &Canned::REQUEST_TIMEOUT),
-            Err(Failed::ClientGone) => return own(report, &Canned::BAD_REQUEST),
+            Err(Failed::Refused(reject)) => return own(report, &reject.canned(), grpc),
+            Err(Failed::ClientStalled) => return own(report, &Canned::REQUEST_TIMEOUT, grpc),
+            Err(Failed::ClientGone) => return own(report, &Canned::BAD_REQUEST, grpc),
         };
         balancer.record(&worker, outcome);
         if let Some(suppressed) = worker.state.log_gate.allow() {
@@ -318,7 +334,7 @@ async fn handle(
         }
         // After a connect failure the body (if any) was not taken: the request goes on whole.
         if !retry::should_retry(failure, out.replayable, may_retry, &balancer.budget) {
-            return own(report, &Canned::BAD_GATEWAY);
+            return own(report, &Canned::BAD_GATEWAY, grpc);
         }
     }
 }
@@ -346,10 +362,24 @@ fn logged_request(request: &Request<Incoming>) -> Http {
     }
 }
 
-/// One of the proxy's own answers, as this transport sends it.
-fn own(report: &mut Report, answer: &Canned) -> Response<ProxyBody> {
+/// One of the proxy's own answers, as this transport sends it: as gRPC says it to a gRPC
+/// call (`grpc`), plain HTTP otherwise. Reported with its HTTP status either way.
+fn own(report: &mut Report, answer: &Canned, grpc: bool) -> Response<ProxyBody> {
     report.answered_own(answer.status);
-    answer.to_response().map(Either::Right)
+    let response = if grpc {
+        grpc::answer(answer)
+    } else {
+        answer.to_response()
+    };
+    response.map(Either::Right)
+}
+
+/// The answer to a request the policy refused.
+fn rejected(reject: Reject) -> Canned {
+    if let Reject::BadRequest(why) = reject {
+        tracing::debug!(why, "bad request");
+    }
+    reject.canned()
 }
 
 /// Checks an HTTP/2 request with the rules the HTTP/1 path applies and rewrites its fields
@@ -361,6 +391,44 @@ fn prepare(
     client: &Client,
 ) -> Result<(Parts, Option<u64>, Incoming), Reject> {
     let (mut parts, body) = request.into_parts();
+    let authority = check(&parts)?;
+    headers::rewrite_h2_request(&mut parts.headers, authority.as_deref(), client);
+    // One value, written once by `write_head` (h2 lets equal duplicates through, and some
+    // HTTP/1 servers refuse two Content-Length lines).
+    let mut length = None;
+    for v in parts.headers.get_all(header::CONTENT_LENGTH) {
+        let n = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(Reject::BadRequest("invalid Content-Length"))?;
+        if length.is_some_and(|m| m != n) {
+            return Err(Reject::BadRequest("conflicting Content-Length"));
+        }
+        length = Some(n);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok((parts, length, body))
+}
+
+/// Checks an HTTP/2 request as `prepare` does and rewrites it for an h2 worker: fields
+/// as `headers::rewrite_for_h2_worker` says, the target an absolute URI (`tls`: the
+/// worker connection's scheme).
+fn prepare_for_h2(
+    request: Request<Incoming>,
+    client: &Client,
+    tls: bool,
+) -> Result<(Parts, Incoming), Reject> {
+    let (mut parts, body) = request.into_parts();
+    check(&parts)?;
+    parts.uri = to_h2::worker_uri(&parts.uri, parts.headers.get(header::HOST), tls)
+        .ok_or(Reject::BadRequest("no usable authority"))?;
+    headers::rewrite_for_h2_worker(&mut parts.headers, client);
+    Ok((parts, body))
+}
+
+/// The checks every HTTP/2 request passes, the HTTP/1 path's rules: method, field count,
+/// one authority, path. Returns the `:authority`.
+fn check(parts: &Parts) -> Result<Option<String>, Reject> {
     checks::method(parts.method.as_str().as_bytes())?;
     checks::field_count(parts.headers.len())?;
     let authority = parts.uri.authority().map(|a| a.as_str().to_string());
@@ -379,22 +447,7 @@ fn prepare(
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     checks::path(path.as_bytes())?;
-    headers::rewrite_h2_request(&mut parts.headers, authority.as_deref(), client);
-    // One value, written once by `write_head` (h2 lets equal duplicates through, and some
-    // HTTP/1 servers refuse two Content-Length lines).
-    let mut length = None;
-    for v in parts.headers.get_all(header::CONTENT_LENGTH) {
-        let n = std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or(Reject::BadRequest("invalid Content-Length"))?;
-        if length.is_some_and(|m| m != n) {
-            return Err(Reject::BadRequest("conflicting Content-Length"));
-        }
-        length = Some(n);
-    }
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Ok((parts, length, body))
+    Ok(authority)
 }
 
 /// How the body goes to the worker: as it came when its length is known, chunked when it

@@ -1,0 +1,404 @@
+//! A request's exchange with a `protocol = "h2"` worker: one stream on a connection the
+//! worker's other requests share (`upstream::h2`), picked afresh for each request, so one
+//! client connection — a gRPC channel — spreads over every worker by weight.
+//!
+//! The request goes with its fields as the client sent them, rewritten for the worker
+//! (`headers::rewrite_for_h2_worker`); bodies and trailers stream both ways through hyper,
+//! unbuffered. It goes to another worker only when the first did not process it: a failed
+//! connect, a refused stream, a stream above a GOAWAY's last stream id (its body comes back
+//! for that, `replay`); or, as on the HTTP/1 path, a bodiless idempotent request that is not
+//! a gRPC call, after a broken stream or a 502–504.
+//!
+//! A gRPC call's `grpc-timeout` bounds the whole call: before its response head the proxy
+//! answers `DEADLINE_EXCEEDED` itself, after it the response ends with that status in its
+//! trailers and the worker's stream is reset. A gRPC response that breaks off (the worker
+//! went, the drain deadline cut it) ends with `UNAVAILABLE` rather than a reset stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Either;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Request, Response, Uri, Version};
+use tokio::time::{Instant, Sleep};
+
+use super::replay::{Progress, Source, Upload};
+use super::{ProxyBody, own};
+use crate::balance::{Attempts, NoWorker, Outcome};
+use crate::proxy::HttpProxy;
+use crate::proxy::forward::grpc::{self, Code};
+use crate::proxy::forward::headers::Client;
+use crate::proxy::forward::retry::{self, Failure};
+use crate::proxy::forward::{Canned, affinity};
+use crate::proxy::report::Report;
+use crate::proxy::target::Target;
+use crate::ring::state::now_ms;
+use crate::ring::{InFlight, Worker};
+use crate::upstream::IdleConns;
+use crate::upstream::h2::{Slot, Unprocessed, unprocessed};
+
+/// What is known of the call before it goes out.
+pub struct Call {
+    /// Its content type says gRPC: answers and cuts are said with `grpc-status`.
+    pub grpc: bool,
+    /// When a gRPC call's `grpc-timeout` runs out.
+    pub deadline: Option<Instant>,
+}
+
+impl Call {
+    pub fn of(headers: &hyper::HeaderMap) -> Call {
+        let grpc = grpc::is_call(headers);
+        let deadline = grpc
+            .then(|| grpc::timeout(headers))
+            .flatten()
+            .map(|t| Instant::now() + t);
+        Call { grpc, deadline }
+    }
+
+    /// One of the proxy's own answers, as this call's client reads it.
+    pub fn own(&self, report: &mut Report, answer: &Canned) -> Response<ProxyBody> {
+        own(report, answer, self.grpc)
+    }
+}
+
+/// Forwards a request (head already checked and rewritten for an h2 worker, its URI
+/// absolute) to a worker of `target`'s pool, picking again when the policy allows.
+pub async fn forward<B: Source>(
+    proxy: &HttpProxy,
+    target: &Target,
+    parts: Parts,
+    body: B,
+    client: &Client,
+    call: Call,
+    report: &mut Report,
+) -> Response<ProxyBody> {
+    let balancer = &target.balancer;
+    let bodiless = body.is_end_stream();
+    // Sent again after a broken stream only as HTTP/1 would: no body, idempotent, and
+    // not a gRPC call (whose outcome the worker may already have acted on).
+    let replayable = bodiless && !call.grpc && retry::idempotent(parts.method.as_str().as_bytes());
+    let mut upload = Upload::new(body);
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let affinity = affinity::of(
+        balancer,
+        &proxy.hash_key,
+        client.address.ip(),
+        path_and_query.as_bytes(),
+        &parts.headers,
+    );
+    let mut attempts = Attempts::default();
+    loop {
+        let (worker, may_retry) = match attempts.next(balancer, &affinity) {
+            Ok(next) => next,
+            Err(NoWorker::Exhausted) => return call.own(report, &Canned::BAD_GATEWAY),
+            Err(none) => {
+                let answer = Canned::no_worker(none, balancer, &proxy.sync);
+                return call.own(report, &answer);
+            }
+        };
+        report.tried(worker.clone());
+        let exchanged = exchange(&worker, target, &parts, &mut upload, client, &call, report);
+        let failure = match exchanged.await {
+            Exchanged::Answered(response) => {
+                let status = response.status().as_u16();
+                if matches!(status, 502..=504)
+                    && retry::should_retry(
+                        Failure::GatewayStatus,
+                        replayable,
+                        may_retry,
+                        &balancer.budget,
+                    )
+                {
+                    tracing::info!(backend = %worker.address.text, status,
+                        "retrying on another worker");
+                    continue;
+                }
+                report.answered(status);
+                let mut response = response;
+                if !attempts.stuck
+                    && let Some(cookie) = balancer.stick(&worker)
+                    && let Ok(value) = HeaderValue::try_from(cookie)
+                {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
+                return response;
+            }
+            Exchanged::Own(answer) => return call.own(report, &answer),
+            Exchanged::Failed(failure) => failure,
+        };
+        let replayable = failure == Failure::NotSent || replayable;
+        if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
+            return call.own(report, &Canned::BAD_GATEWAY);
+        }
+    }
+}
+
+/// How one worker's exchange ended.
+enum Exchanged {
+    /// Its response head, the body streaming behind it.
+    Answered(Response<ProxyBody>),
+    /// The proxy answers (a timeout, a stalled client).
+    Own(Canned),
+    /// No response; another worker may be tried if `Failure` allows it (its body is
+    /// back in the upload whenever it can go again).
+    Failed(Failure),
+}
+
+/// Connections of one worker a request may go through when each says GOAWAY before the
+/// request is processed: a worker that recycles its connections (nginx after
+/// `http2_max_requests`, for one) is not failing, and the request stays with it.
+const RESENDS: u32 = 2;
+
+/// Sends the request to `worker` and waits for its response head.
+async fn exchange<B: Source>(
+    worker: &Arc<Worker>,
+    target: &Target,
+    parts: &Parts,
+    upload: &mut Upload<B>,
+    client: &Client,
+    call: &Call,
+    report: &mut Report,
+) -> Exchanged {
+    let balancer = &target.balancer;
+    let settings = &balancer.settings;
+    let mut resends = 0;
+    loop {
+        // Counted before the connection is made, as the HTTP/1 path does: picks that
+        // respect `max_connections` see requests still connecting.
+        let in_flight = InFlight::new(worker.clone());
+        let store = IdleConns::of(worker);
+        let connected = store
+            .h2
+            .stream(worker, &target.connector, settings, client.address)
+            .await;
+        let slot = match connected {
+            Ok((slot, dialled)) => {
+                report.detail(|d| d.connect = dialled);
+                slot
+            }
+            Err(e) => {
+                balancer.record(worker, Outcome::Connect);
+                if let Some(suppressed) = worker.state.log_gate.allow() {
+                    tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                        error = %e, suppressed, "backend failed");
+                }
+                // Nothing went out: the body is still whole.
+                return Exchanged::Failed(Failure::NotSent);
+            }
+        };
+        let Some((body, returned)) = upload.attempt() else {
+            return Exchanged::Own(Canned::BAD_GATEWAY);
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.version_mut() = Version::HTTP_2;
+        *request.headers_mut() = parts.headers.clone();
+        let sent = slot.sender().send_request(request);
+        let waited = wait_head(
+            sent,
+            settings.response_timeout,
+            &upload.progress,
+            call.deadline,
+        )
+        .await;
+        let error = match waited {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                balancer.record(worker, Outcome::Status(status));
+                // A bodiless request may go again after a 502–504 (see `forward`); its empty
+                // body came back as soon as the request went.
+                if matches!(status, 502..=504) && upload.bodiless {
+                    upload.recover(returned).await;
+                }
+                return Exchanged::Answered(response.map(|body| {
+                    Either::Left(Either::Right(H2Body::new(body, slot, in_flight, call)))
+                }));
+            }
+            Err(Waited::Deadline) => return Exchanged::Own(Canned::GATEWAY_TIMEOUT),
+            Err(Waited::Timeout) => {
+                balancer.record(worker, Outcome::Timeout);
+                if let Some(suppressed) = worker.state.log_gate.allow() {
+                    tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                        timeout_ms = settings.response_timeout.as_millis() as u64,
+                        suppressed, "no response headers in time");
+                }
+                return Exchanged::Own(Canned::GATEWAY_TIMEOUT);
+            }
+            Err(Waited::ClientStalled) => return Exchanged::Own(Canned::REQUEST_TIMEOUT),
+            Err(Waited::Failed(e)) => e,
+        };
+        let Some(why) = unprocessed(&error) else {
+            balancer.record(worker, Outcome::Reset);
+            if let Some(suppressed) = worker.state.log_gate.allow() {
+                tracing::warn!(backend = %worker.address.text, worker = worker.id,
+                    error = %error, suppressed, "backend failed");
+            }
+            // Only a bodiless request goes again after this (see `forward`).
+            if upload.bodiless {
+                upload.recover(returned).await;
+            }
+            return Exchanged::Failed(Failure::Broken);
+        };
+        tracing::debug!(backend = %worker.address.text, error = %error,
+            "the worker did not process the stream");
+        if !upload.recover(returned).await {
+            // More of its body went out than can be sent again.
+            return Exchanged::Own(Canned::BAD_GATEWAY);
+        }
+        if why == Unprocessed::Connection {
+            slot.connection_closing();
+            if resends < RESENDS {
+                resends += 1;
+                continue;
+            }
+        }
+        return Exchanged::Failed(Failure::NotSent);
+    }
+}
+
+/// Why no response head came.
+enum Waited {
+    Failed(hyper::Error),
+    /// None within `response_timeout` of the request's last byte.
+    Timeout,
+    /// The client sent no body byte for `response_timeout`: not the worker's doing.
+    ClientStalled,
+    /// The gRPC call's deadline passed.
+    Deadline,
+}
+
+/// Waits for the response head. The response timeout runs from the request's last byte
+/// (a client-streaming call's response comes after its requests), the call's deadline
+/// from its start.
+async fn wait_head(
+    sent: impl Future<Output = Result<Response<Incoming>, hyper::Error>>,
+    response_timeout: Duration,
+    progress: &Progress,
+    deadline: Option<Instant>,
+) -> Result<Response<Incoming>, Waited> {
+    tokio::pin!(sent);
+    let timeout_ms = response_timeout.as_millis() as u64;
+    loop {
+        let since = progress.last_ms.load(Ordering::Relaxed);
+        let left = (since + timeout_ms).saturating_sub(now_ms());
+        let timeout = Instant::now() + Duration::from_millis(left);
+        let wake = deadline.map_or(timeout, |d| d.min(timeout));
+        tokio::select! {
+            r = &mut sent => return r.map_err(Waited::Failed),
+            _ = tokio::time::sleep_until(wake) => {
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    return Err(Waited::Deadline);
+                }
+                if progress.last_ms.load(Ordering::Relaxed) != since {
+                    continue;
+                }
+                return Err(if progress.done.load(Ordering::Relaxed) {
+                    Waited::Timeout
+                } else {
+                    Waited::ClientStalled
+                });
+            }
+        }
+    }
+}
+
+/// An h2 worker's response body on its way to the client. It holds the stream's place on
+/// its connection and its count on the worker until it ends; a gRPC call's body ends at
+/// its deadline, and with `grpc-status` when it breaks off.
+pub struct H2Body {
+    body: Incoming,
+    _slot: Slot,
+    _in_flight: InFlight,
+    grpc: bool,
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The last frame was given: nothing more comes.
+    ended: bool,
+}
+
+impl H2Body {
+    fn new(body: Incoming, slot: Slot, in_flight: InFlight, call: &Call) -> H2Body {
+        H2Body {
+            body,
+            _slot: slot,
+            _in_flight: in_flight,
+            grpc: call.grpc,
+            deadline: call.deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            ended: false,
+        }
+    }
+
+    fn end_with(
+        &mut self,
+        code: Code,
+        why: &str,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.ended = true;
+        Poll::Ready(Some(Ok(Frame::trailers(grpc::trailers(code, why)))))
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = &mut self.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            // Dropped with this body, the worker's stream is reset: its call is cancelled.
+            return self.end_with(Code::DeadlineExceeded, "deadline exceeded at the proxy");
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) if self.grpc => {
+                let why = format!("the worker's stream broke: {e}");
+                self.end_with(Code::Unavailable, &why)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The absolute URI an h2 worker gets: the scheme of the connection to it, the client's
+/// `:authority` (or `Host`), and the path.
+pub fn worker_uri(uri: &Uri, host: Option<&HeaderValue>, tls: bool) -> Option<Uri> {
+    let authority = match uri.authority() {
+        Some(a) => a.clone(),
+        None => hyper::http::uri::Authority::try_from(host?.as_bytes()).ok()?,
+    };
+    Uri::builder()
+        .scheme(if tls { "https" } else { "http" })
+        .authority(authority)
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .ok()
+}

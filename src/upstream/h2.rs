@@ -1,0 +1,349 @@
+//! HTTP/2 connections to a `protocol = "h2"` worker, shared by every request sent to it:
+//! each request is one stream, and a connection carries up to the pool's
+//! `max_streams_per_connection` at once before another is opened.
+//!
+//! A request takes a stream slot on the first open connection with room, without a lock;
+//! only when none has room does it dial, one dial per worker at a time (a burst of streams
+//! to a new worker makes one connection, not a hundred). The connections live beside the
+//! worker's idle HTTP/1.1 ones (`IdleConns`), so a reweight keeps them and a removed worker
+//! takes them with it. hyper drives each connection in a task of its own: PINGs keep it
+//! checked while idle, and when it ends (the worker closed it, its GOAWAY's streams are
+//! done, the drain deadline cut it) it leaves the worker's list.
+//!
+//! Flow-control windows are far above HTTP/2's 64 KiB default: one stream must be able to
+//! move hundreds of megabytes a second, and the worker's memory, not the window, is what
+//! bounds a slow reader.
+
+use std::error::Error as StdError;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{ConnectError, Connector, Upstream, connect_upstream};
+use crate::config::PoolConfig;
+use crate::ring::Worker;
+use crate::ring::state::now_ms;
+
+/// A request body on its way to an h2 worker: boxed, because a client's body comes in
+/// several shapes (an HTTP/2 stream, an HTTP/1.1 body, nothing) and a connection takes one.
+pub type StreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
+
+/// Receive windows we advertise: per stream and for the whole connection.
+const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// Bytes of one stream's body hyper buffers toward the worker before it waits.
+const SEND_BUFFER: usize = 1024 * 1024;
+/// A connection silent this long gets a PING; one not answered in `PING_TIMEOUT` is closed.
+const PING_INTERVAL: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP/2 connections of one worker.
+#[derive(Default)]
+pub struct Multiplexed {
+    conns: ArcSwap<Vec<Arc<Conn>>>,
+    /// Held while dialling: one new connection per worker at a time. The value is the
+    /// last failed dial, for those who waited on it (see `stream`).
+    dialling: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
+}
+
+/// One connection: the handle streams are opened with, and how many are open.
+struct Conn {
+    send: SendRequest<StreamBody>,
+    open: AtomicU32,
+    /// Streams it may carry at once (`max_streams_per_connection`).
+    max: u32,
+    /// When its last stream ended (`now_ms()`), for the idle timeout.
+    idle_since: AtomicU64,
+    /// It said GOAWAY, or its driver ended: no new stream goes on it.
+    closing: AtomicBool,
+}
+
+impl Conn {
+    /// A stream slot on this connection, if it has room and is still open.
+    fn try_open(self: &Arc<Conn>) -> Option<Slot> {
+        if self.closing.load(Ordering::Relaxed) || self.send.is_closed() {
+            return None;
+        }
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One stream's place on a connection, given back when dropped (when the response has
+/// ended, or the request failed).
+pub struct Slot(Arc<Conn>);
+
+impl Slot {
+    /// The connection's handle to send this stream's request with.
+    pub fn sender(&self) -> SendRequest<StreamBody> {
+        self.0.send.clone()
+    }
+
+    /// The worker refused new streams on this connection (GOAWAY): none go on it again.
+    pub fn connection_closing(&self) {
+        self.0.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.idle_since.store(now_ms(), Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Multiplexed {
+    /// A stream slot to `worker`: on a connection with room, or on a new one. The second
+    /// value is how long dialling took, when this request dialled.
+    pub async fn stream(
+        &self,
+        worker: &Worker,
+        connector: &Connector,
+        settings: &PoolConfig,
+        client: std::net::SocketAddr,
+    ) -> Result<(Slot, Option<Duration>), ConnectError> {
+        if let Some(slot) = self.open_slot() {
+            return Ok((slot, None));
+        }
+        let waited = Instant::now();
+        let mut dialling = self.dialling.lock().await;
+        // Whoever held the lock may have made room.
+        if let Some(slot) = self.open_slot() {
+            return Ok((slot, None));
+        }
+        // A dial that failed while this request waited is this request's answer too: the
+        // waiters of a dead worker fail together, not one connect timeout after another.
+        if let Some((at, why)) = &*dialling
+            && *at >= waited
+        {
+            return Err(ConnectError::Io(
+                worker.address.text.clone(),
+                io::Error::other(why.to_string()),
+            ));
+        }
+        let dialled = Instant::now();
+        match self.dial(worker, connector, settings, client).await {
+            Ok(conn) => {
+                let slot = conn.try_open().expect("a new connection has room");
+                self.conns.rcu(|conns| {
+                    let mut conns = Vec::clone(conns);
+                    conns.push(conn.clone());
+                    conns
+                });
+                Ok((slot, Some(dialled.elapsed())))
+            }
+            Err(e) => {
+                *dialling = Some((Instant::now(), e.to_string().into()));
+                Err(e)
+            }
+        }
+    }
+
+    fn open_slot(&self) -> Option<Slot> {
+        self.conns.load().iter().find_map(Conn::try_open)
+    }
+
+    /// A new connection to `worker`, with its HTTP/2 handshake sent and its driver running.
+    async fn dial(
+        &self,
+        worker: &Worker,
+        connector: &Connector,
+        settings: &PoolConfig,
+        client: std::net::SocketAddr,
+    ) -> Result<Arc<Conn>, ConnectError> {
+        let up = connect_upstream(worker, connector, client).await?;
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buf_size(SEND_BUFFER)
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let io_error = |e: hyper::Error| {
+            ConnectError::Io(worker.address.text.clone(), io::Error::other(e.to_string()))
+        };
+        let (send, connection) = builder
+            .handshake(TokioIo::new(Io(up)))
+            .await
+            .map_err(io_error)?;
+        let conn = Arc::new(Conn {
+            send,
+            open: AtomicU32::new(0),
+            max: settings.max_streams_per_connection,
+            idle_since: AtomicU64::new(now_ms()),
+            closing: AtomicBool::new(false),
+        });
+        let (address, id) = (worker.address.text.clone(), worker.id);
+        // The driver holds the list weakly through the worker's store: the list holds the
+        // connection, and a removed worker must not be kept alive by its connections.
+        let this = Arc::downgrade(&conn);
+        let list = ListHandle::of(worker);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = %address, worker = id, error = %e,
+                    "HTTP/2 connection to a worker ended");
+            }
+            if let Some(conn) = this.upgrade() {
+                conn.closing.store(true, Ordering::Relaxed);
+                list.remove(&conn);
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Closes the connections with no stream open that have been idle since before
+    /// `oldest` (a `now_ms()`; every idle one when `u64::MAX`); returns how many.
+    pub fn expire(&self, oldest: u64) -> usize {
+        let doomed: Vec<Arc<Conn>> = self
+            .conns
+            .load()
+            .iter()
+            .filter(|c| {
+                c.open.load(Ordering::Acquire) == 0
+                    && (c.idle_since.load(Ordering::Relaxed) < oldest
+                        || c.closing.load(Ordering::Relaxed)
+                        || c.send.is_closed())
+            })
+            .cloned()
+            .collect();
+        for conn in &doomed {
+            // No new stream goes on it; dropping the last handle (the list's) makes hyper
+            // close it with GOAWAY once no stream is open.
+            conn.closing.store(true, Ordering::Relaxed);
+            self.remove(conn);
+        }
+        doomed.len()
+    }
+
+    fn remove(&self, conn: &Arc<Conn>) {
+        self.conns.rcu(|conns| {
+            conns
+                .iter()
+                .filter(|c| !Arc::ptr_eq(c, conn))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.conns.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a connection's driver finds its worker's list when it ends, without holding the
+/// worker: the worker's state, weakly.
+struct ListHandle(std::sync::Weak<crate::ring::WorkerState>);
+
+impl ListHandle {
+    fn of(worker: &Worker) -> ListHandle {
+        ListHandle(Arc::downgrade(&worker.state))
+    }
+
+    fn remove(&self, conn: &Arc<Conn>) {
+        if let Some(state) = self.0.upgrade()
+            && let Some(store) = state.attached.peek::<super::IdleConns>()
+        {
+            store.h2.remove(conn);
+        }
+    }
+}
+
+/// Why a failed stream never reached the worker's application, so the request may go to
+/// another worker whatever it is (RFC 9113 §8.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unprocessed {
+    /// The worker refused this stream (`REFUSED_STREAM`); its connection takes others.
+    Stream,
+    /// The connection is going: a graceful GOAWAY left the stream above the last one the
+    /// worker processes, or hyper never sent it (the connection was closing).
+    Connection,
+}
+
+/// Whether `error`, a stream's failure before its response, left the request unprocessed.
+pub fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
+    if error.is_canceled() {
+        return Some(Unprocessed::Connection);
+    }
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if !h2.is_remote() {
+                return None;
+            }
+            return match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) if h2.is_reset() => Some(Unprocessed::Stream),
+                // A GOAWAY with an error code may also cut streams below its last id: only
+                // the graceful one says for sure which were not processed.
+                Some(h2::Reason::NO_ERROR) if h2.is_go_away() => Some(Unprocessed::Connection),
+                _ => None,
+            };
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// A worker connection as hyper reads and writes it; holding the `Upstream` keeps its
+/// drain watcher, which cuts the socket once the worker has been drained too long.
+struct Io(Upstream);
+
+impl AsyncRead for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.stream).poll_shutdown(cx)
+    }
+}
