@@ -22,7 +22,7 @@
 # grpc-status in its trailers. So each run is checked twice: one call with curl must end
 # with `grpc-status: 0`, and the calls the servers say they answered (grpc_echo prints its
 # count on SIGTERM) must equal the calls h2load completed; the difference is the `lost`
-# column. Every repetition starts every mode afresh (servers and proxy). Prints medians over
+# column. Each run's line also shows the calls per server, so per-call balancing shows. Every repetition starts every mode afresh (servers and proxy). Prints medians over
 # the repetitions, calls/s as a ratio to direct and the proxy's CPU per call as a ratio to
 # HAProxy's.
 #
@@ -137,13 +137,15 @@ start_servers() {   # sets SERVER_PIDS; each server's log ends with its call cou
   done
 }
 
-stop_servers() {   # prints the calls all servers answered
-  local pid p total=0
+stop_servers() {   # sets ANSWERED, the calls all servers answered, and SPREAD, each one's
+  # Not in a $(…) subshell: only this shell can wait for its servers to write their counts.
+  local pid p n
+  ANSWERED=0 SPREAD=""
   for pid in "${SERVER_PIDS[@]}"; do kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; done
   for p in "${PORTS[@]}"; do
-    total=$((total + $(awk '/ calls$/ {print $2}' "$TMP/server-$p.log")))
+    n=$(awk '/ calls$/ {print $2}' "$TMP/server-$p.log")
+    ANSWERED=$((ANSWERED + n)) SPREAD=$SPREAD${SPREAD:+/}$n
   done
-  echo $total
 }
 
 start() {   # start mode $1's proxy pinned to PROXY_CPU (none for direct); sets PID and TARGET
@@ -192,14 +194,14 @@ for rep in $(seq "$REPS"); do
     read -r ok failed < <(h2load_run "$CALLS")
     s1=$(cpu_ticks "${SERVER_PIDS[@]}") p1=$([ -n "$PID" ] && cpu_ticks $PID || echo 0)
     [ -n "$PID" ] && { kill $PID; wait $PID 2>/dev/null || true; }
-    answered=$(stop_servers)
-    lost=$((1 + warm_ok + ok - answered))   # 1: start's check call
+    stop_servers
+    lost=$((1 + warm_ok + ok - ANSWERED))   # 1: start's check call
     cps=$(awk '/^finished in/ {print $4}' "$TMP/out")
     client=$(awk -v n="$ok" '{print ($1 + $2) * 1e6 / n}' "$TMP/time")
     server=$(echo "($s1 - $s0) * 1000000 / $TCK / $ok" | bc -l)
     proxy=$(echo "($p1 - $p0) * 1000000 / $TCK / $ok" | bc -l)
-    printf "  [%s/%s] %-8s %9.0f calls/s  us/call: client %6.2f  servers %6.2f  proxy %6.2f  failed %s lost %s\n" \
-      "$rep" "$REPS" $mode "$cps" "$client" "$server" "$proxy" "$failed" "$lost"
+    printf "  [%s/%s] %-8s %9.0f calls/s  us/call: client %6.2f  servers %6.2f  proxy %6.2f  failed %s lost %s  per server %s\n" \
+      "$rep" "$REPS" $mode "$cps" "$client" "$server" "$proxy" "$failed" "$lost" "$SPREAD"
     echo "$mode $cps $client $server $proxy $failed $lost $rep" >>"$RESULTS"
   done
 done
