@@ -13,17 +13,20 @@
 # the servers registered as workers in PostgreSQL). MODES="direct lb" runs a subset.
 #
 # Layout (needs 2 cores), as in bench/whole-proxy.sh: h2load and the servers on LOAD_CPU, the
-# proxy alone on PROXY_CPU. So direct runs on one core while a proxied run has a second one
-# to itself: calls/s through a proxy can exceed direct, and the CPU columns are the figures
-# to compare. CPU per call is user+system time over the measured run divided by the calls it
+# proxy alone on PROXY_CPU. Direct runs on one core; a proxied run has a second one, yet on
+# 2 cores its calls/s is far below direct while neither core is saturated (each call crosses
+# cores twice more, and the servers get smaller batches), for HAProxy as for load_balancer.
+# So calls/s says little here about the proxy; its CPU per call is the figure to compare.
+# CPU per call is user+system time over the measured run divided by the calls it
 # completed, for the proxy, for all servers together, and for h2load.
 #
 # h2load counts HTTP statuses only, and a failed gRPC call is an HTTP 200 with a non-zero
 # grpc-status in its trailers. So each run is checked twice: one call with curl must end
 # with `grpc-status: 0`, and the calls the servers say they answered (grpc_echo prints its
 # count on SIGTERM) must equal the calls h2load completed; the difference is the `lost`
-# column. Each run's line also shows the calls per server, so per-call balancing shows. Every repetition starts every mode afresh (servers and proxy). Prints medians over
-# the repetitions, calls/s as a ratio to direct and the proxy's CPU per call as a ratio to
+# column. Each run's line also shows the calls per server, so per-call balancing shows.
+# Every repetition starts every mode afresh (servers and proxy). Prints medians over the
+# repetitions, calls/s as a ratio to direct and the proxy's CPU per call as a ratio to
 # HAProxy's.
 #
 # usage: [MODES="direct haproxy lb"] bench/grpc-unary.sh [-r REPS] [-n CALLS] [-c CONNS]
