@@ -10,7 +10,13 @@
 #
 # -2 (--h2): the clients speak HTTP/2 (h2c, prior knowledge) with h2load, 10 streams at
 # once per connection; HAProxy binds with `proto h2`, nginx with `http2`; the backends stay
-# HTTP/1.1. The latency column is then h2load's mean request time (it prints no p99).
+# HTTP/1.1 (unless -b h2). The latency column is then h2load's mean request time (it prints no p99).
+#
+# -b h2 (--backend h2): the backends speak HTTP/2 too (h2c, prior knowledge: nginx 1.22's
+# `listen PORT http2` without ssl, as `http2 on` came in 1.25.1); HAProxy's servers get
+# `proto h2`, load_balancer's pool `protocol = "h2"`. nginx is left out of this mode: its
+# proxy_pass speaks only HTTP/1.x to upstreams (grpc_pass speaks HTTP/2, but for gRPC, so it
+# would not be the same request path). Works with HTTP/1.1 (wrk) and HTTP/2 (-2) clients.
 #
 # -t (--tls): every proxy terminates TLS 1.3 with the same ECDSA P-256 certificate, made
 # for the run with openssl, and speaks cleartext keep-alive to the backends; wrk uses
@@ -18,13 +24,13 @@
 # measure connection setup (with -t: a TLS handshake per request; wrk resumes sessions
 # when the proxy offers tickets, as a browser would).
 #
-# usage: bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"] [-t] [-n] [-2]
+# usage: [PROXIES="haproxy lb"] bench/whole-proxy.sh [-r REPS] [-d SECONDS] [-c "64 256"] [-t] [-n] [-2] [-b http/1.1|h2]
 # needs: wrk (h2load for -2), haproxy, nginx, openssl (installed with apt-get if missing), PostgreSQL on
 # 127.0.0.1:5432 (user postgres), and `cargo build --release` done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REPS=3 DUR=5 CONNS="64" TLS=0 NEWCONN=0 H2=0
+REPS=3 DUR=5 CONNS="64" TLS=0 NEWCONN=0 H2=0 BACKEND=http/1.1
 while (($#)); do
   case $1 in
     -r) REPS=$2; shift ;;
@@ -33,19 +39,28 @@ while (($#)); do
     -t|--tls) TLS=1 ;;
     -n|--new-conn) NEWCONN=1 ;;
     -2|--h2) H2=1 ;;
-    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"] [-t] [-n] [-2]" >&2; exit 2 ;;
+    -b|--backend) BACKEND=$2; shift ;;
+    *) echo "usage: $0 [-r REPS] [-d SECONDS] [-c \"64 256\"] [-t] [-n] [-2] [-b http/1.1|h2]" >&2; exit 2 ;;
   esac
   shift
 done
 PROXY_CPU=${PROXY_CPU:-1} LOAD_CPU=${LOAD_CPU:-0}
 LB=${LB:-$PWD/target/release/load_balancer}
-[ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 2; }
 for tool in wrk haproxy nginx openssl h2load; do
   command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk haproxy nginx openssl nghttp2-client >/dev/null; }
 done
 if ((H2 && (TLS || NEWCONN))); then
   echo "-2 measures cleartext keep-alive HTTP/2 (h2c): not with -t or -n" >&2; exit 2
 fi
+case $BACKEND in
+  http/1.1) ALL_PROXIES="haproxy nginx lb" ;;
+  h2) ALL_PROXIES="haproxy lb" ;;   # nginx cannot proxy_pass over HTTP/2 (see the header)
+  *) echo "-b: http/1.1 or h2, not $BACKEND" >&2; exit 2 ;;
+esac
+# PROXIES="haproxy lb" runs a subset (HAProxy stays in it: the ratios are to HAProxy).
+PROXIES=${PROXIES:-$ALL_PROXIES}
+[[ " $PROXIES " == *" haproxy "* ]] || { echo "PROXIES must include haproxy (the reference)" >&2; exit 2; }
+[[ " $PROXIES " != *" lb "* || -x $LB ]] || { echo "build first: cargo build --release" >&2; exit 2; }
 
 TMP=$(mktemp -d)
 cleanup() {
@@ -78,12 +93,19 @@ if ((TLS)); then
   LB_TLS=$(printf '[listeners.tls]\ncertificates = [{ cert = "%s", key = "%s" }]\nmin_version = "1.3"\nalpn = ["http/1.1"]' "$TMP/cert.pem" "$TMP/key.pem")
 fi
 
-# Backends: one nginx worker, three ports.
+# Backends: one nginx worker, three ports; with -b h2 they accept only h2c with prior
+# knowledge, which is what HAProxy's `proto h2` and load_balancer's h2 pools send.
+BE_LISTEN="" HAPROXY_SERVER="" LB_POOL=""
+if [ "$BACKEND" = h2 ]; then
+  BE_LISTEN=" http2"
+  HAPROXY_SERVER=" proto h2"
+  LB_POOL=$(printf '[pools.default]\nprotocol = "h2"')
+fi
 cat >"$TMP/be.conf" <<EOF
 worker_processes 1; daemon on; pid $TMP/be.pid; error_log $TMP/be.err;
 events { worker_connections 8192; }
 http { access_log off; keepalive_requests 100000000; default_type text/plain;
-$(for p in "${PORTS[@]}"; do echo "  server { listen 127.0.0.1:$p backlog=4096; location / { return 200 \"ok\\n\"; } }"; done)
+$(for p in "${PORTS[@]}"; do echo "  server { listen 127.0.0.1:$p backlog=4096$BE_LISTEN; location / { return 200 \"ok\\n\"; } }"; done)
 }
 EOF
 taskset -c "$LOAD_CPU" nginx -c "$TMP/be.conf" -p "$TMP"
@@ -104,7 +126,7 @@ frontend fe
 backend be
   balance roundrobin
   http-reuse always
-$(for p in "${PORTS[@]}"; do echo "  server s$p 127.0.0.1:$p"; done)
+$(for p in "${PORTS[@]}"; do echo "  server s$p 127.0.0.1:$p$HAPROXY_SERVER"; done)
 EOF
 
 cat >"$TMP/nginx.conf" <<EOF
@@ -129,6 +151,7 @@ url = "postgres://postgres@127.0.0.1:5432/$DB"
 bind = "$LISTEN"
 algorithm = "round_robin"
 $LB_TLS
+$LB_POOL
 EOF
 
 start() {   # start proxy $1 pinned to PROXY_CPU; sets PID
@@ -158,7 +181,7 @@ cpu_ticks() {   # user+system clock ticks of PID and its child processes (nginx'
 RESULTS=$TMP/results
 for rep in $(seq "$REPS"); do
   for c in $CONNS; do
-    for proxy in haproxy nginx lb; do
+    for proxy in $PROXIES; do
       start $proxy
       if ((H2)); then
         taskset -c "$LOAD_CPU" h2load -c"$c" -m10 -D2 "$SCHEME://$LISTEN/" >/dev/null
@@ -190,14 +213,14 @@ for rep in $(seq "$REPS"); do
 done
 
 echo
-echo "$SCHEME$( ((NEWCONN)) && echo ", a new connection per request")$( ((H2)) && echo ", HTTP/2 clients (h2c, 10 streams per connection)"); medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
+echo "$SCHEME$( ((NEWCONN)) && echo ", a new connection per request")$( ((H2)) && echo ", HTTP/2 clients (h2c, 10 streams per connection)"), $BACKEND backends; medians over $REPS reps; ratios are medians of per-rep ratios to HAProxy"
 printf "%-8s %5s %10s %10s %8s %8s %7s\n" proxy conns req/s us/req "x req/s" "x us" errors
-python3 - "$RESULTS" "$CONNS" <<'EOF'
+python3 - "$RESULTS" "$CONNS" "$PROXIES" <<'EOF'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 for c in sys.argv[2].split():
     hap = {r[5]: r for r in rows if r[0] == "haproxy" and r[1] == c}
-    for p in ["haproxy", "nginx", "lb"]:
+    for p in sys.argv[3].split():
         mine = [r for r in rows if r[0] == p and r[1] == c]
         rps = st.median(float(r[2]) for r in mine)
         us = st.median(float(r[3]) for r in mine)
