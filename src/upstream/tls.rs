@@ -49,13 +49,19 @@ impl fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    /// The TLS of a pool with `settings`, or `None` for a cleartext pool.
+    /// The TLS of a pool with `settings` for its traffic, or `None` for a cleartext pool.
     pub fn of(settings: &PoolConfig) -> Option<Arc<UpstreamTls>> {
+        Self::speaking(settings, settings.protocol == UpstreamProtocol::H2)
+    }
+
+    /// The pool's TLS, offering ALPN `h2` alone when `h2`: an h2 pool's traffic, or a
+    /// `type = "grpc"` health check whatever the pool's `protocol` (a TLS worker serving
+    /// both versions picks HTTP/2 by it). Otherwise no ALPN, as before `h2` existed.
+    fn speaking(settings: &PoolConfig, h2: bool) -> Option<Arc<UpstreamTls>> {
         let tls = settings.tls.as_ref()?;
         let connector = client_config(tls)
             .map(|mut c| {
-                // An h2 pool says so in ALPN: a TLS worker serving both picks HTTP/2 by it.
-                if settings.protocol == UpstreamProtocol::H2 {
+                if h2 {
                     c.alpn_protocols = vec![b"h2".to_vec()];
                 }
                 TlsConnector::from(Arc::new(c))
@@ -64,22 +70,6 @@ impl UpstreamTls {
                 tracing::error!(error = %e, "TLS to workers cannot be set up: their connections will fail");
                 Arc::from(e.to_string())
             });
-        Some(Arc::new(UpstreamTls {
-            connector,
-            server_name: tls.server_name.clone(),
-        }))
-    }
-
-    /// As [`UpstreamTls::of`], offering ALPN `h2` alone: for what speaks HTTP/2 to the
-    /// workers over TLS (a `type = "grpc"` health check, whatever the pool's `protocol`).
-    pub fn of_h2(settings: &PoolConfig) -> Option<Arc<UpstreamTls>> {
-        let tls = settings.tls.as_ref()?;
-        let connector = client_config(tls)
-            .map(|mut c| {
-                c.alpn_protocols = vec![b"h2".to_vec()];
-                TlsConnector::from(Arc::new(c))
-            })
-            .map_err(|e| Arc::from(e.to_string()));
         Some(Arc::new(UpstreamTls {
             connector,
             server_name: tls.server_name.clone(),
@@ -271,11 +261,7 @@ pub fn for_pool_tasks(name: &str, settings: &PoolConfig) -> Option<Arc<UpstreamT
         .health_check
         .as_ref()
         .is_some_and(|c| matches!(c.kind, HealthCheckKind::Grpc { .. }));
-    if grpc {
-        UpstreamTls::of_h2(settings)
-    } else {
-        UpstreamTls::of(settings)
-    }
+    UpstreamTls::speaking(settings, grpc || settings.protocol == UpstreamProtocol::H2)
 }
 
 #[cfg(test)]

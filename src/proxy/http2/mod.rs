@@ -44,8 +44,9 @@ use super::stamped::quiet_for;
 use super::stream::ClientStream;
 use super::target::Target;
 use crate::access_log::{Ended, Http, HttpVersion};
-use crate::balance::{Attempts, NoWorker, Outcome};
+use crate::balance::{Affinity, Attempts, Balancer, NoWorker, Outcome};
 use crate::config::UpstreamProtocol;
+use crate::ring::Worker;
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
 use to_h2::{Call, H2Body};
@@ -257,14 +258,7 @@ async fn handle(
         connect: None,
     };
     let mut body = body;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let affinity = affinity::of(
-        balancer,
-        &proxy.hash_key,
-        client.address.ip(),
-        path_and_query.as_bytes(),
-        &parts.headers,
-    );
+    let affinity = affinity_of(proxy, balancer, client, &parts);
 
     let mut attempts = Attempts::default();
     loop {
@@ -297,12 +291,7 @@ async fn handle(
                 if !retry {
                     report.answered(status);
                     let mut response = response;
-                    if !attempts.stuck
-                        && let Some(cookie) = balancer.stick(&worker)
-                        && let Ok(value) = header::HeaderValue::try_from(cookie)
-                    {
-                        response.headers_mut().append(header::SET_COOKIE, value);
-                    }
+                    stick(&mut response, balancer, &worker, &attempts);
                     if let Some(uploaded) = out.uploaded.take() {
                         report.detail(|d| d.uploading = Some(uploaded));
                     }
@@ -336,6 +325,30 @@ async fn handle(
         if !retry::should_retry(failure, out.replayable, may_retry, &balancer.budget) {
             return own(report, &Canned::BAD_GATEWAY, grpc);
         }
+    }
+}
+
+/// What of a request pins it to a worker of `balancer`'s pool (`hash_key`, the sticky
+/// cookie).
+fn affinity_of(proxy: &HttpProxy, balancer: &Balancer, client: &Client, parts: &Parts) -> Affinity {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    affinity::of(
+        balancer,
+        &proxy.hash_key,
+        client.address.ip(),
+        path_and_query.as_bytes(),
+        &parts.headers,
+    )
+}
+
+/// Sets the sticky cookie on a worker's `response` when the pool has one and the request
+/// did not already name this worker.
+fn stick<B>(response: &mut Response<B>, balancer: &Balancer, worker: &Worker, attempts: &Attempts) {
+    if !attempts.stuck
+        && let Some(cookie) = balancer.stick(worker)
+        && let Ok(value) = header::HeaderValue::try_from(cookie)
+    {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 

@@ -23,19 +23,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::http::request::Parts;
 use hyper::{Request, Response, Uri, Version};
 use tokio::time::{Instant, Sleep};
 
 use super::replay::{Progress, Source, Upload};
-use super::{ProxyBody, own};
+use super::{ProxyBody, affinity_of, own, stick};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::proxy::HttpProxy;
+use crate::proxy::forward::Canned;
 use crate::proxy::forward::grpc::{self, Code};
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
-use crate::proxy::forward::{Canned, affinity};
 use crate::proxy::report::Report;
 use crate::proxy::target::Target;
 use crate::ring::state::now_ms;
@@ -84,14 +84,7 @@ pub async fn forward<B: Source>(
     // not a gRPC call (whose outcome the worker may already have acted on).
     let replayable = bodiless && !call.grpc && retry::idempotent(parts.method.as_str().as_bytes());
     let mut upload = Upload::new(body);
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let affinity = affinity::of(
-        balancer,
-        &proxy.hash_key,
-        client.address.ip(),
-        path_and_query.as_bytes(),
-        &parts.headers,
-    );
+    let affinity = affinity_of(proxy, balancer, client, &parts);
     let mut attempts = Attempts::default();
     loop {
         let (worker, may_retry) = match attempts.next(balancer, &affinity) {
@@ -121,12 +114,7 @@ pub async fn forward<B: Source>(
                 }
                 report.answered(status);
                 let mut response = response;
-                if !attempts.stuck
-                    && let Some(cookie) = balancer.stick(&worker)
-                    && let Ok(value) = HeaderValue::try_from(cookie)
-                {
-                    response.headers_mut().append(header::SET_COOKIE, value);
-                }
+                stick(&mut response, balancer, &worker, &attempts);
                 return response;
             }
             Exchanged::Own(answer) => return call.own(report, &answer),
