@@ -433,7 +433,8 @@ fn prepare_for_h2(
 ) -> Result<(Parts, Incoming), Reject> {
     let (mut parts, body) = request.into_parts();
     check(&parts)?;
-    parts.uri = to_h2::worker_uri(&parts.uri, parts.headers.get(header::HOST), tls)
+    let uri = std::mem::take(&mut parts.uri);
+    parts.uri = to_h2::worker_uri(uri, parts.headers.get(header::HOST), tls)
         .ok_or(Reject::BadRequest("no usable authority"))?;
     headers::rewrite_for_h2_worker(&mut parts.headers, client);
     Ok((parts, body))

@@ -378,15 +378,49 @@ impl Body for H2Body {
 
 /// The absolute URI an h2 worker gets: the scheme of the connection to it, the client's
 /// `:authority` (or `Host`), and the path.
-pub fn worker_uri(uri: &Uri, host: Option<&HeaderValue>, tls: bool) -> Option<Uri> {
+pub fn worker_uri(uri: Uri, host: Option<&HeaderValue>, tls: bool) -> Option<Uri> {
+    let scheme = if tls { "https" } else { "http" };
+    // An HTTP/2 client's request is absolute already: kept as it is when its scheme is the
+    // worker connection's (parsing it again is most of the cost of this function).
+    if uri.authority().is_some() && uri.scheme_str() == Some(scheme) {
+        return Some(uri);
+    }
     let authority = match uri.authority() {
         Some(a) => a.clone(),
         None => hyper::http::uri::Authority::try_from(host?.as_bytes()).ok()?,
     };
     Uri::builder()
-        .scheme(if tls { "https" } else { "http" })
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
         .build()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_uri_is_absolute_with_the_connections_scheme() {
+        let uri = |s: &str| s.parse::<Uri>().unwrap();
+        let host = HeaderValue::from_static("h.example:81");
+        assert_eq!(
+            worker_uri(uri("http://a.example/p?q=1"), None, false).unwrap(),
+            "http://a.example/p?q=1"
+        );
+        assert_eq!(
+            worker_uri(uri("http://a.example/p?q=1"), None, true).unwrap(),
+            "https://a.example/p?q=1",
+            "a TLS worker connection"
+        );
+        assert_eq!(
+            worker_uri(uri("/p"), Some(&host), false).unwrap(),
+            "http://h.example:81/p",
+            "origin-form: the Host field's authority"
+        );
+        assert_eq!(worker_uri(uri("/p"), None, false), None);
+        let bad = HeaderValue::from_static("a b");
+        assert_eq!(worker_uri(uri("/p"), Some(&bad), false), None);
+    }
 }
