@@ -4,8 +4,9 @@
 //! `http` serves a client connection: HTTP/1 clients through the proxy's own forwarding path
 //! (`http1`), HTTP/2 clients (prior knowledge, h2c) through hyper (`http2`). Both are
 //! transports around one forwarding policy (`forward`): what is refused, how heads are
-//! rewritten, what the proxy answers itself and when a request is retried. `tcp` balances
-//! each connection. [`serve`] accepts a listener's clients and hands each to the listener's
+//! rewritten, what the proxy answers itself and when a request is retried. Either transport
+//! sends a request for a `protocol = "h2"` pool through `to_h2`. `tcp` balances each
+//! connection. [`serve`] accepts a listener's clients and hands each to the listener's
 //! current [`Proxy`], which a reload replaces.
 
 pub mod edge;
@@ -20,6 +21,7 @@ pub mod stamped;
 pub mod stream;
 pub mod target;
 pub mod tcp;
+pub mod to_h2;
 
 use std::sync::Arc;
 use std::time::Duration;

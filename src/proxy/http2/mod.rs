@@ -1,14 +1,13 @@
 //! The HTTP/2 transport (prior knowledge, h2c): hyper serves the client; each request (one
 //! stream) is checked and rewritten by the forwarding policy (`forward`), picks a worker
 //! afresh and goes to it as its pool says: as HTTP/1.1 (`to_http1`), on the connections
-//! the HTTP/1 transport uses too, or as a stream on a shared HTTP/2 connection (`to_h2`).
+//! the HTTP/1 transport uses too, or as a stream on a shared HTTP/2 connection
+//! (`proxy::to_h2`, which the HTTP/1 transport uses for h2 pools too).
 //!
 //! Bodies stream through without buffering, trailers included. What is refused, what the
 //! proxy answers itself and when a request goes to another worker are the same as on the
 //! HTTP/1 path, because both ask `forward`.
 
-mod replay;
-pub mod to_h2;
 mod to_http1;
 
 use std::convert::Infallible;
@@ -34,7 +33,6 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::HttpProxy;
-use super::forward::affinity;
 use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks, grpc};
@@ -43,13 +41,12 @@ use super::report::Report;
 use super::stamped::quiet_for;
 use super::stream::ClientStream;
 use super::target::Target;
+use super::to_h2::{self, Call, H2Body, affinity_of, stick};
 use crate::access_log::{Ended, Http, HttpVersion};
-use crate::balance::{Affinity, Attempts, Balancer, NoWorker, Outcome};
+use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::config::UpstreamProtocol;
-use crate::ring::Worker;
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
-use to_h2::{Call, H2Body};
 use to_http1::{Failed, Outbound, WorkerBody};
 
 /// What a response to the client carries: an HTTP/1.1 or an h2 worker's body, or the
@@ -232,10 +229,13 @@ async fn handle(
     if settings.protocol == UpstreamProtocol::H2 {
         let call = Call::of(request.headers());
         return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
-            Ok((parts, body)) => {
-                to_h2::forward(proxy, target, parts, body, client, call, report).await
-            }
-            Err(reject) => call.own(report, &rejected(reject)),
+            Ok((parts, body)) => to_h2::forward(proxy, target, parts, body, client, call, report)
+                .await
+                .map(|body| match body {
+                    Either::Left(worker) => Either::Left(Either::Right(worker)),
+                    Either::Right(own) => Either::Right(own),
+                }),
+            Err(reject) => call.own(report, &rejected(reject)).map(Either::Right),
         };
     }
     let (parts, length, body) = match prepare(request, client) {
@@ -328,30 +328,6 @@ async fn handle(
     }
 }
 
-/// What of a request pins it to a worker of `balancer`'s pool (`hash_key`, the sticky
-/// cookie).
-fn affinity_of(proxy: &HttpProxy, balancer: &Balancer, client: &Client, parts: &Parts) -> Affinity {
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    affinity::of(
-        balancer,
-        &proxy.hash_key,
-        client.address.ip(),
-        path_and_query.as_bytes(),
-        &parts.headers,
-    )
-}
-
-/// Sets the sticky cookie on a worker's `response` when the pool has one and the request
-/// did not already name this worker.
-fn stick<B>(response: &mut Response<B>, balancer: &Balancer, worker: &Worker, attempts: &Attempts) {
-    if !attempts.stuck
-        && let Some(cookie) = balancer.stick(worker)
-        && let Ok(value) = header::HeaderValue::try_from(cookie)
-    {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-}
-
 /// The access log's view of a request, as the client sent it.
 fn logged_request(request: &Request<Incoming>) -> Http {
     let field = |name: header::HeaderName| {
@@ -378,13 +354,7 @@ fn logged_request(request: &Request<Incoming>) -> Http {
 /// One of the proxy's own answers, as this transport sends it: as gRPC says it to a gRPC
 /// call (`grpc`), plain HTTP otherwise. Reported with its HTTP status either way.
 fn own(report: &mut Report, answer: &Canned, grpc: bool) -> Response<ProxyBody> {
-    report.answered_own(answer.status);
-    let response = if grpc {
-        grpc::answer(answer)
-    } else {
-        answer.to_response()
-    };
-    response.map(Either::Right)
+    to_h2::own(report, answer, grpc).map(Either::Right)
 }
 
 /// The answer to a request the policy refused.

@@ -1,6 +1,8 @@
-//! A request's exchange with a `protocol = "h2"` worker: one stream on a connection the
-//! worker's other requests share (`upstream::h2`), picked afresh for each request, so one
-//! client connection — a gRPC channel — spreads over every worker by weight.
+//! A request's exchange with a `protocol = "h2"` worker, for both client transports: one
+//! stream on a connection the worker's other requests share (`upstream::h2`), picked
+//! afresh for each request, so one client connection — a gRPC channel — spreads over every
+//! worker by weight. `http2` hands it hyper's requests, `http1` the requests it parsed
+//! itself (`http1::to_h2`); both send back what `forward` returns.
 //!
 //! The request goes with its fields as the client sent them, rewritten for the worker
 //! (`headers::rewrite_for_h2_worker`); bodies and trailers stream both ways through hyper,
@@ -14,6 +16,8 @@
 //! trailers and the worker's stream is reset. A gRPC response that breaks off (the worker
 //! went, the drain deadline cut it) ends with `UNAVAILABLE` rather than a reset stream.
 
+mod replay;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,27 +25,30 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, Uri, Version};
 use tokio::time::{Instant, Sleep};
 
-use super::replay::{Progress, Source, Upload};
-use super::{ProxyBody, affinity_of, own, stick};
-use crate::balance::{Attempts, NoWorker, Outcome};
+use crate::balance::{Affinity, Attempts, Balancer, NoWorker, Outcome};
 use crate::proxy::HttpProxy;
-use crate::proxy::forward::Canned;
 use crate::proxy::forward::grpc::{self, Code};
 use crate::proxy::forward::headers::Client;
 use crate::proxy::forward::retry::{self, Failure};
+use crate::proxy::forward::{Canned, affinity};
 use crate::proxy::report::Report;
 use crate::proxy::target::Target;
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::upstream::IdleConns;
 use crate::upstream::h2::{Slot, Unprocessed, unprocessed};
+pub use replay::Source;
+use replay::{Progress, Upload};
+
+/// What a response from here carries: the worker's body, or the proxy's own answer.
+pub type Answer = Either<H2Body, Full<Bytes>>;
 
 /// What is known of the call before it goes out.
 pub struct Call {
@@ -62,7 +69,7 @@ impl Call {
     }
 
     /// One of the proxy's own answers, as this call's client reads it.
-    pub fn own(&self, report: &mut Report, answer: &Canned) -> Response<ProxyBody> {
+    pub fn own(&self, report: &mut Report, answer: &Canned) -> Response<Full<Bytes>> {
         own(report, answer, self.grpc)
     }
 }
@@ -77,7 +84,7 @@ pub async fn forward<B: Source>(
     client: &Client,
     call: Call,
     report: &mut Report,
-) -> Response<ProxyBody> {
+) -> Response<Answer> {
     let balancer = &target.balancer;
     let bodiless = body.is_end_stream();
     // Sent again after a broken stream only as HTTP/1 would: no body, idempotent, and
@@ -89,10 +96,12 @@ pub async fn forward<B: Source>(
     loop {
         let (worker, may_retry) = match attempts.next(balancer, &affinity) {
             Ok(next) => next,
-            Err(NoWorker::Exhausted) => return call.own(report, &Canned::BAD_GATEWAY),
+            Err(NoWorker::Exhausted) => {
+                return call.own(report, &Canned::BAD_GATEWAY).map(Either::Right);
+            }
             Err(none) => {
                 let answer = Canned::no_worker(none, balancer, &proxy.sync);
-                return call.own(report, &answer);
+                return call.own(report, &answer).map(Either::Right);
             }
         };
         report.tried(worker.clone());
@@ -117,12 +126,12 @@ pub async fn forward<B: Source>(
                 stick(&mut response, balancer, &worker, &attempts);
                 return response;
             }
-            Exchanged::Own(answer) => return call.own(report, &answer),
+            Exchanged::Own(answer) => return call.own(report, &answer).map(Either::Right),
             Exchanged::Failed(failure) => failure,
         };
         let replayable = failure == Failure::NotSent || replayable;
         if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
-            return call.own(report, &Canned::BAD_GATEWAY);
+            return call.own(report, &Canned::BAD_GATEWAY).map(Either::Right);
         }
     }
 }
@@ -130,7 +139,7 @@ pub async fn forward<B: Source>(
 /// How one worker's exchange ended.
 enum Exchanged {
     /// Its response head, the body streaming behind it.
-    Answered(Response<ProxyBody>),
+    Answered(Response<Answer>),
     /// The proxy answers (a timeout, a stalled client).
     Own(Canned),
     /// No response; another worker may be tried if `Failure` allows it (its body is
@@ -205,9 +214,9 @@ async fn exchange<B: Source>(
                 if matches!(status, 502..=504) && upload.bodiless {
                     upload.recover(returned).await;
                 }
-                return Exchanged::Answered(response.map(|body| {
-                    Either::Left(Either::Right(H2Body::new(body, slot, in_flight, call)))
-                }));
+                return Exchanged::Answered(
+                    response.map(|body| Either::Left(H2Body::new(body, slot, in_flight, call))),
+                );
             }
             Err(Waited::Deadline) => return Exchanged::Own(Canned::GATEWAY_TIMEOUT),
             Err(Waited::Timeout) => {
@@ -248,6 +257,51 @@ async fn exchange<B: Source>(
             }
         }
         return Exchanged::Failed(Failure::NotSent);
+    }
+}
+
+/// One of the proxy's own answers: as gRPC says it to a gRPC call (`grpc`), plain HTTP
+/// otherwise. Reported with its HTTP status either way.
+pub fn own(report: &mut Report, answer: &Canned, grpc: bool) -> Response<Full<Bytes>> {
+    report.answered_own(answer.status);
+    if grpc {
+        grpc::answer(answer)
+    } else {
+        answer.to_response()
+    }
+}
+
+/// What of a request pins it to a worker of `balancer`'s pool (`hash_key`, the sticky
+/// cookie).
+pub fn affinity_of(
+    proxy: &HttpProxy,
+    balancer: &Balancer,
+    client: &Client,
+    parts: &Parts,
+) -> Affinity {
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    affinity::of(
+        balancer,
+        &proxy.hash_key,
+        client.address.ip(),
+        path_and_query.as_bytes(),
+        &parts.headers,
+    )
+}
+
+/// Sets the sticky cookie on a worker's `response` when the pool has one and the request
+/// did not already name this worker.
+pub fn stick<B>(
+    response: &mut Response<B>,
+    balancer: &Balancer,
+    worker: &Worker,
+    attempts: &Attempts,
+) {
+    if !attempts.stuck
+        && let Some(cookie) = balancer.stick(worker)
+        && let Ok(value) = header::HeaderValue::try_from(cookie)
+    {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 
