@@ -6,15 +6,17 @@
 //! only when none has room does it dial, one dial per worker at a time (a burst of streams
 //! to a new worker makes one connection, not a hundred). The connections live beside the
 //! worker's idle HTTP/1.1 ones (`IdleConns`), so a reweight keeps them and a removed worker
-//! takes them with it. hyper drives each connection in a task of its own: PINGs keep it
-//! checked while idle, and when it ends (the worker closed it, its GOAWAY's streams are
-//! done, the drain deadline cut it) it leaves the worker's list.
+//! takes them with it. The h2 crate drives each connection in a task of its own (used
+//! directly, not through hyper's client, whose dispatch task and channel per request cost
+//! a tenth of an h2 request's CPU): PINGs keep it checked, and when it ends (the worker
+//! closed it, its GOAWAY's streams are done, the drain deadline cut it, a PING went
+//! unanswered) it leaves the worker's list. A connection takes no more streams than the
+//! worker's `SETTINGS_MAX_CONCURRENT_STREAMS` either.
 //!
 //! Flow-control windows are far above HTTP/2's 64 KiB default: one stream must be able to
 //! move hundreds of megabytes a second, and the worker's memory, not the window, is what
 //! bounds a slow reader.
 
-use std::error::Error as StdError;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,9 +26,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::{Builder, SendRequest};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{ConnectError, Connector, Upstream, connect_upstream};
@@ -34,16 +34,12 @@ use crate::config::PoolConfig;
 use crate::ring::Worker;
 use crate::ring::state::now_ms;
 
-/// A request body on its way to an h2 worker: boxed, because a client's body comes in
-/// several shapes (an HTTP/2 stream, an HTTP/1.1 body, nothing) and a connection takes one.
-pub type StreamBody = UnsyncBoxBody<Bytes, Box<dyn StdError + Send + Sync>>;
-
 /// Receive windows we advertise: per stream and for the whole connection.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// Bytes of one stream's body hyper buffers toward the worker before it waits.
 const SEND_BUFFER: usize = 1024 * 1024;
-/// A connection silent this long gets a PING; one not answered in `PING_TIMEOUT` is closed.
+/// Every this long a connection is PINGed; one not answered in `PING_TIMEOUT` is closed.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,7 +54,7 @@ pub struct Multiplexed {
 
 /// One connection: the handle streams are opened with, and how many are open.
 struct Conn {
-    send: SendRequest<StreamBody>,
+    send: SendRequest<Bytes>,
     open: AtomicU32,
     /// Streams it may carry at once (`max_streams_per_connection`).
     max: u32,
@@ -71,12 +67,15 @@ struct Conn {
 impl Conn {
     /// A stream slot on this connection, if it has room and is still open.
     fn try_open(self: &Arc<Conn>) -> Option<Slot> {
-        if self.closing.load(Ordering::Relaxed) || self.send.is_closed() {
+        if self.closing.load(Ordering::Relaxed) {
             return None;
         }
+        // The worker's own limit, once its SETTINGS came (unlimited until then).
+        let theirs = self.send.current_max_send_streams();
+        let max = self.max.min(u32::try_from(theirs).unwrap_or(u32::MAX));
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < self.max).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
             .ok()?;
         Some(Slot(self.clone()))
@@ -89,7 +88,7 @@ pub struct Slot(Arc<Conn>);
 
 impl Slot {
     /// The connection's handle to send this stream's request with.
-    pub fn sender(&self) -> SendRequest<StreamBody> {
+    pub fn sender(&self) -> SendRequest<Bytes> {
         self.0.send.clone()
     }
 
@@ -166,22 +165,17 @@ impl Multiplexed {
         client: std::net::SocketAddr,
     ) -> Result<Arc<Conn>, ConnectError> {
         let up = connect_upstream(worker, connector, client).await?;
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_send_buf_size(SEND_BUFFER)
-            .keep_alive_interval(PING_INTERVAL)
-            .keep_alive_timeout(PING_TIMEOUT)
-            .keep_alive_while_idle(true);
-        let io_error = |e: hyper::Error| {
+        let io_error = |e: h2::Error| {
             ConnectError::Io(worker.address.text.clone(), io::Error::other(e.to_string()))
         };
-        let (send, connection) = builder
-            .handshake(TokioIo::new(Io(up)))
+        let (send, mut connection) = Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buffer_size(SEND_BUFFER)
+            .handshake::<_, Bytes>(Io(up))
             .await
             .map_err(io_error)?;
+        let mut ping = connection.ping_pong().expect("taken once, here");
         let conn = Arc::new(Conn {
             send,
             open: AtomicU32::new(0),
@@ -195,9 +189,22 @@ impl Multiplexed {
         let this = Arc::downgrade(&conn);
         let list = ListHandle::of(worker);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(backend = %address, worker = id, error = %e,
-                    "HTTP/2 connection to a worker ended");
+            let keep_alive = async {
+                loop {
+                    tokio::time::sleep(PING_INTERVAL).await;
+                    let pong = tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque()));
+                    if !matches!(pong.await, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                ended = connection => if let Err(e) = ended {
+                    tracing::debug!(backend = %address, worker = id, error = %e,
+                        "HTTP/2 connection to a worker ended");
+                },
+                _ = keep_alive => tracing::info!(backend = %address, worker = id,
+                    "an HTTP/2 connection to a worker did not answer a PING: closed"),
             }
             if let Some(conn) = this.upgrade() {
                 conn.closing.store(true, Ordering::Relaxed);
@@ -217,14 +224,13 @@ impl Multiplexed {
             .filter(|c| {
                 c.open.load(Ordering::Acquire) == 0
                     && (c.idle_since.load(Ordering::Relaxed) < oldest
-                        || c.closing.load(Ordering::Relaxed)
-                        || c.send.is_closed())
+                        || c.closing.load(Ordering::Relaxed))
             })
             .cloned()
             .collect();
         for conn in &doomed {
-            // No new stream goes on it; dropping the last handle (the list's) makes hyper
-            // close it with GOAWAY once no stream is open.
+            // No new stream goes on it; once the last handle (the list's) is dropped, h2
+            // closes it with GOAWAY, no stream being open.
             conn.closing.store(true, Ordering::Relaxed);
             self.remove(conn);
         }
@@ -276,32 +282,22 @@ pub enum Unprocessed {
     /// The worker refused this stream (`REFUSED_STREAM`); its connection takes others.
     Stream,
     /// The connection is going: a graceful GOAWAY left the stream above the last one the
-    /// worker processes, or hyper never sent it (the connection was closing).
+    /// worker processes (or came before it was opened).
     Connection,
 }
 
 /// Whether `error`, a stream's failure before its response, left the request unprocessed.
-pub fn unprocessed(error: &hyper::Error) -> Option<Unprocessed> {
-    if error.is_canceled() {
-        return Some(Unprocessed::Connection);
+pub fn unprocessed(error: &h2::Error) -> Option<Unprocessed> {
+    if !error.is_remote() {
+        return None;
     }
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            if !h2.is_remote() {
-                return None;
-            }
-            return match h2.reason() {
-                Some(h2::Reason::REFUSED_STREAM) if h2.is_reset() => Some(Unprocessed::Stream),
-                // A GOAWAY with an error code may also cut streams below its last id: only
-                // the graceful one says for sure which were not processed.
-                Some(h2::Reason::NO_ERROR) if h2.is_go_away() => Some(Unprocessed::Connection),
-                _ => None,
-            };
-        }
-        source = e.source();
+    match error.reason() {
+        Some(h2::Reason::REFUSED_STREAM) if error.is_reset() => Some(Unprocessed::Stream),
+        // A GOAWAY with an error code may also cut streams below its last id: only the
+        // graceful one says for sure which were not processed.
+        Some(h2::Reason::NO_ERROR) if error.is_go_away() => Some(Unprocessed::Connection),
+        _ => None,
     }
-    None
 }
 
 /// A worker connection as hyper reads and writes it; holding the `Upstream` keeps its

@@ -25,8 +25,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::RecvStream;
+use h2::SendStream;
+use h2::client::{ResponseFuture, SendRequest};
+use http_body_util::BodyExt;
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Request, Response, Uri, Version};
@@ -45,7 +49,7 @@ use crate::ring::{InFlight, Worker};
 use crate::upstream::IdleConns;
 use crate::upstream::h2::{Slot, Unprocessed, unprocessed};
 pub use replay::Source;
-use replay::{Progress, Upload};
+use replay::{Progress, Replay, Upload};
 
 /// What a response from here carries: the worker's body, or the proxy's own answer.
 pub type Answer = Either<H2Body, Full<Bytes>>;
@@ -189,31 +193,35 @@ async fn exchange<B: Source>(
                 return Exchanged::Failed(Failure::NotSent);
             }
         };
-        let Some((body, returned)) = upload.attempt() else {
-            return Exchanged::Own(Canned::BAD_GATEWAY);
-        };
-        let mut request = Request::new(body);
+        let mut request = Request::new(());
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = Version::HTTP_2;
         *request.headers_mut() = parts.headers.clone();
-        let sent = slot.sender().send_request(request);
-        let waited = wait_head(
-            sent,
-            settings.response_timeout,
-            &upload.progress,
-            call.deadline,
-        )
-        .await;
+        let (response, returned) = match open(slot.sender(), request, upload.bodiless).await {
+            // A body streams from a task of its own (it may go on after the response head,
+            // a bidirectional call's does), and comes back from it when it can go again.
+            Ok((response, Some(stream))) => {
+                let Some((body, returned)) = upload.attempt() else {
+                    return Exchanged::Own(Canned::BAD_GATEWAY);
+                };
+                tokio::spawn(pipe(body, stream));
+                (Ok(response), Some(returned))
+            }
+            Ok((response, None)) => (Ok(response), None),
+            Err(e) => (Err(e), None),
+        };
+        let waited = match response {
+            Ok(response) => {
+                let timeout = settings.response_timeout;
+                wait_head(response, timeout, &upload.progress, call.deadline).await
+            }
+            Err(e) => Err(Waited::Failed(e)),
+        };
         let error = match waited {
             Ok(response) => {
                 let status = response.status().as_u16();
                 balancer.record(worker, Outcome::Status(status));
-                // A bodiless request may go again after a 502–504 (see `forward`); its empty
-                // body came back as soon as the request went.
-                if matches!(status, 502..=504) && upload.bodiless {
-                    upload.recover(returned).await;
-                }
                 return Exchanged::Answered(
                     response.map(|body| Either::Left(H2Body::new(body, slot, in_flight, call))),
                 );
@@ -231,15 +239,18 @@ async fn exchange<B: Source>(
             Err(Waited::ClientStalled) => return Exchanged::Own(Canned::REQUEST_TIMEOUT),
             Err(Waited::Failed(e)) => e,
         };
+        if !(error.is_remote() || error.is_io() || error.is_library() || error.is_go_away()) {
+            // h2 refused to send what the request holds (a field HTTP/2 forbids): not the
+            // worker's failure, and no other worker would fare better.
+            tracing::debug!(backend = %worker.address.text, error = %error,
+                "the request could not be sent as HTTP/2");
+            return Exchanged::Own(Canned::BAD_GATEWAY);
+        }
         let Some(why) = unprocessed(&error) else {
             balancer.record(worker, Outcome::Reset);
             if let Some(suppressed) = worker.state.log_gate.allow() {
                 tracing::warn!(backend = %worker.address.text, worker = worker.id,
                     error = %error, suppressed, "backend failed");
-            }
-            // Only a bodiless request goes again after this (see `forward`).
-            if upload.bodiless {
-                upload.recover(returned).await;
             }
             return Exchanged::Failed(Failure::Broken);
         };
@@ -257,6 +268,73 @@ async fn exchange<B: Source>(
             }
         }
         return Exchanged::Failed(Failure::NotSent);
+    }
+}
+
+/// Opens the request's stream once the connection can take another (`end`: no body
+/// follows). The body's stream, when one follows.
+async fn open(
+    send: SendRequest<Bytes>,
+    request: Request<()>,
+    end: bool,
+) -> Result<(ResponseFuture, Option<SendStream<Bytes>>), h2::Error> {
+    let mut send = send.ready().await?;
+    let (response, stream) = send.send_request(request, end)?;
+    Ok((response, (!end).then_some(stream)))
+}
+
+/// Streams a request body into its stream as the worker's flow control allows, the end
+/// with the last data (or the trailers); stops when the worker resets the stream. Dropped
+/// at the end, the body goes back to its `Upload` (see `replay`).
+async fn pipe<B: Source>(mut body: Replay<B>, mut stream: SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        let frame = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+            Some(Err(_)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = stream.send_trailers(trailers);
+                    return;
+                }
+                continue;
+            }
+        };
+        let last = body.is_end_stream();
+        if data.is_empty() && !last {
+            continue;
+        }
+        loop {
+            if data.is_empty() {
+                // An empty last frame: the end alone.
+                let _ = stream.send_data(data, true);
+                return;
+            }
+            stream.reserve_capacity(data.len());
+            let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await;
+            let Some(Ok(n)) = granted else { return };
+            let chunk = data.split_to(n.min(data.len()));
+            let end = last && data.is_empty();
+            if stream.send_data(chunk, end).is_err() || end {
+                return;
+            }
+            if data.is_empty() {
+                break;
+            }
+        }
     }
 }
 
@@ -307,7 +385,7 @@ pub fn stick<B>(
 
 /// Why no response head came.
 enum Waited {
-    Failed(hyper::Error),
+    Failed(h2::Error),
     /// None within `response_timeout` of the request's last byte.
     Timeout,
     /// The client sent no body byte for `response_timeout`: not the worker's doing.
@@ -320,11 +398,11 @@ enum Waited {
 /// (a client-streaming call's response comes after its requests), the call's deadline
 /// from its start.
 async fn wait_head(
-    sent: impl Future<Output = Result<Response<Incoming>, hyper::Error>>,
+    sent: ResponseFuture,
     response_timeout: Duration,
     progress: &Progress,
     deadline: Option<Instant>,
-) -> Result<Response<Incoming>, Waited> {
+) -> Result<Response<RecvStream>, Waited> {
     tokio::pin!(sent);
     let timeout_ms = response_timeout.as_millis() as u64;
     loop {
@@ -355,7 +433,7 @@ async fn wait_head(
 /// its connection and its count on the worker until it ends; a gRPC call's body ends at
 /// its deadline, and with `grpc-status` when it breaks off.
 pub struct H2Body {
-    body: Incoming,
+    body: RecvStream,
     _slot: Slot,
     _in_flight: InFlight,
     grpc: bool,
@@ -365,7 +443,7 @@ pub struct H2Body {
 }
 
 impl H2Body {
-    fn new(body: Incoming, slot: Slot, in_flight: InFlight, call: &Call) -> H2Body {
+    fn new(body: RecvStream, slot: Slot, in_flight: InFlight, call: &Call) -> H2Body {
         H2Body {
             body,
             _slot: slot,
@@ -403,30 +481,42 @@ impl Body for H2Body {
             // Dropped with this body, the worker's stream is reset: its call is cancelled.
             return self.end_with(Code::DeadlineExceeded, "deadline exceeded at the proxy");
         }
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(None) => {
+        let polled = match self.body.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                // Read, so the worker may send as much again.
+                let _ = self.body.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Poll::Ready(Some(Err(e))) => Err(e),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => match self.body.poll_trailers(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(trailers)) => Ok(trailers),
+                Poll::Ready(Err(e)) => Err(e),
+            },
+        };
+        match polled {
+            Ok(Some(trailers)) => {
+                self.ended = true;
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Ok(None) => {
                 self.ended = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) if self.grpc => {
+            Err(e) if self.grpc => {
                 let why = format!("the worker's stream broke: {e}");
                 self.end_with(Code::Unavailable, &why)
             }
-            Poll::Ready(Some(Err(e))) => {
+            Err(e) => {
                 self.ended = true;
                 Poll::Ready(Some(Err(std::io::Error::other(e))))
             }
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
         self.ended || self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -2,9 +2,9 @@
 //! when the first never processed it (a refused stream, a stream above a GOAWAY's last
 //! stream id).
 //!
-//! hyper takes the body with the request and streams it from a task of its own, so the
-//! body cannot simply be asked back: each attempt's [`Replay`] hands its state back
-//! through a channel when hyper drops it. What it gave out so far is kept (reference-
+//! Each attempt's body streams from a task of its own (`pipe`), so it cannot simply be
+//! asked back: each attempt's [`Replay`] hands its state back through a channel when the
+//! task drops it. What it gave out so far is kept (reference-
 //! counted `Bytes`, no copy) up to [`KEEP`] bytes, and given again first on the next
 //! attempt; past that, the body cannot be replayed, and a refused stream is a 502.
 //! It also stamps the upload's progress, for the response timeout that counts from the
@@ -17,19 +17,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::ring::state::now_ms;
-use crate::upstream::h2::StreamBody;
 
 /// Bytes of a body kept for a replay. gRPC unary requests and ordinary uploads fit; a
 /// stream bigger than this is, once past it, sent once.
 pub const KEEP: usize = 64 * 1024;
 
-/// How long a refused attempt's body may take to come back from hyper's task.
+/// How long a refused attempt's body may take to come back from its task.
 const BACK_WITHIN: Duration = Duration::from_secs(1);
 
 /// How far the upload is, for the response timeout.
@@ -45,7 +43,7 @@ pub struct Upload<B> {
     /// `None` while an attempt has it, or once it could not be recovered.
     state: Option<State<B>>,
     pub progress: Arc<Progress>,
-    /// There was no body: hyper hands it back as soon as the request is sent.
+    /// There was no body: nothing is streamed, and no attempt takes it.
     pub bodiless: bool,
 }
 
@@ -83,9 +81,9 @@ impl<B: Source> Upload<B> {
         }
     }
 
-    /// The body for the next attempt, and where it comes back once hyper drops it;
+    /// The body for the next attempt, and where it comes back once it is dropped;
     /// `None` when the last attempt's body did not come back.
-    pub fn attempt(&mut self) -> Option<(StreamBody, oneshot::Receiver<StateBack<B>>)> {
+    pub fn attempt(&mut self) -> Option<(Replay<B>, oneshot::Receiver<StateBack<B>>)> {
         let state = self.state.take()?;
         let (back, returned) = oneshot::channel();
         let body = Replay {
@@ -94,12 +92,16 @@ impl<B: Source> Upload<B> {
             back: Some(back),
             progress: self.progress.clone(),
         };
-        Some((body.boxed_unsync(), returned))
+        Some((body, returned))
     }
 
-    /// After an attempt that reached no worker: takes its body back. `false` when it cannot
-    /// go again (more than `KEEP` went out, or hyper kept it).
-    pub async fn recover(&mut self, returned: oneshot::Receiver<StateBack<B>>) -> bool {
+    /// After an attempt that reached no worker: takes its body back (`returned`; `None`: no
+    /// attempt took it). `false` when it cannot go again (more than `KEEP` went out, or it
+    /// did not come back).
+    pub async fn recover(&mut self, returned: Option<oneshot::Receiver<StateBack<B>>>) -> bool {
+        let Some(returned) = returned else {
+            return self.state.is_some();
+        };
         match tokio::time::timeout(BACK_WITHIN, returned).await {
             Ok(Ok(StateBack(state))) if !state.overflowed => {
                 self.state = Some(state);
@@ -114,7 +116,7 @@ impl<B: Source> Upload<B> {
 pub struct StateBack<B>(State<B>);
 
 /// One attempt's body: what was kept first, then the rest of the client's body.
-struct Replay<B> {
+pub struct Replay<B> {
     state: Option<State<B>>,
     /// The next kept frame to give again.
     cursor: usize,
@@ -223,7 +225,7 @@ mod tests {
     }
 
     /// Reads `n` frames of an attempt (all when `None`), then drops it.
-    async fn read(body: &mut StreamBody, n: Option<usize>) -> Vec<String> {
+    async fn read(body: &mut Replay<Source>, n: Option<usize>) -> Vec<String> {
         let mut seen = Vec::new();
         while n.is_none_or(|n| seen.len() < n) {
             match body.frame().await {
@@ -251,7 +253,7 @@ mod tests {
         let (mut body, back) = upload.attempt().unwrap();
         assert_eq!(read(&mut body, Some(2)).await, ["ab", "cd"]);
         drop(body);
-        assert!(upload.recover(back).await, "it came back");
+        assert!(upload.recover(Some(back)).await, "it came back");
         let (mut body, back) = upload.attempt().unwrap();
         assert_eq!(
             read(&mut body, None).await,
@@ -261,7 +263,7 @@ mod tests {
         assert!(upload.progress.done.load(Ordering::Relaxed));
         drop(body);
         // A third attempt (the second was refused after all of it went) replays it all.
-        assert!(upload.recover(back).await);
+        assert!(upload.recover(Some(back)).await);
         let (mut body, _) = upload.attempt().unwrap();
         assert_eq!(
             read(&mut body, None).await,
@@ -279,7 +281,7 @@ mod tests {
         let (mut body, back) = upload.attempt().unwrap();
         assert_eq!(read(&mut body, None).await.len(), 2);
         drop(body);
-        assert!(!upload.recover(back).await, "KEEP + 1 bytes went out");
+        assert!(!upload.recover(Some(back)).await, "KEEP + 1 bytes went out");
         assert!(upload.attempt().is_none());
     }
 
