@@ -1,5 +1,5 @@
-//! Connections to workers: dialing them, keeping idle ones for reuse, and probing them for
-//! the health checks.
+//! Connections to workers: dialing them, keeping idle ones for reuse (and an h2 pool's
+//! connections shared by many streams, `h2`), and probing them for the health checks.
 //!
 //! Everything here is keyed by the worker (its id, address and state in the ring) and knows
 //! nothing of which worker should be picked (`balance`) or what the client asked (`proxy`).
