@@ -25,6 +25,7 @@ use super::body::{BodyLeft, reserved};
 use super::chunked::ChunkError;
 use super::head::{Framing, put, put_length};
 use crate::proxy::forward::checks::MAX_FIELDS;
+use crate::proxy::forward::headers::{Field, classify};
 
 /// Bytes read from the client at a time while its body streams.
 const READ: usize = 16 * 1024;
@@ -39,16 +40,25 @@ pub fn parts_of(worker_head: &[u8], tls: bool) -> Option<Parts> {
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut host = None;
     for field in parsed.headers.iter() {
+        // The authority goes in the URI; connection-specific fields are not HTTP/2's
+        // (RFC 9113 §8.2.2: the body's end is the stream's, an upgrade is not offered to a
+        // worker), except `te: trailers`.
+        match classify(field.name.as_bytes()) {
+            Field::Host => {
+                host = Some(field.value);
+                continue;
+            }
+            Field::HopByHop if field.name.eq_ignore_ascii_case("te") => {
+                if !field.value.eq_ignore_ascii_case(b"trailers") {
+                    continue;
+                }
+            }
+            Field::TransferEncoding | Field::Connection | Field::Upgrade | Field::HopByHop => {
+                continue;
+            }
+            _ => {}
+        }
         let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
-        // HTTP/2 carries neither (RFC 9113 §8.2.2): the authority goes in the URI, the
-        // body's end in the stream's.
-        if name == header::HOST {
-            host = Some(field.value);
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
-            continue;
-        }
         headers.append(name, HeaderValue::from_bytes(field.value).ok()?);
     }
     let uri = Uri::builder()
@@ -309,11 +319,14 @@ mod tests {
     #[test]
     fn the_worker_head_becomes_h2_parts() {
         let head = b"POST /a/b?c=1 HTTP/1.1\r\nHost: api.example:8080\r\n\
-            Transfer-Encoding: chunked\r\nX-Forwarded-For: 10.0.0.1\r\nCookie: a=1\r\n\r\n";
+            Transfer-Encoding: chunked\r\nX-Forwarded-For: 10.0.0.1\r\nCookie: a=1\r\n\
+            Connection: upgrade\r\nUpgrade: websocket\r\nKeep-Alive: 5\r\nTE: gzip\r\n\r\n";
         let parts = parts_of(head, false).unwrap();
         assert_eq!(parts.method, hyper::Method::POST);
         assert_eq!(parts.uri, "http://api.example:8080/a/b?c=1");
         assert_eq!(parts.headers.len(), 2, "{:?}", parts.headers);
+        let head = b"POST / HTTP/1.1\r\nHost: h\r\nTE: trailers\r\n\r\n";
+        assert_eq!(parts_of(head, false).unwrap().headers["te"], "trailers");
         assert_eq!(parts.headers["x-forwarded-for"], "10.0.0.1");
         assert_eq!(
             parts_of(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", true)

@@ -5,8 +5,8 @@
 //! itself (`http1::to_h2`); both send back what `forward` returns.
 //!
 //! The request goes with its fields as the client sent them, rewritten for the worker
-//! (`headers::rewrite_for_h2_worker`); bodies and trailers stream both ways through hyper,
-//! unbuffered. It goes to another worker only when the first did not process it: a failed
+//! (`headers::rewrite_for_h2_worker`); bodies and trailers stream both ways, unbuffered, on
+//! the h2 crate's streams (a request body from a task of its own, `pipe`). It goes to another worker only when the first did not process it: a failed
 //! connect, a refused stream, a stream above a GOAWAY's last stream id (its body comes back
 //! for that, `replay`); or, as on the HTTP/1 path, a bodiless idempotent request that is not
 //! a gRPC call, after a broken stream or a 502–504.
@@ -25,11 +25,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::RecvStream;
-use h2::SendStream;
 use h2::client::{ResponseFuture, SendRequest};
-use http_body_util::BodyExt;
-use http_body_util::{Either, Full};
+use h2::{RecvStream, SendStream};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
@@ -326,6 +324,9 @@ async fn pipe<B: Source>(mut body: Replay<B>, mut stream: SendStream<Bytes>) {
             stream.reserve_capacity(data.len());
             let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await;
             let Some(Ok(n)) = granted else { return };
+            if n == 0 {
+                continue;
+            }
             let chunk = data.split_to(n.min(data.len()));
             let end = last && data.is_empty();
             if stream.send_data(chunk, end).is_err() || end {
