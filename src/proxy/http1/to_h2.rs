@@ -48,11 +48,9 @@ pub fn parts_of(worker_head: &[u8], tls: bool) -> Option<Parts> {
                 host = Some(field.value);
                 continue;
             }
-            Field::HopByHop if field.name.eq_ignore_ascii_case("te") => {
-                if !field.value.eq_ignore_ascii_case(b"trailers") {
-                    continue;
-                }
-            }
+            Field::HopByHop
+                if field.name.eq_ignore_ascii_case("te")
+                    && field.value.eq_ignore_ascii_case(b"trailers") => {}
             Field::TransferEncoding | Field::Connection | Field::Upgrade | Field::HopByHop => {
                 continue;
             }
