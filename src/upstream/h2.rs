@@ -37,7 +37,7 @@ use crate::ring::state::now_ms;
 /// Receive windows we advertise: per stream and for the whole connection.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-/// Bytes of one stream's body hyper buffers toward the worker before it waits.
+/// Bytes of one stream's body h2 buffers toward the worker before it waits.
 const SEND_BUFFER: usize = 1024 * 1024;
 /// Every this long a connection is PINGed; one not answered in `PING_TIMEOUT` is closed.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -137,12 +137,16 @@ impl Multiplexed {
         let dialled = Instant::now();
         match self.dial(worker, connector, settings, client).await {
             Ok(conn) => {
-                let slot = conn.try_open().expect("a new connection has room");
                 self.conns.rcu(|conns| {
                     let mut conns = Vec::clone(conns);
                     conns.push(conn.clone());
                     conns
                 });
+                // Room, unless the worker's SETTINGS already allow no stream at all.
+                let slot = conn.try_open().ok_or_else(|| {
+                    let why = "the worker allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0)";
+                    ConnectError::Io(worker.address.text.clone(), io::Error::other(why))
+                })?;
                 Ok((slot, Some(dialled.elapsed())))
             }
             Err(e) => {
@@ -300,7 +304,7 @@ pub fn unprocessed(error: &h2::Error) -> Option<Unprocessed> {
     }
 }
 
-/// A worker connection as hyper reads and writes it; holding the `Upstream` keeps its
+/// A worker connection as h2 reads and writes it; holding the `Upstream` keeps its
 /// drain watcher, which cuts the socket once the worker has been drained too long.
 struct Io(Upstream);
 
