@@ -407,8 +407,9 @@ impl Session<'_> {
         }
     }
 
-    /// Forwards a request to an h2 pool: sent as a stream by the HTTP/2 path (`to_h2`), its
-    /// body streamed from this connection while the response comes back as HTTP/1.1.
+    /// Forwards a request to an h2 pool: sent as a stream by `proxy::to_h2` (the path both
+    /// transports take to h2 workers), its body streamed from this connection while the
+    /// response comes back as HTTP/1.1 (`http1::to_h2` has the pieces).
     async fn forward_to_h2(&mut self, head: RequestHead) -> Result<bool, Abort> {
         self.target.balancer.count_request();
         let tls = self.target.connector.tls.is_some();
