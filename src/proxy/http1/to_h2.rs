@@ -1,5 +1,5 @@
 //! An HTTP/1.x request to a `protocol = "h2"` pool: the pieces the session puts together
-//! to send it as a stream to an h2 worker (`http2::to_h2` does the sending, so both client
+//! to send it as a stream to an h2 worker (`proxy::to_h2` does the sending, so both client
 //! versions share one path to h2 workers).
 //!
 //! The head is the one the HTTP/1 path already checked and rewrote for a worker (hop-by-hop
