@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::*;
 use load_balancer::config::{
@@ -22,30 +22,6 @@ fn temp_log(name: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join("access.log")
-}
-
-/// The file's lines once it has `n` of them (the writer flushes when its queue is empty).
-async fn lines(path: &Path, n: usize) -> Vec<String> {
-    let mut last = Vec::new();
-    eventually_within(
-        &format!("{n} lines in {}", path.display()),
-        WAIT,
-        async || {
-            last = std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect();
-            last.len() >= n
-        },
-    )
-    .await;
-    assert_eq!(last.len(), n, "exactly {n} lines: {last:#?}");
-    last
-}
-
-fn json(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +56,7 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     // A line is written when its report ends, which may be just after the client has its
     // answer: waited for, so the lines come in this order.
-    lines(&http_log, 2).await;
+    log_lines(&http_log, 2).await;
     // 3. An HTTP/2 request.
     let (mut h2, conn) = h2_connect(proxy).await;
     let request = hyper::Request::get(format!("http://{proxy}/h2"))
@@ -91,7 +67,7 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     assert_eq!(response.status(), 200);
     h2_body(&mut response.into_body()).await;
     // Ordered after the HTTP/2 stream's report: the lines must come in this order.
-    lines(&http_log, 3).await;
+    log_lines(&http_log, 3).await;
     // An HTTP/2 HEAD: its response has no body to stream, and it still ended complete.
     let request = hyper::Request::head(format!("http://{proxy}/head"))
         .body(())
@@ -100,12 +76,12 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
     h2_body(&mut response.into_body()).await;
-    lines(&http_log, 4).await;
+    log_lines(&http_log, 4).await;
     // 4. No worker left: 503.
     change(&db, &lb, "UPDATE workers SET weight = 0").await;
     assert_eq!(get(&client(), proxy, "/gone").await.0, 503);
 
-    let lines_ = lines(&http_log, 5).await;
+    let lines_ = log_lines(&http_log, 5).await;
     let (post, refused, h2_line, head_line, unavailable) = (
         json(&lines_[0]),
         json(&lines_[1]),
@@ -163,7 +139,7 @@ async fn each_http_request_and_tcp_connection_gets_one_json_line_with_its_fields
     let mut reply = Vec::new();
     s.read_to_end(&mut reply).await.unwrap();
     drop(s);
-    let tcp_lines = lines(&tcp_log, 1).await;
+    let tcp_lines = log_lines(&tcp_log, 1).await;
     let line = json(&tcp_lines[0]);
     assert_eq!(line["protocol"], "TCP");
     assert_eq!(line["bytes_in"], request.len());
@@ -191,7 +167,7 @@ async fn combined_lines_and_a_rotated_file_is_reopened() {
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200"));
-    let first = lines(&path, 1).await;
+    let first = log_lines(&path, 1).await;
     let line = &first[0];
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(
@@ -211,7 +187,7 @@ async fn combined_lines_and_a_rotated_file_is_reopened() {
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200"));
-    let second = lines(&path, 1).await;
+    let second = log_lines(&path, 1).await;
     assert!(second[0].contains("GET /two"), "{second:?}");
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert_eq!(old.lines().count(), 1, "{old}");
@@ -234,7 +210,7 @@ async fn a_reload_turns_a_listeners_access_log_on_for_new_connections() {
     cfg.listeners[0].access_log = AccessLogTarget::File(path.clone());
     lb.reload(cfg, WAIT).await.expect("the reload applies");
     assert_eq!(get(&client(), proxy, "/after").await.0, 200);
-    let logged = lines(&path, 1).await;
+    let logged = log_lines(&path, 1).await;
     assert!(logged[0].contains("\"path\":\"/after\""), "{logged:?}");
     lb.stop(WAIT).await;
 }

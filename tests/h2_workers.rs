@@ -14,7 +14,9 @@ use common::*;
 use h2::server::SendResponse;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use load_balancer::config::{AlgorithmKind, PoolConfig, Protocol, UpstreamProtocol};
+use load_balancer::config::{
+    AccessLogTarget, AlgorithmKind, PoolConfig, Protocol, UpstreamProtocol,
+};
 use tokio::net::TcpListener;
 
 /// How a scripted worker treats the streams of each connection.
@@ -158,9 +160,11 @@ async fn a_refused_stream_goes_to_another_worker_with_its_whole_body() {
     let db = TestDb::new().await;
     let refuser = H2Worker::start("refuser", Script::Refuse).await;
     let server = H2Worker::start("server", Script::GoAwayAfter(usize::MAX)).await;
-    let lb = load_balancer::start(&h2_config(&db, Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let logs = TempDir::new("h2-refused");
+    let log = logs.0.join("access.log");
+    let mut cfg = h2_config(&db, Duration::from_secs(30));
+    cfg.listeners[0].access_log = AccessLogTarget::File(log.clone());
+    let lb = load_balancer::start(&cfg).await.unwrap();
     add_addresses(&db, &lb, &[refuser.addr, server.addr]).await;
     let proxy = lb.listeners[0];
     let client = h2_client();
@@ -192,6 +196,14 @@ async fn a_refused_stream_goes_to_another_worker_with_its_whole_body() {
         raw.ends_with("\r\n\r\n12\r\nserver:hello world\r\n0\r\n\r\n"),
         "{raw}"
     );
+    // Each request's body counted once, however many workers it went to.
+    let lines = log_lines(&log, 11).await;
+    for line in &lines[..10] {
+        let line = json(line);
+        assert_eq!(line["bytes_in"], body.len(), "{line}");
+        assert_eq!(line["worker"], server.addr.to_string(), "{line}");
+    }
+    assert_eq!(json(&lines[10])["bytes_in"], "hello world".len());
     lb.stop(Duration::from_secs(1)).await;
 }
 
@@ -243,9 +255,11 @@ async fn streams_above_a_graceful_goaway_go_again_and_none_fails() {
 async fn a_grpc_stream_cut_by_the_drain_deadline_ends_with_unavailable() {
     let db = TestDb::new().await;
     let holder = H2Worker::start("holder", Script::Hold).await;
-    let lb = load_balancer::start(&h2_config(&db, Duration::from_millis(300)))
-        .await
-        .unwrap();
+    let logs = TempDir::new("h2-drain");
+    let log = logs.0.join("access.log");
+    let mut cfg = h2_config(&db, Duration::from_millis(300));
+    cfg.listeners[0].access_log = AccessLogTarget::File(log.clone());
+    let lb = load_balancer::start(&cfg).await.unwrap();
     add_addresses(&db, &lb, &[holder.addr]).await;
     let proxy = lb.listeners[0];
     // The h2 crate as the client: it shows the trailers exactly as they come.
@@ -276,5 +290,9 @@ async fn a_grpc_stream_cut_by_the_drain_deadline_ends_with_unavailable() {
     .expect("trailers, not an error")
     .expect("trailers present");
     assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    // The client saw a status, not a broken stream: the log says the drain cut it.
+    let line = json(&log_lines(&log, 1).await[0]);
+    assert_eq!(line["ended"], "cut", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
     lb.stop(Duration::from_secs(1)).await;
 }

@@ -1160,3 +1160,28 @@ pub mod h2raw {
         })
     }
 }
+
+/// An access log file's lines once it has `n` of them (exactly `n`) (the writer flushes when its queue is empty).
+pub async fn log_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let mut last = Vec::new();
+    eventually_within(
+        &format!("{n} lines in {}", path.display()),
+        WAIT,
+        async || {
+            last = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            last.len() >= n
+        },
+    )
+    .await;
+    assert_eq!(last.len(), n, "exactly {n} lines: {last:#?}");
+    last
+}
+
+/// One JSON access-log line, parsed.
+pub fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}

@@ -156,6 +156,10 @@ impl Drop for Counted {
         if !self.body.is_end_stream() {
             // Dropped before its end: the client reset the stream, or the connection went.
             self.report.ended(Ended::ClientClosed);
+        } else if let Either::Left(Either::Right(worker)) = &self.body
+            && let Some(how) = worker.cut()
+        {
+            self.report.ended(how);
         }
         self.target.reports.finish(&mut self.report);
     }

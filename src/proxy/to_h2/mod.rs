@@ -34,6 +34,7 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response, Uri, Version};
 use tokio::time::{Instant, Sleep};
 
+use crate::access_log::Ended;
 use crate::balance::{Affinity, Attempts, Balancer, NoWorker, Outcome};
 use crate::proxy::HttpProxy;
 use crate::proxy::forward::grpc::{self, Code};
@@ -92,7 +93,8 @@ pub async fn forward<B: Source>(
     // Sent again after a broken stream only as HTTP/1 would: no body, idempotent, and
     // not a gRPC call (whose outcome the worker may already have acted on).
     let replayable = bodiless && !call.grpc && retry::idempotent(parts.method.as_str().as_bytes());
-    let mut upload = Upload::new(body);
+    let uploaded = target.reports.detailed().then(Arc::default);
+    let mut upload = Upload::new(body, uploaded.clone());
     let affinity = affinity_of(proxy, balancer, client, &parts);
     let mut attempts = Attempts::default();
     loop {
@@ -124,6 +126,9 @@ pub async fn forward<B: Source>(
                     continue;
                 }
                 report.answered(status);
+                if let Some(uploaded) = uploaded {
+                    report.detail(|d| d.uploading = Some(uploaded));
+                }
                 let mut response = response;
                 stick(&mut response, balancer, &worker, &attempts);
                 return response;
@@ -436,11 +441,15 @@ async fn wait_head(
 pub struct H2Body {
     body: RecvStream,
     _slot: Slot,
-    _in_flight: InFlight,
+    /// Counts the stream on its worker until the body ends; says whether it is drained.
+    in_flight: InFlight,
     grpc: bool,
     deadline: Option<Pin<Box<Sleep>>>,
     /// The last frame was given: nothing more comes.
     ended: bool,
+    /// A gRPC call the proxy ended itself, and why, for the access log: its client got a
+    /// status in trailers, not a broken stream, so nothing else would say so.
+    cut: Option<Ended>,
 }
 
 impl H2Body {
@@ -448,11 +457,17 @@ impl H2Body {
         H2Body {
             body,
             _slot: slot,
-            _in_flight: in_flight,
+            in_flight,
             grpc: call.grpc,
             deadline: call.deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
             ended: false,
+            cut: None,
         }
+    }
+
+    /// How the proxy ended the call early, if it did (see `cut`).
+    pub fn cut(&self) -> Option<Ended> {
+        self.cut
     }
 
     fn end_with(
@@ -461,6 +476,12 @@ impl H2Body {
         why: &str,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         self.ended = true;
+        self.cut = Some(match code {
+            Code::DeadlineExceeded => Ended::Timeout,
+            // The drain deadline shut its connection: cut on purpose, not a failure.
+            _ if self.in_flight.worker().state.drain.is_drained() => Ended::Cut,
+            _ => Ended::BackendFailed,
+        });
         Poll::Ready(Some(Ok(Frame::trailers(grpc::trailers(code, why)))))
     }
 }

@@ -45,6 +45,8 @@ pub struct Upload<B> {
     pub progress: Arc<Progress>,
     /// There was no body: nothing is streamed, and no attempt takes it.
     pub bodiless: bool,
+    /// Counts the body bytes read from the client, for the access log (`None`: no log).
+    counted: Option<Arc<AtomicU64>>,
 }
 
 struct State<B> {
@@ -63,7 +65,8 @@ enum Kept {
 }
 
 impl<B: Source> Upload<B> {
-    pub fn new(source: B) -> Upload<B> {
+    /// `counted`: where the body's bytes are counted as they come, if anywhere.
+    pub fn new(source: B, counted: Option<Arc<AtomicU64>>) -> Upload<B> {
         let ended = source.is_end_stream();
         Upload {
             state: Some(State {
@@ -78,6 +81,7 @@ impl<B: Source> Upload<B> {
                 done: AtomicBool::new(ended),
             }),
             bodiless: ended,
+            counted,
         }
     }
 
@@ -91,6 +95,7 @@ impl<B: Source> Upload<B> {
             cursor: 0,
             back: Some(back),
             progress: self.progress.clone(),
+            counted: self.counted.clone(),
         };
         Some((body, returned))
     }
@@ -122,6 +127,7 @@ pub struct Replay<B> {
     cursor: usize,
     back: Option<oneshot::Sender<StateBack<B>>>,
     progress: Arc<Progress>,
+    counted: Option<Arc<AtomicU64>>,
 }
 
 impl<B> Drop for Replay<B> {
@@ -163,6 +169,9 @@ impl<B: Source> Body for Replay<B> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.progress.last_ms.store(now_ms(), Ordering::Relaxed);
+                if let (Some(n), Some(data)) = (&this.counted, frame.data_ref()) {
+                    n.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 if !state.overflowed {
                     let kept = match (frame.data_ref(), frame.trailers_ref()) {
                         (Some(data), _) => Some((Kept::Data(data.clone()), data.len())),
@@ -244,12 +253,16 @@ mod tests {
     async fn a_refused_attempt_gives_its_body_back_to_be_sent_again_whole() {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-x", "1".parse().unwrap());
-        let mut upload = Upload::new(source(vec![
-            Frame::data(Bytes::from_static(b"ab")),
-            Frame::data(Bytes::from_static(b"cd")),
-            Frame::data(Bytes::from_static(b"ef")),
-            Frame::trailers(trailers),
-        ]));
+        let counted = Arc::new(AtomicU64::new(0));
+        let mut upload = Upload::new(
+            source(vec![
+                Frame::data(Bytes::from_static(b"ab")),
+                Frame::data(Bytes::from_static(b"cd")),
+                Frame::data(Bytes::from_static(b"ef")),
+                Frame::trailers(trailers),
+            ]),
+            Some(counted.clone()),
+        );
         let (mut body, back) = upload.attempt().unwrap();
         assert_eq!(read(&mut body, Some(2)).await, ["ab", "cd"]);
         drop(body);
@@ -274,10 +287,13 @@ mod tests {
     #[tokio::test]
     async fn past_keep_bytes_a_body_cannot_go_again() {
         let big = Bytes::from(vec![b'x'; KEEP]);
-        let mut upload = Upload::new(source(vec![
-            Frame::data(Bytes::from_static(b"a")),
-            Frame::data(big),
-        ]));
+        let mut upload = Upload::new(
+            source(vec![
+                Frame::data(Bytes::from_static(b"a")),
+                Frame::data(big),
+            ]),
+            None,
+        );
         let (mut body, back) = upload.attempt().unwrap();
         assert_eq!(read(&mut body, None).await.len(), 2);
         drop(body);
@@ -287,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_body_is_at_its_end_from_the_start() {
-        let mut upload = Upload::new(http_body_util::Empty::<Bytes>::new());
+        let mut upload = Upload::new(http_body_util::Empty::<Bytes>::new(), None);
         let (body, _) = upload.attempt().unwrap();
         assert!(body.is_end_stream());
         assert!(upload.progress.done.load(Ordering::Relaxed));
