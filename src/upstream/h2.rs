@@ -250,15 +250,6 @@ impl Multiplexed {
                 .collect::<Vec<_>>()
         });
     }
-
-    /// Open connections.
-    pub fn len(&self) -> usize {
-        self.conns.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// How a connection's driver finds its worker's list when it ends, without holding the
