@@ -124,7 +124,7 @@ async fn trusted_v1_and_v2_headers_give_the_client_address_everywhere() {
 
     // A line is written when its request's report ends, which may be just after the
     // client has its response: the lines are checked as a set, not in sending order.
-    let lines = eventually_lines(&log, 4).await;
+    let lines = log_lines(&log, 4).await;
     let clients: Vec<String> = lines
         .iter()
         .map(|l| {
@@ -144,20 +144,6 @@ async fn trusted_v1_and_v2_headers_give_the_client_address_everywhere() {
         .filter(|c| c.starts_with("127.0.0.1:"))
         .collect();
     assert_eq!(local.len(), 1, "LOCAL keeps the peer: {clients:?}");
-}
-
-async fn eventually_lines(path: &PathBuf, n: usize) -> Vec<String> {
-    let mut last = Vec::new();
-    eventually_within(&format!("{n} access-log lines"), WAIT, async || {
-        last = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        last.len() >= n
-    })
-    .await;
-    last
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

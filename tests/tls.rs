@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, TestDb, WAIT, add};
 use load_balancer::config::{
-    AlgorithmKind, CertificateFiles, Config, Protocol, TlsConfig, TlsVersion,
+    AcceptAnyCertificate, AlgorithmKind, CertificateFiles, Config, Protocol, TlsConfig, TlsVersion,
 };
 use rustls::ClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -241,55 +240,10 @@ fn probing(sni: bool) -> TlsConnector {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
         .with_no_client_auth();
     c.enable_sni = sni;
     TlsConnector::from(Arc::new(c))
-}
-
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 async fn connect(
@@ -711,7 +665,7 @@ fn client_hello() -> Vec<u8> {
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
         .with_no_client_auth();
     let mut c =
         rustls::ClientConnection::new(Arc::new(config), "a.test".try_into().unwrap()).unwrap();
