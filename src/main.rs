@@ -312,23 +312,15 @@ fn print_error(e: &dyn Diagnostic) {
 /// after the startup logs (stderr).
 fn run_demo(options: &DemoOptions, log_format: LogFormat) -> ExitCode {
     let _log_level = init_logging(log_format, None);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = started(tokio::runtime::Runtime::new()) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         // Before anything starts, as for serve: a Ctrl-C during startup is held until the
         // demo has started, then stops it as any other (startup is bounded by the database's
         // connect timeout), instead of killing it between its rows and its proxy.
-        let mut signals = match Signals::register() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}");
-                return ExitCode::FAILURE;
-            }
+        let Some(mut signals) = registered() else {
+            return ExitCode::FAILURE;
         };
         let demo = match demo::start(options).await {
             Ok(d) => d,
@@ -396,22 +388,29 @@ fn healthcheck(path: &Path, overrides: &Overrides, url: Option<&str>) -> ExitCod
 /// Runs `future` to its end on a single-threaded runtime, for the one-shot commands; `None`
 /// (said on stderr) when no runtime can be started.
 fn run_once<F: std::future::Future>(future: F) -> Option<F::Output> {
-    match tokio::runtime::Builder::new_current_thread()
+    let built = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(runtime) => {
-            let output = runtime.block_on(future);
-            // Not a wait for blocking tasks left behind (a name lookup that outlived the
-            // command's own timeout): the answer is known, the process is about to exit.
-            runtime.shutdown_background();
-            Some(output)
-        }
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            None
-        }
-    }
+        .build();
+    let runtime = started(built)?;
+    let output = runtime.block_on(future);
+    // Not a wait for blocking tasks left behind (a name lookup that outlived the command's
+    // own timeout): the answer is known, the process is about to exit.
+    runtime.shutdown_background();
+    Some(output)
+}
+
+/// The runtime, or `None` with the one line that says why there is none.
+fn started(built: std::io::Result<tokio::runtime::Runtime>) -> Option<tokio::runtime::Runtime> {
+    built
+        .inspect_err(|e| eprintln!("cannot start the async runtime: {e}"))
+        .ok()
+}
+
+/// The signal handlers, or `None` with the one line that says why there are none.
+fn registered() -> Option<Signals> {
+    Signals::register()
+        .inspect_err(|e| eprintln!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}"))
+        .ok()
 }
 
 /// Runs one `workers` command; any failure is one line on stderr and exit 1.
@@ -468,23 +467,15 @@ fn serve(config: Config, path: &Path, overrides: &Overrides, log_level: &LogLeve
             .enable_all()
             .build()
     };
-    let runtime = match runtime {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = started(runtime) else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async {
         // Registered before starting, so a SIGTERM that arrives during startup is not lost
         // to the default action (instant death) once "listening" has been logged, and a
         // SIGHUP during startup is a reload once started.
-        let mut signals = match Signals::register() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot handle SIGTERM/SIGINT/SIGHUP: {e}");
-                return ExitCode::FAILURE;
-            }
+        let Some(mut signals) = registered() else {
+            return ExitCode::FAILURE;
         };
         let mut running = match load_balancer::start(&config).await {
             Ok(r) => r,
