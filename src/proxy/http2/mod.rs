@@ -35,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::HttpProxy;
 use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
-use super::forward::{Canned, Reject, checks, grpc};
+use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
@@ -229,9 +229,9 @@ async fn handle(
         let logged = logged_request(&request);
         report.detail(|d| d.request = Some(logged));
     }
-    let grpc = grpc::is_call(request.headers());
+    let call = Call::of(request.headers());
+    let grpc = call.grpc;
     if settings.protocol == UpstreamProtocol::H2 {
-        let call = Call::of(request.headers());
         return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
             Ok((parts, body)) => to_h2::forward(proxy, target, parts, body, client, call, report)
                 .await
