@@ -4,11 +4,14 @@
 //! The request head is written once from the rewritten fields; the body streams as it
 //! arrives — as it came when its length is known, chunked otherwise, with the client's
 //! trailers as the chunked trailer section. The response head is read with the HTTP/1
-//! path's checks (`http1::response`), and its body streams to the client through a small
-//! channel (which is the backpressure) from a task that owns the connection until both
-//! directions have ended, and puts it back in the idle store only if both ended cleanly.
-//! The task stops as soon as the client's stream is gone, and a body ends for the client
-//! only on the task's explicit word: a relay that broke off is an error, never a short body.
+//! path's checks (`http1::response`). A bodiless request (most) needs nothing running
+//! beside the download: its response body reads the connection itself and gives it back
+//! to the idle store at its clean end (`direct`). With a body, the exchange runs in a task
+//! that owns the connection until both directions have ended, relays the response body
+//! through a small channel (which is the backpressure), and puts the connection back only
+//! if both ended cleanly. Either way the exchange stops as soon as the client's stream is
+//! gone, and a body ends for the client only when its framing says so: a relay that broke
+//! off is an error, never a short body.
 
 use std::io;
 use std::pin::Pin;
