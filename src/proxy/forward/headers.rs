@@ -2,7 +2,8 @@
 //! hop-by-hop (RFC 9110 §7.6.1) and never forwarded, and the forwarding fields that tell a
 //! worker who the client is (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`, RFC 7239).
 //! The HTTP/1 path applies it to bytes as it copies a head (`http1::request`, `http1::response`); the HTTP/2
-//! path to hyper's header map ([`rewrite_h2_request`]).
+//! path writes an HTTP/1.1 worker's head from the client's fields ([`write_h2_request`]),
+//! and rewrites the header map for an HTTP/2 worker ([`rewrite_for_h2_worker`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -165,30 +166,85 @@ pub fn quotable(host: &[u8]) -> bool {
         .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\')
 }
 
-/// Rewrites an HTTP/2 request's fields for an HTTP/1.1 worker: `authority` (from
-/// `:authority`) becomes Host, hop-by-hop fields go, the `cookie` fields an HTTP/2 client
-/// splits are joined into one (RFC 9113 §8.2.3), and the forwarding fields are appended.
-pub fn rewrite_h2_request(headers: &mut HeaderMap, authority: Option<&str>, client: &Client) {
-    if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        headers.insert(header::HOST, host);
+/// Writes an HTTP/2 request's fields as an HTTP/1.1 worker gets them, between the request
+/// line and the framing fields (the caller's): `host` (its `:authority`, else its Host)
+/// first, every other field as it came, the `cookie` fields an HTTP/2 client splits joined
+/// into one (RFC 9113 §8.2.3), then the forwarding fields. Framing and hop-by-hop fields
+/// stay behind; HTTP/2 allows none of `Connection`, `Upgrade`, `Transfer-Encoding` or
+/// `Keep-Alive` (the h2 crate refuses a request with one), so no field is named by another.
+/// `Expect` stays behind too: a worker must not wait for a second `100 Continue`.
+/// Written straight as bytes, the header map left as it came: rewriting the map first cost
+/// a hashed insert or lookup per field touched, on every request.
+pub fn write_h2_request(
+    out: &mut Vec<u8>,
+    fields: &HeaderMap,
+    host: Option<&[u8]>,
+    client: &Client,
+) {
+    if let Some(host) = host {
+        put(out, b"Host", host);
     }
-    strip_hop_by_hop(headers);
-    // hyper already answered `Expect: 100-continue` to the client when the body was asked
-    // for; the worker must not wait for a second one.
-    headers.remove(header::EXPECT);
-    if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
-        let mut joined = Vec::new();
-        for v in headers.get_all(header::COOKIE) {
-            if !joined.is_empty() {
-                joined.extend_from_slice(b"; ");
+    let (mut cookies, mut prior_xff, mut prior_forwarded) = (0, false, false);
+    for (name, value) in fields {
+        match classify(name.as_str().as_bytes()) {
+            Field::Other => put(out, name.as_str().as_bytes(), value.as_bytes()),
+            Field::Cookie => cookies += 1,
+            Field::XForwardedFor => prior_xff |= !trim_ows(value.as_bytes()).is_empty(),
+            Field::Forwarded => prior_forwarded |= !trim_ows(value.as_bytes()).is_empty(),
+            _ => {}
+        }
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"Cookie: ");
+        for (i, v) in fields.get_all(header::COOKIE).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
             }
-            joined.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(v.as_bytes());
         }
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-            headers.insert(header::COOKIE, v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if prior_xff {
+        prior_values(out, fields, &X_FORWARDED_FOR);
+    }
+    out.extend_from_slice(client.xff.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(client.proto.as_bytes());
+    out.extend_from_slice(b"\r\nForwarded: ");
+    if prior_forwarded {
+        prior_values(out, fields, &header::FORWARDED);
+    }
+    out.extend_from_slice(client.forwarded.as_bytes());
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(client.proto.as_bytes());
+    if let Some(h) = host.filter(|h| quotable(h)) {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(h);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value` and its line end: one field of an HTTP/1.1 head.
+#[inline]
+pub fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the non-empty values of every `name` field, each followed by `, `: several lines
+/// of a list are one list (RFC 9110 §5.3), and workers often read only the first line.
+fn prior_values(out: &mut Vec<u8>, fields: &HeaderMap, name: &HeaderName) {
+    for v in fields.get_all(name) {
+        let v = trim_ows(v.as_bytes());
+        if !v.is_empty() {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
         }
     }
-    add_forwarded(headers, client);
 }
 
 /// Rewrites a request's fields for an HTTP/2 worker (from either client version): hop-by-hop
@@ -248,13 +304,7 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
     // Most requests carry no earlier value: the client's own, made once per connection.
     if headers.contains_key(X_FORWARDED_FOR) {
         let mut xff = Vec::with_capacity(64);
-        for v in headers.get_all(X_FORWARDED_FOR) {
-            let v = trim_ows(v.as_bytes());
-            if !v.is_empty() {
-                xff.extend_from_slice(v);
-                xff.extend_from_slice(b", ");
-            }
-        }
+        prior_values(&mut xff, headers, &X_FORWARDED_FOR);
         xff.extend_from_slice(client.xff.as_bytes());
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
             headers.insert(X_FORWARDED_FOR, v);
@@ -265,13 +315,7 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
 
     let mut fwd = Vec::with_capacity(96);
-    for v in headers.get_all(header::FORWARDED) {
-        let v = trim_ows(v.as_bytes());
-        if !v.is_empty() {
-            fwd.extend_from_slice(v);
-            fwd.extend_from_slice(b", ");
-        }
-    }
+    prior_values(&mut fwd, headers, &header::FORWARDED);
     fwd.extend_from_slice(client.forwarded.as_bytes());
     fwd.extend_from_slice(b";proto=");
     fwd.extend_from_slice(client.proto.as_bytes());
@@ -331,38 +375,46 @@ mod tests {
         assert_eq!(left, vec!["host", "x-keep"]);
     }
 
+    /// What `write_h2_request` writes for `fields`.
+    fn h1_fields(fields: &[(&str, &str)], host: Option<&str>, client: &Client) -> String {
+        let mut out = Vec::new();
+        write_h2_request(&mut out, &map(fields), host.map(str::as_bytes), client);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn h2_request_gets_host_joined_cookies_and_forwarding_fields() {
-        let mut h = map(&[
-            ("cookie", "a=1"),
-            ("cookie", "b=2"),
-            ("x-forwarded-for", "203.0.113.9"),
-            ("forwarded", "for=203.0.113.9"),
-        ]);
-        rewrite_h2_request(&mut h, Some("example.com"), &client("10.1.2.3:5555"));
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(h["cookie"], "a=1; b=2");
-        assert_eq!(h["host"], "example.com");
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "http");
+        let written = h1_fields(
+            &[
+                ("cookie", "a=1"),
+                ("x-keep", "1"),
+                ("cookie", "b=2"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "for=203.0.113.9"),
+                ("te", "trailers"),
+                ("expect", "100-continue"),
+                ("content-length", "3"),
+                ("host", "example.com"),
+            ],
+            Some("example.com"),
+            &client("10.1.2.3:5555"),
+        );
         assert_eq!(
-            h["forwarded"],
-            "for=203.0.113.9, for=10.1.2.3;proto=http;host=\"example.com\""
+            written,
+            "Host: example.com\r\nx-keep: 1\r\nCookie: a=1; b=2\r\n\
+             X-Forwarded-For: 203.0.113.9, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\
+             Forwarded: for=203.0.113.9, for=10.1.2.3;proto=http;host=\"example.com\"\r\n"
         );
     }
 
     #[test]
     fn tls_client_is_forwarded_as_https() {
-        let mut h = map(&[]);
-        rewrite_h2_request(
-            &mut h,
-            Some("example.com"),
-            &client("10.1.2.3:5555").with_tls(true),
-        );
-        assert_eq!(h["x-forwarded-proto"], "https");
+        let written = h1_fields(&[], None, &client("10.1.2.3:5555").with_tls(true));
         assert_eq!(
-            h["forwarded"],
-            "for=10.1.2.3;proto=https;host=\"example.com\""
+            written,
+            "X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n\
+             Forwarded: for=10.1.2.3;proto=https\r\n"
         );
         assert_eq!(client("10.1.2.3:5555").with_tls(false).proto, "http");
     }

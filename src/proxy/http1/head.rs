@@ -2,6 +2,7 @@
 //! Content-Length rules, and writing a field line.
 
 use crate::proxy::forward::checks::trim_ows;
+pub use crate::proxy::forward::headers::put;
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +40,4 @@ pub fn put_length(out: &mut Vec<u8>, n: u64) {
         b"Content-Length",
         itoa::Buffer::new().format(n).as_bytes(),
     );
-}
-
-#[inline]
-pub fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }

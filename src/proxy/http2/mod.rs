@@ -8,35 +8,36 @@
 //! proxy answers itself and when a request goes to another worker are the same as on the
 //! HTTP/1 path, because both ask `forward`.
 
+mod body;
 mod to_http1;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header;
 use hyper::http::request::Parts;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::HttpProxy;
 use super::forward::headers::{self, Client};
 use super::forward::retry::{self, Failure};
 use super::forward::{Canned, Reject, checks};
-use super::http1::head::{Framing, put, put_length};
+use super::http1::head::{Framing, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
 use super::stream::ClientStream;
@@ -47,6 +48,7 @@ use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::config::UpstreamProtocol;
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
+use body::RequestBody;
 use to_http1::{Failed, Outbound, WorkerBody};
 
 /// What a response to the client carries: an HTTP/1.1 or an h2 worker's body, or the
@@ -63,65 +65,143 @@ struct Activity {
 }
 
 /// A client connection that opened with the HTTP/2 preface: `io` replays the bytes the
-/// HTTP/1 path had already read. A connection with no stream open and no byte moving for
-/// the listener's `header_read_timeout` is closed, as an idle HTTP/1 connection is. When
-/// the drain starts, GOAWAY lets the streams in progress finish; at the cut the connection
-/// just closes.
+/// HTTP/1 path had already read. Its streams are served inside this one task, each a
+/// future beside the connection's (no task, no channel between them). A connection with no
+/// stream open and no byte moving for the listener's `header_read_timeout` is closed, as an
+/// idle HTTP/1 connection is. When the drain starts, GOAWAY lets the streams in progress
+/// finish; at the cut the connection just closes.
 pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown: Shutdown) {
-    let limits = proxy.limits.clone();
-    let client = Arc::new(Client::new(peer).with_tls(io.is_tls()));
+    let limits = &proxy.limits;
+    let client = Client::new(peer).with_tls(io.is_tls());
     let activity = io.activity.clone();
-    let counted = activity.clone();
-    let service = service_fn(move |request| {
-        let (proxy, client) = (proxy.clone(), client.clone());
-        let stream = Stream::open(counted.clone());
-        async move {
-            let target = route(&proxy, &request);
-            let mut report = target.reports.start(peer);
-            let response = handle(&proxy, &target, request, &client, &mut report).await;
-            Ok::<_, Infallible>(response.map(|body| Counted {
-                body,
-                _stream: stream,
-                report,
-                target,
-            }))
-        }
+    let idle = quiet_for(&activity.last_ms, limits.header_read_timeout, || {
+        activity.streams.load(Ordering::Relaxed) > 0
     });
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_size as u32);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        // No stream open and nothing moved either way for the timeout.
-        _ = quiet_for(&activity.last_ms, limits.header_read_timeout, || {
-            activity.streams.load(Ordering::Relaxed) > 0
-        }) => {
-            tracing::debug!(client = %peer, "idle HTTP/2 connection: closing");
-            // GOAWAY first (RFC 9113 §6.8), then the close: no stream is open to wait for,
-            // only the client's PING acknowledgement of the GOAWAY, given a moment.
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(GOAWAY_GRACE, conn.as_mut())
-                .await
-                .unwrap_or(Ok(()))
-        }
-        _ = shutdown.drain.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shutdown.cut.cancelled() => Ok(()),
+    tokio::pin!(idle);
+    let handshake = server_settings(limits.max_header_size).handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        conn = handshake => match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "HTTP/2 handshake failed");
+                return;
             }
-        }
+        },
+        _ = &mut idle => return,
+        _ = shutdown.cut.cancelled() => return,
     };
-    if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+    let mut streams = FuturesUnordered::new();
+    // When the GOAWAY of an idle connection was sent: it closes at the latest
+    // `GOAWAY_GRACE` later.
+    let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut draining = false;
+    loop {
+        let served = std::future::poll_fn(|cx| {
+            loop {
+                // Streams first, then the connection: what every ready stream sends goes
+                // out in the connection's one write.
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                match ready!(conn.poll_accept(cx)) {
+                    Some(Ok((request, respond))) => {
+                        streams.push(stream(&proxy, &client, &activity, request, respond));
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    // GOAWAY exchanged and every stream ended, or the client closed.
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+        });
+        tokio::select! {
+            biased;
+            served = served => {
+                if let Err(e) = served {
+                    tracing::debug!(client = %peer, error = %e,
+                        "client connection ended with an error");
+                }
+                return;
+            }
+            // No stream open and nothing moved either way for the timeout.
+            _ = &mut idle, if closing.is_none() && !draining => {
+                tracing::debug!(client = %peer, "idle HTTP/2 connection: closing");
+                // GOAWAY first (RFC 9113 §6.8), then the close: no stream is open to wait
+                // for, only the client's PING acknowledgement of the GOAWAY.
+                conn.graceful_shutdown();
+                closing = Some(Box::pin(tokio::time::sleep(GOAWAY_GRACE)));
+            }
+            _ = async { closing.as_mut().expect("set").await }, if closing.is_some() => return,
+            _ = shutdown.drain.cancelled(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            _ = shutdown.cut.cancelled() => return,
+        }
     }
+}
+
+/// The client side's HTTP/2 settings and limits. Flow-control windows of 1 MiB per stream
+/// and per connection bound what one client makes the proxy hold; 200 concurrent streams
+/// and the h2 crate's limits on resets (a client's own, and those its errors provoke)
+/// bound the work one connection can ask for; the field section is held to the
+/// listener's `max_header_size`.
+fn server_settings(max_header_size: usize) -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(1 << 20)
+        .max_frame_size(16 * 1024)
+        .max_send_buffer_size(400 * 1024)
+        .max_concurrent_streams(200)
+        .max_local_error_reset_streams(Some(1024))
+        .max_header_list_size(max_header_size as u32);
+    builder
 }
 
 /// How long an idle connection's GOAWAY may take before the connection just closes.
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
+
+/// Serves one client stream: the request is forwarded (`handle`), the response sent back,
+/// its body as the client's window allows. A client that resets the stream stops both.
+async fn stream(
+    proxy: &HttpProxy,
+    client: &Client,
+    activity: &Arc<Activity>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let open = Stream::open(activity.clone());
+    let request = request.map(RequestBody::new);
+    let target = route(proxy, &request);
+    let mut report = target.reports.start(client.address);
+    let response = tokio::select! {
+        biased;
+        response = handle(proxy, &target, request, client, &mut report) => response,
+        // The client reset the stream: nobody waits for the answer.
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (head, body) = response.into_parts();
+    let mut head = Response::from_parts(head, ());
+    if let Either::Right(own) = &body
+        && let Some(n) = own.size_hint().exact()
+        && !head.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+    }
+    let body = Counted {
+        body,
+        _stream: open,
+        report,
+        target,
+    };
+    let end = body.is_end_stream();
+    match respond.send_response(head, end) {
+        Ok(tx) if !end => body::send(body, tx).await,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::debug!(client = %client.address, error = %e, "the response could not be sent");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
 
 /// One open stream, counted in `Activity::streams` until its response body is dropped.
 struct Stream(Arc<Activity>);
@@ -198,7 +278,7 @@ impl Body for Counted {
 
 /// The pool a request goes to (see `Targets::route`), by its `:authority` (else `Host`)
 /// and path.
-fn route(proxy: &HttpProxy, request: &Request<Incoming>) -> Arc<Target> {
+fn route(proxy: &HttpProxy, request: &Request<RequestBody>) -> Arc<Target> {
     let targets = &proxy.targets;
     let mut target = targets.own.clone();
     let snapshot = targets.ring().load();
@@ -218,7 +298,7 @@ fn route(proxy: &HttpProxy, request: &Request<Incoming>) -> Arc<Target> {
 async fn handle(
     proxy: &HttpProxy,
     target: &Target,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     client: &Client,
     report: &mut Report,
 ) -> Response<ProxyBody> {
@@ -233,16 +313,20 @@ async fn handle(
     let grpc = call.grpc;
     if settings.protocol == UpstreamProtocol::H2 {
         return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
-            Ok((parts, body)) => to_h2::forward(proxy, target, parts, body, client, call, report)
-                .await
-                .map(|body| match body {
-                    Either::Left(worker) => Either::Left(Either::Right(worker)),
-                    Either::Right(own) => Either::Right(own),
-                }),
+            // Boxed: its state is several kilobytes, which every request's future would
+            // otherwise carry (and copy) whatever its pool.
+            Ok((parts, body)) => Box::pin(to_h2::forward(
+                proxy, target, parts, body, client, call, report,
+            ))
+            .await
+            .map(|body| match body {
+                Either::Left(worker) => Either::Left(Either::Right(worker)),
+                Either::Right(own) => Either::Right(own),
+            }),
             Err(reject) => call.own(report, &rejected(reject)).map(Either::Right),
         };
     }
-    let (parts, length, body) = match prepare(request, client) {
+    let (parts, length, body) = match prepare(request) {
         Ok(prepared) => prepared,
         Err(reject) => return own(report, &rejected(reject), grpc),
     };
@@ -251,7 +335,7 @@ async fn handle(
         return own(report, &Canned::BAD_REQUEST, grpc);
     };
     let mut out = Outbound {
-        head: write_head(&parts, length, framing),
+        head: write_head(&parts, length, framing, client),
         framing,
         head_request: parts.method == Method::HEAD,
         // A body streams through once: only a request without one can be sent again.
@@ -333,7 +417,7 @@ async fn handle(
 }
 
 /// The access log's view of a request, as the client sent it.
-fn logged_request(request: &Request<Incoming>) -> Http {
+fn logged_request(request: &Request<RequestBody>) -> Http {
     let field = |name: header::HeaderName| {
         request
             .headers()
@@ -369,17 +453,12 @@ fn rejected(reject: Reject) -> Canned {
     reject.canned()
 }
 
-/// Checks an HTTP/2 request with the rules the HTTP/1 path applies and rewrites its fields
-/// for an HTTP/1.1 worker: Host from `:authority`, hop-by-hop fields removed, cookies
-/// joined, forwarding fields added. Returns the head's parts, the body's declared length
-/// (its Content-Length, which h2 holds the DATA to) and the body.
-fn prepare(
-    request: Request<Incoming>,
-    client: &Client,
-) -> Result<(Parts, Option<u64>, Incoming), Reject> {
-    let (mut parts, body) = request.into_parts();
-    let authority = check(&parts)?;
-    headers::rewrite_h2_request(&mut parts.headers, authority.as_deref(), client);
+/// Checks an HTTP/2 request with the rules the HTTP/1 path applies. Returns the head's
+/// parts, the body's declared length (its Content-Length, which h2 holds the DATA to) and
+/// the body. The fields are rewritten for the worker as its head is written (`write_head`).
+fn prepare(request: Request<RequestBody>) -> Result<(Parts, Option<u64>, RequestBody), Reject> {
+    let (parts, body) = request.into_parts();
+    check(&parts)?;
     // One value, written once by `write_head` (h2 lets equal duplicates through, and some
     // HTTP/1 servers refuse two Content-Length lines).
     let mut length = None;
@@ -393,7 +472,6 @@ fn prepare(
         }
         length = Some(n);
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
     Ok((parts, length, body))
 }
 
@@ -401,10 +479,10 @@ fn prepare(
 /// as `headers::rewrite_for_h2_worker` says, the target an absolute URI (`tls`: the
 /// worker connection's scheme).
 fn prepare_for_h2(
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     client: &Client,
     tls: bool,
-) -> Result<(Parts, Incoming), Reject> {
+) -> Result<(Parts, RequestBody), Reject> {
     let (mut parts, body) = request.into_parts();
     check(&parts)?;
     let uri = std::mem::take(&mut parts.uri);
@@ -415,11 +493,11 @@ fn prepare_for_h2(
 }
 
 /// The checks every HTTP/2 request passes, the HTTP/1 path's rules: method, field count,
-/// one authority, path. Returns the `:authority`.
-fn check(parts: &Parts) -> Result<Option<String>, Reject> {
+/// one authority, path.
+fn check(parts: &Parts) -> Result<(), Reject> {
     checks::method(parts.method.as_str().as_bytes())?;
     checks::field_count(parts.headers.len())?;
-    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+    let authority = parts.uri.authority().map(|a| a.as_str());
     if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
         return Err(Reject::BadRequest("more than one Host"));
     }
@@ -435,7 +513,7 @@ fn check(parts: &Parts) -> Result<Option<String>, Reject> {
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     checks::path(path.as_bytes())?;
-    Ok(authority)
+    Ok(())
 }
 
 /// How the body goes to the worker: as it came when its length is known, chunked when it
@@ -444,8 +522,8 @@ fn check(parts: &Parts) -> Result<Option<String>, Reject> {
 /// go out chunked). `None`: the client's stream broke first.
 async fn body_framing(
     length: Option<u64>,
-    mut body: Incoming,
-) -> Option<(Framing, Option<Frame<Bytes>>, Option<Incoming>)> {
+    mut body: RequestBody,
+) -> Option<(Framing, Option<Frame<Bytes>>, Option<RequestBody>)> {
     if body.is_end_stream() {
         return Some((Framing::Empty, None, None));
     }
@@ -462,23 +540,21 @@ async fn body_framing(
     }
 }
 
-/// The worker's HTTP/1.1 request head: origin-form target, Host first (as HTTP/1.1
-/// senders do), every other field as rewritten, then the framing.
-fn write_head(parts: &Parts, length: Option<u64>, framing: Framing) -> Vec<u8> {
+/// The worker's HTTP/1.1 request head: origin-form target, Host (from `:authority`, else
+/// the Host field) first, as HTTP/1.1 senders do, the fields as `headers::write_h2_request`
+/// rewrites them, then the framing.
+fn write_head(parts: &Parts, length: Option<u64>, framing: Framing, client: &Client) -> Vec<u8> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(path.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = parts.headers.get(header::HOST) {
-        put(&mut head, b"Host", host.as_bytes());
-    }
-    for (name, value) in &parts.headers {
-        if name != header::HOST {
-            put(&mut head, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
+    let host = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => parts.headers.get(header::HOST).map(|h| h.as_bytes()),
+    };
+    headers::write_h2_request(&mut head, &parts.headers, host, client);
     match framing {
         Framing::Chunked => head.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Length(n) => put_length(&mut head, n),

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
+
+use super::body::RequestBody;
 use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -106,7 +108,7 @@ pub async fn exchange(
     connector: &Connector,
     settings: &PoolConfig,
     out: &mut Outbound,
-    body: &mut Option<Incoming>,
+    body: &mut Option<RequestBody>,
 ) -> Result<Response<WorkerBody>, Failed> {
     loop {
         // Counted before the connection is made, as the HTTP/1 path does: picks that
@@ -189,7 +191,7 @@ struct Task {
     framing: Framing,
     head_request: bool,
     first: Option<Frame<Bytes>>,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     response_timeout: Duration,
     uploaded: Option<Arc<AtomicU64>>,
 }
@@ -319,7 +321,7 @@ impl Task {
 async fn upload<W: AsyncWrite + Unpin>(
     wr: &mut W,
     first: Option<Frame<Bytes>>,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     framing: Framing,
     progress: &Progress,
     counted: Option<&AtomicU64>,
@@ -590,6 +592,17 @@ struct Reading {
 }
 
 impl Reading {
+    /// The body has ended: the connection goes back to the idle store if the worker allows
+    /// another request on it and sent nothing past the body.
+    fn release(&mut self) {
+        if let Some(up) = self.up.take()
+            && self.reusable
+            && self.rbuf.is_empty()
+        {
+            IdleConns::put_upstream(self.in_flight.worker(), up);
+        }
+    }
+
     fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Piece> {
         let mut out = Vec::new();
         loop {
@@ -601,12 +614,7 @@ impl Reading {
                 return Poll::Ready(Piece::Data(Bytes::from(out)));
             }
             if self.left.done() {
-                if let Some(up) = self.up.take()
-                    && self.reusable
-                    && self.rbuf.is_empty()
-                {
-                    IdleConns::put_upstream(self.in_flight.worker(), up);
-                }
+                self.release();
                 return Poll::Ready(Piece::End);
             }
             let Some(up) = self.up.as_mut() else {
@@ -668,7 +676,17 @@ impl Body for WorkerBody {
             },
         };
         Poll::Ready(match piece {
-            Some(Piece::Data(data)) => Some(Ok(Frame::data(data))),
+            Some(Piece::Data(data)) => {
+                // The last data of a body read here ends it at once, so that it goes to
+                // the client with the stream's end rather than an empty frame after it.
+                if let From::Connection(reading) = &mut self.from
+                    && reading.left.done()
+                {
+                    reading.release();
+                    self.ended = true;
+                }
+                Some(Ok(Frame::data(data)))
+            }
             Some(Piece::End) => {
                 self.ended = true;
                 None
