@@ -195,7 +195,7 @@ pub fn write_h2_request(
         }
     }
     if cookies > 0 {
-        out.extend_from_slice(b"Cookie: ");
+        out.extend_from_slice(b"cookie: ");
         for (i, v) in fields.get_all(header::COOKIE).iter().enumerate() {
             if i > 0 {
                 out.extend_from_slice(b"; ");
@@ -252,16 +252,37 @@ fn prior_values(out: &mut Vec<u8>, fields: &HeaderMap, name: &HeaderName) {
 /// require), `Host` dropped (the request's `:authority` carries it), the forwarding fields
 /// added. Cookies stay as they came: HTTP/2 allows them split.
 pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
-    let trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    strip_hop_by_hop(headers);
-    if trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    // One pass of cheap name comparisons says which fields are there: most requests carry
+    // none of those removed here, and each hashed lookup or removal costs even when the
+    // field is absent.
+    let (mut hop, mut host, mut expect, mut prior_xff) = (false, false, false, false);
+    for name in headers.keys() {
+        match classify(name.as_str().as_bytes()) {
+            Field::HopByHop | Field::Connection | Field::Upgrade | Field::TransferEncoding => {
+                hop = true
+            }
+            Field::Host => host = true,
+            Field::Expect => expect = true,
+            Field::XForwardedFor => prior_xff = true,
+            _ => {}
+        }
     }
-    headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
-    add_forwarded(headers, client);
+    if hop {
+        let trailers = headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        strip_hop_by_hop(headers);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if host {
+        headers.remove(header::HOST);
+    }
+    if expect {
+        headers.remove(header::EXPECT);
+    }
+    add_forwarded(headers, client, prior_xff);
 }
 
 /// Removes hop-by-hop fields, including those the `Connection` field names, and `Upgrade`.
@@ -297,12 +318,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto`,
-/// with the same values the HTTP/1 path writes. Several fields of a list become one line
-/// with the client last: workers often read only the first line.
-fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
+/// Appends the client to `X-Forwarded-For` (`prior_xff`: the request has one already) and
+/// `Forwarded`, and sets `X-Forwarded-Proto`, with the values the HTTP/1 path writes but
+/// `Forwarded`'s `host=`: an HTTP/2 worker's request names its host in `:authority`.
+/// Several fields of a list become one line with the client last: workers often read only
+/// the first line.
+fn add_forwarded(headers: &mut HeaderMap, client: &Client, prior_xff: bool) {
     // Most requests carry no earlier value: the client's own, made once per connection.
-    if headers.contains_key(X_FORWARDED_FOR) {
+    if prior_xff {
         let mut xff = Vec::with_capacity(64);
         prior_values(&mut xff, headers, &X_FORWARDED_FOR);
         xff.extend_from_slice(client.xff.as_bytes());
@@ -319,15 +342,6 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client) {
     fwd.extend_from_slice(client.forwarded.as_bytes());
     fwd.extend_from_slice(b";proto=");
     fwd.extend_from_slice(client.proto.as_bytes());
-    if let Some(h) = headers
-        .get(header::HOST)
-        .map(HeaderValue::as_bytes)
-        .filter(|h| quotable(h))
-    {
-        fwd.extend_from_slice(b";host=\"");
-        fwd.extend_from_slice(h);
-        fwd.push(b'"');
-    }
     if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
         headers.insert(header::FORWARDED, v);
     }
@@ -402,7 +416,7 @@ mod tests {
         );
         assert_eq!(
             written,
-            "Host: example.com\r\nx-keep: 1\r\nCookie: a=1; b=2\r\n\
+            "Host: example.com\r\nx-keep: 1\r\ncookie: a=1; b=2\r\n\
              X-Forwarded-For: 203.0.113.9, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\
              Forwarded: for=203.0.113.9, for=10.1.2.3;proto=http;host=\"example.com\"\r\n"
         );
