@@ -1,8 +1,9 @@
-//! The HTTP/2 transport (prior knowledge, h2c): hyper serves the client; each request (one
-//! stream) is checked and rewritten by the forwarding policy (`forward`), picks a worker
-//! afresh and goes to it as its pool says: as HTTP/1.1 (`to_http1`), on the connections
-//! the HTTP/1 transport uses too, or as a stream on a shared HTTP/2 connection
-//! (`proxy::to_h2`, which the HTTP/1 transport uses for h2 pools too).
+//! The HTTP/2 transport (prior knowledge, h2c): the h2 crate serves the client (`body` for
+//! the bodies both ways); each request (one stream) is checked and rewritten by the
+//! forwarding policy (`forward`), picks a worker afresh and goes to it as its pool says:
+//! as HTTP/1.1 (`to_http1`), on the connections the HTTP/1 transport uses too, or as a
+//! stream on a shared HTTP/2 connection (`proxy::to_h2`, which the HTTP/1 transport uses
+//! for h2 pools too).
 //!
 //! Bodies stream through without buffering, trailers included. What is refused, what the
 //! proxy answers itself and when a request goes to another worker are the same as on the

@@ -1,7 +1,7 @@
 //! A request's exchange with a `protocol = "h2"` worker, for both client transports: one
 //! stream on a connection the worker's other requests share (`upstream::h2`), picked
 //! afresh for each request, so one client connection — a gRPC channel — spreads over every
-//! worker by weight. `http2` hands it hyper's requests, `http1` the requests it parsed
+//! worker by weight. `http2` hands it the client's streams, `http1` the requests it parsed
 //! itself (`http1::to_h2`); both send back what `forward` returns.
 //!
 //! The request goes with its fields as the client sent them, rewritten for the worker
