@@ -135,12 +135,15 @@ async fn two_instances_write_their_views_and_the_view_sums_them() {
              FROM workers",
     )
     .await;
-    db.exec("INSERT INTO workers (worker_address, weight) VALUES ('127.0.0.1:1', 0)")
-        .await;
+    // The new worker and the read are one transaction: the running instances cannot see the
+    // worker yet, so none can have reported it (they do within milliseconds of the commit).
     let health = rows(
         &db,
-        "SELECT worker_address, instances, healthy_instances FROM worker_health
-         ORDER BY worker_id",
+        "BEGIN;
+         INSERT INTO workers (worker_address, weight) VALUES ('127.0.0.1:1', 0);
+         SELECT worker_address, instances, healthy_instances FROM worker_health
+         ORDER BY worker_id;
+         COMMIT",
     )
     .await;
     assert_eq!(
