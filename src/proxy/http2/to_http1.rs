@@ -23,13 +23,12 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
-
-use super::body::RequestBody;
 use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use super::body::RequestBody;
 use crate::balance::Outcome;
 use crate::config::PoolConfig;
 use crate::proxy::forward::checks::MAX_FIELDS;
