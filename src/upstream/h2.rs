@@ -135,7 +135,8 @@ impl Multiplexed {
             ));
         }
         let dialled = Instant::now();
-        match self.dial(worker, connector, settings, client).await {
+        // Boxed, as dialling is rare and its state large (see `connect_upstream`).
+        match Box::pin(self.dial(worker, connector, settings, client)).await {
             Ok(conn) => {
                 self.conns.rcu(|conns| {
                     let mut conns = Vec::clone(conns);
