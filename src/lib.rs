@@ -9,7 +9,7 @@
 //! [`start`] wires these together: the served [`listeners`] and each pool's
 //! [`pool_tasks`]; [`reload`] applies a new configuration to them. Beside the flow:
 //! [`metrics`] (the counters the transports add to, which `admin` exposes), [`access_log`]
-//! (its queue and writer), [`tls`] (termination on listeners; TLS to workers is
+//! (its queue and writer), [`codec`] (HTTP/2 frames and HPACK, without I/O), [`tls`] (termination on listeners; TLS to workers is
 //! `upstream`'s, to PostgreSQL `db`'s) and [`cli`] (the `workers` commands, the `demo` and
 //! the `healthcheck`). `main.rs` only adds the command line, logging and signals.
 
@@ -20,6 +20,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod db;
 mod io_variants;
