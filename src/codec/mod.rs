@@ -1,6 +1,7 @@
 //! The HTTP/2 codec: bytes to frames and back (`frame`), field blocks to fields and back
-//! (`hpack`). Pure: no I/O, no timers, no policy, so every rule of RFC 9113 §4–6 and
-//! RFC 7541 it enforces is tested on exact bytes.
+//! (`hpack`), fields to checked message heads (`message`). Pure: no I/O, no timers, no
+//! policy, so every rule of RFC 9113 §4–8 and RFC 7541 it enforces is tested on exact
+//! bytes.
 //!
 //! Why the proxy has its own: the h2 crate's share of an HTTP/2 request keeps the proxy's
 //! CPU per request above HAProxy's (README, "Performance"), and its codec is private, so
@@ -10,3 +11,4 @@
 
 pub mod frame;
 pub mod hpack;
+pub mod message;
