@@ -11,6 +11,8 @@ pub const HEAD_LEN: usize = 9;
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 1 << 14;
 /// The largest SETTINGS_MAX_FRAME_SIZE (2^24 - 1).
 pub const MAX_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
+/// Every flow-control window's initial size (§6.9.2).
+pub const DEFAULT_WINDOW: u32 = 65_535;
 /// The largest flow-control window (2^31 - 1).
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
