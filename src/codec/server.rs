@@ -124,6 +124,8 @@ struct Stream {
     /// The request's content-length, and the body bytes received so far.
     length: Option<u64>,
     received: u64,
+    /// Body bytes handed to the caller and not yet released.
+    held: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -460,6 +462,7 @@ impl Server {
                 recv: Receive::new(self.config.stream_window),
                 length,
                 received: 0,
+                held: 0,
             },
         );
     }
@@ -506,6 +509,7 @@ impl Server {
             return Ok(());
         }
         s.remote_done = end;
+        s.held += data.len() as u32;
         if data.is_empty() && !end {
             return Ok(());
         }
@@ -522,7 +526,7 @@ impl Server {
         if self.is_idle(stream) {
             return fail(Code::PROTOCOL_ERROR, "RST_STREAM on an idle stream");
         }
-        if let Some(s) = self.streams.remove(&stream) {
+        if let Some(s) = self.remove(stream) {
             if !s.responding {
                 self.premature_resets += 1;
                 if self.premature_resets > self.config.max_premature_resets {
@@ -581,7 +585,7 @@ impl Server {
     /// Resets a stream for its request's error; the caller hears of it if it knew it.
     fn reset_for_error(&mut self, stream: u32, code: Code) {
         self.send_reset(stream, code);
-        if self.streams.remove(&stream).is_some() {
+        if self.remove(stream).is_some() {
             self.events.push_back(Event::Reset {
                 stream,
                 code,
@@ -596,7 +600,7 @@ impl Server {
             .get(&stream)
             .is_some_and(|s| s.remote_done && s.local_done)
         {
-            self.streams.remove(&stream);
+            self.remove(stream);
         }
     }
 
@@ -609,13 +613,26 @@ impl Server {
     /// The caller consumed `n` bytes of the stream's body: credit goes back to the client
     /// as the windows' policy says.
     pub fn release(&mut self, stream: u32, n: u32) {
-        self.release_connection(n);
-        if let Some(s) = self.streams.get_mut(&stream)
-            && !s.remote_done
+        // A closed stream's credit went back when it closed (`remove`).
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let n = n.min(s.held);
+        s.held -= n;
+        if !s.remote_done
             && let Some(increment) = s.recv.release(n)
         {
             frame::window_update(stream, increment, &mut self.out);
         }
+        self.release_connection(n);
+    }
+
+    /// Forgets a stream; what it held of the connection's window goes back, so a stream
+    /// closed with its body unread does not shrink the connection for the others.
+    fn remove(&mut self, stream: u32) -> Option<Stream> {
+        let s = self.streams.remove(&stream)?;
+        self.release_connection(s.held);
+        Some(s)
     }
 
     /// Sends the response head: `:status`, then `fields` (lowercase names). `false` when
@@ -717,7 +734,7 @@ impl Server {
 
     /// Resets a stream (the response broke off, or the caller will not answer).
     pub fn reset(&mut self, stream: u32, code: Code) {
-        if self.streams.remove(&stream).is_some() {
+        if self.remove(stream).is_some() {
             self.send_reset(stream, code);
         }
     }
@@ -746,7 +763,7 @@ impl Server {
                 // The response is whole before the request body is: the client need not
                 // send the rest (§8.1).
                 self.send_reset(stream, Code::NO_ERROR);
-                self.streams.remove(&stream);
+                self.remove(stream);
                 return;
             }
         }
@@ -1009,6 +1026,34 @@ mod tests {
         b.extend_from_slice(b"7");
         s.recv(&mut b).unwrap();
         assert_eq!(resets(&mut s), []);
+    }
+
+    #[test]
+    fn a_stream_closed_with_its_body_unread_gives_the_connection_its_credit_back() {
+        let mut s = open(Config {
+            connection_window: 65_535,
+            ..Config::default()
+        });
+        let mut b = BytesMut::new();
+        frame::headers(1, &request_block("POST", "/", &[]), false, 16384, &mut b);
+        frame::data_head(1, 16_384, false, &mut b);
+        b.extend_from_slice(&[0; 16_384]);
+        frame::data_head(1, 16_384, false, &mut b);
+        b.extend_from_slice(&[0; 16_384]);
+        s.recv(&mut b).unwrap();
+        assert_eq!(s.recv.available(), 65_535 - 32_768);
+        // The caller answers without reading the body: the stream closes, and the
+        // connection's window is whole again (one update of the 32,768 bytes held).
+        s.send_head(1, 413, [], true);
+        assert_eq!(s.recv.available(), 65_535);
+        let updates: Vec<(u32, Vec<u8>)> = written(&mut s)
+            .into_iter()
+            .filter(|(h, _)| h.kind == kind::WINDOW_UPDATE)
+            .map(|(h, p)| (h.stream, p))
+            .collect();
+        assert_eq!(updates, [(0, 32_768u32.to_be_bytes().to_vec())]);
+        s.release(1, 32_768);
+        assert!(written(&mut s).is_empty(), "released once, not twice");
     }
 
     #[test]
