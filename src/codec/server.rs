@@ -1222,6 +1222,40 @@ mod tests {
     }
 
     #[test]
+    fn a_response_ends_with_trailers_and_the_clients_goaway_is_told() {
+        let mut s = open(Config::default());
+        s.recv(&mut get(1)).unwrap();
+        s.send_head(
+            1,
+            200,
+            [(&b"content-type"[..], &b"application/grpc"[..])],
+            false,
+        );
+        s.send_data(1, &mut Bytes::from_static(b"\0\0\0\0\0"), false);
+        assert!(s.send_trailers(1, [(&b"grpc-status"[..], &b"0"[..])]));
+        let frames = written(&mut s);
+        let kinds: Vec<(u8, u8)> = frames.iter().map(|(h, _)| (h.kind, h.flags)).collect();
+        let end = flag::END_STREAM | flag::END_HEADERS;
+        let want = [
+            (kind::HEADERS, flag::END_HEADERS),
+            (kind::DATA, 0),
+            (kind::HEADERS, end),
+        ];
+        assert_eq!(kinds, want);
+        assert_eq!(s.open_streams(), 0);
+        let mut b = BytesMut::new();
+        frame::goaway(0, Code::NO_ERROR, b"bye", &mut b);
+        s.recv(&mut b).unwrap();
+        let ev = events(&mut s);
+        assert!(matches!(
+            ev.last(),
+            Some(Event::GoAway {
+                code: Code::NO_ERROR
+            })
+        ));
+    }
+
+    #[test]
     fn after_goaway_new_streams_are_not_served() {
         let mut s = open(Config::default());
         s.recv(&mut get(1)).unwrap();
