@@ -180,8 +180,10 @@ impl Head {
 /// Decodes the whole block (HPACK state must stay in step whatever it holds), then says
 /// what was wrong with it, the first fault found.
 fn read(d: &mut Decoder, block: &[u8], max_list: usize, kind: Kind) -> Result<Head, HeadError> {
+    // Indexed fields decode to far more than their block's bytes: room for a typical
+    // head at once, rather than growing it field by field.
     let mut head = Head {
-        buf: Vec::with_capacity(block.len() * 2),
+        buf: Vec::with_capacity(block.len() * 4 + 256),
         fields: Vec::with_capacity(16),
         ..Head::default()
     };

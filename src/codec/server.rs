@@ -6,6 +6,7 @@
 //! caller's.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -144,7 +145,7 @@ pub struct Server {
     phase: Phase,
     decoder: Decoder,
     assembler: Assembler,
-    streams: HashMap<u32, Stream>,
+    streams: HashMap<u32, Stream, BuildHasherDefault<StreamIds>>,
     /// The highest stream the client opened (every lower one is open or closed).
     last_stream: u32,
     /// GOAWAY sent: streams above this one are not served.
@@ -159,6 +160,29 @@ pub struct Server {
     reset_lately: VecDeque<u32>,
     out: BytesMut,
     events: VecDeque<Event>,
+}
+
+/// Hashes stream identifiers for the stream table: they are the client's own small odd
+/// numbers, not attacker-chosen keys a table must be hardened against (a client picks
+/// them, but only rising, at most `max_concurrent_streams` open), so one multiplication
+/// spreads them, where SipHash cost hundreds of instructions per request.
+#[derive(Default)]
+struct StreamIds(u64);
+
+impl Hasher for StreamIds {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// How many reset streams `was_reset` remembers.
@@ -188,7 +212,7 @@ impl Server {
             phase: Phase::Preface,
             decoder: Decoder::new(4096),
             assembler: Assembler::new(block_limit),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             last_stream: 0,
             goaway: None,
             send: Window::new(default),
