@@ -162,22 +162,30 @@ pub struct Server {
     events: VecDeque<Event>,
 }
 
-/// Hashes stream identifiers for the stream table: they are the client's own small odd
-/// numbers, not attacker-chosen keys a table must be hardened against (a client picks
-/// them, but only rising, at most `max_concurrent_streams` open), so one multiplication
-/// spreads them, where SipHash cost hundreds of instructions per request.
+/// Hashes stream identifiers for the stream table in a few instructions, where SipHash
+/// cost hundreds a request. The client picks them (rising, at most
+/// `max_concurrent_streams` open at once), so ids that differ only in their high bits must
+/// not share buckets: the product's high half, which every bit of the id reaches, is
+/// folded into the low bits the table indexes with.
 #[derive(Default)]
 struct StreamIds(u64);
+
+impl StreamIds {
+    fn mix(x: u64) -> u64 {
+        let p = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        p ^ (p >> 32)
+    }
+}
 
 impl Hasher for StreamIds {
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 << 8 | b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.0 = StreamIds::mix(self.0 << 8 | b as u64);
         }
     }
 
     fn write_u32(&mut self, id: u32) {
-        self.0 = (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = StreamIds::mix(id as u64);
     }
 
     fn finish(&self) -> u64 {
@@ -1078,6 +1086,21 @@ mod tests {
         assert_eq!(updates, [(0, 32_768u32.to_be_bytes().to_vec())]);
         s.release(1, 32_768);
         assert!(written(&mut s).is_empty(), "released once, not twice");
+    }
+
+    #[test]
+    fn ids_apart_only_in_their_high_bits_hash_apart() {
+        let low = |id: u32| {
+            let mut h = StreamIds::default();
+            h.write_u32(id);
+            h.finish() & 0xff
+        };
+        let buckets: std::collections::HashSet<u64> = (0..64).map(|k| low(1 + (k << 20))).collect();
+        assert!(
+            buckets.len() > 32,
+            "{} buckets of 256 for 64 ids",
+            buckets.len()
+        );
     }
 
     #[test]
