@@ -709,6 +709,7 @@ impl Server {
         let Some(s) = self.streams.get_mut(&stream) else {
             return false;
         };
+        debug_assert!(s.responding, "DATA before the response head");
         loop {
             let n = data
                 .len()
@@ -746,9 +747,10 @@ impl Server {
         stream: u32,
         fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> bool {
-        if !self.streams.contains_key(&stream) {
+        let Some(s) = self.streams.get(&stream) else {
             return false;
-        }
+        };
+        debug_assert!(s.responding, "trailers before the response head");
         let mut block = Vec::with_capacity(128);
         for (name, value) in fields {
             hpack::field(name, value, false, &mut block);
