@@ -430,10 +430,10 @@ impl Server {
             );
         }
         if stream <= self.last_stream {
-            // Closed: its block still counts for HPACK.
-            message::Head::trailers(&mut self.decoder, block, usize::MAX)
-                .map(|_| ())
-                .or_else(compression_only)?;
+            // Closed: its block still counts for HPACK, and nothing else of it does.
+            if self.decoder.decode(block, |_| {}).is_err() {
+                return fail(Code::COMPRESSION_ERROR, UNDECODABLE);
+            }
             if self.was_reset(stream) {
                 return Ok(());
             }
@@ -868,23 +868,33 @@ mod tests {
         std::iter::from_fn(|| s.event()).collect()
     }
 
-    fn resets(s: &mut Server) -> Vec<(u32, Code)> {
+    /// The frames of one kind in `out`, drained: (stream, payload).
+    fn of_kind(s: &mut Server, k: u8) -> Vec<(u32, Vec<u8>)> {
         written(s)
             .into_iter()
-            .filter(|(h, _)| h.kind == kind::RST_STREAM)
-            .map(|(h, p)| {
-                (
-                    h.stream,
-                    Code(u32::from_be_bytes(p[..4].try_into().unwrap())),
-                )
-            })
+            .filter(|(h, _)| h.kind == k)
+            .map(|(h, p)| (h.stream, p))
+            .collect()
+    }
+
+    fn resets(s: &mut Server) -> Vec<(u32, Code)> {
+        of_kind(s, kind::RST_STREAM)
+            .into_iter()
+            .map(|(stream, p)| (stream, Code(u32::from_be_bytes(p[..].try_into().unwrap()))))
+            .collect()
+    }
+
+    /// The WINDOW_UPDATEs in `out`, drained: (stream, increment).
+    fn updates(s: &mut Server) -> Vec<(u32, u32)> {
+        of_kind(s, kind::WINDOW_UPDATE)
+            .into_iter()
+            .map(|(stream, p)| (stream, u32::from_be_bytes(p[..].try_into().unwrap())))
             .collect()
     }
 
     fn goaway_code(s: &mut Server) -> Option<Code> {
-        written(s)
-            .into_iter()
-            .find(|(h, _)| h.kind == kind::GOAWAY)
+        of_kind(s, kind::GOAWAY)
+            .first()
             .map(|(_, p)| Code(u32::from_be_bytes(p[4..8].try_into().unwrap())))
     }
 
@@ -996,12 +1006,7 @@ mod tests {
         s.release(1, 49_999);
         assert!(written(&mut s).is_empty(), "less than half the window");
         s.release(1, 10_001);
-        let updates: Vec<(u32, Vec<u8>)> = written(&mut s)
-            .into_iter()
-            .filter(|(h, _)| h.kind == kind::WINDOW_UPDATE)
-            .map(|(h, p)| (h.stream, p))
-            .collect();
-        assert_eq!(updates, [(1, 60_000u32.to_be_bytes().to_vec())]);
+        assert_eq!(updates(&mut s), [(1, 60_000)]);
         // The rest, ending the body at its declared length.
         let mut b = BytesMut::new();
         frame::data_head(1, 20_000 - 16_384, false, &mut b);
@@ -1080,12 +1085,7 @@ mod tests {
         // connection's window is whole again (one update of the 32,768 bytes held).
         s.send_head(1, 413, [], true);
         assert_eq!(s.recv.available(), 65_535);
-        let updates: Vec<(u32, Vec<u8>)> = written(&mut s)
-            .into_iter()
-            .filter(|(h, _)| h.kind == kind::WINDOW_UPDATE)
-            .map(|(h, p)| (h.stream, p))
-            .collect();
-        assert_eq!(updates, [(0, 32_768u32.to_be_bytes().to_vec())]);
+        assert_eq!(updates(&mut s), [(0, 32_768)]);
         s.release(1, 32_768);
         assert!(written(&mut s).is_empty(), "released once, not twice");
     }
@@ -1128,6 +1128,13 @@ mod tests {
         s.send_head(5, 204, [], true);
         let e = s.recv(&mut get(3)).unwrap_err();
         assert_eq!(e.code, Code::STREAM_CLOSED);
+        // A closed stream's block must still decode: HPACK state is the connection's.
+        let mut s = open(Config::default());
+        s.recv(&mut get(5)).unwrap();
+        s.send_head(5, 204, [], true);
+        let mut b = BytesMut::new();
+        frame::headers(3, &[0x80], true, 16384, &mut b);
+        assert_eq!(s.recv(&mut b).unwrap_err().code, Code::COMPRESSION_ERROR);
         let mut s = open(Config::default());
         let mut b = BytesMut::new();
         frame::data_head(7, 0, true, &mut b);
