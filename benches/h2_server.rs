@@ -12,27 +12,17 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use load_balancer::codec::frame::{self, Settings};
 use load_balancer::codec::server::{Config, Event, PREFACE, Server};
 
-/// h2load's first request block (it adds :authority, user-agent and accept-encoding to
-/// the table), and the repeat that indexes them.
-const FIRST: &str =
-    "828486418b089d5c0b8170dc0bc0781f5383f963e7907a8f9c541c722954d3a5358980aed89707";
-const REPEAT: &str = "828486c0bf90be";
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
+mod h2load;
+use h2load::{FIRST_REQUEST, REPEATED_REQUEST, unhex};
 
 fn server(c: &mut Criterion) {
     let mut conn = Server::new(Config::default());
     let mut buf = BytesMut::from(PREFACE);
     Settings::default().write(&mut buf);
-    frame::headers(1, &unhex(FIRST), true, 16384, &mut buf);
+    frame::headers(1, &unhex(FIRST_REQUEST), true, 16384, &mut buf);
     conn.recv(&mut buf).unwrap();
     while conn.event().is_some() {}
-    let repeat = unhex(REPEAT);
+    let repeat = unhex(REPEATED_REQUEST);
     let mut stream = 1;
     c.bench_function("codec::server: a request in, its response out", |b| {
         b.iter(|| {

@@ -9,22 +9,12 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use load_balancer::codec::hpack::{self, Decoder};
 
-/// h2load's request as its encoder sends it: the first time with incremental indexing
-/// (Huffman-coded), then as indexes into what the first added.
-const FIRST_REQUEST: &str =
-    "828486418b089d5c0b8170dc0bc0781f5383f963e7907a8f9c541c722954d3a5358980aed89707";
-const REPEATED_REQUEST: &str = "828486c0bf90be";
+mod h2load;
+use h2load::{FIRST_REQUEST, REPEATED_REQUEST, unhex};
 
 /// An nginx response: `:status 200` indexed, then server, date, content-type and
 /// content-length as Huffman literals without indexing, names from the static table.
 const RESPONSE: &str = "880f2789aa6355e580ae212e1f0f1296e4593e940094be52282009c500d5c641700053168dff0f1087497ca58ae819aa0f0d8167";
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn hpack(c: &mut Criterion) {
     let first = unhex(FIRST_REQUEST);
