@@ -392,21 +392,34 @@ impl Server {
         self.reset_lately.contains(&stream)
     }
 
+    /// Decodes a block no stream will take, only to keep the dynamic table in step with
+    /// the client's: one it cannot decode ends the connection.
+    fn skip(&mut self, block: &[u8]) -> Result<(), ConnError> {
+        match self.decoder.decode(block, |_| {}) {
+            Ok(()) => Ok(()),
+            Err(_) => fail(Code::COMPRESSION_ERROR, UNDECODABLE),
+        }
+    }
+
     fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
         let limit = self.config.max_header_list_size as usize;
-        if let Some(s) = self.streams.get_mut(&stream) {
+        if let Some(s) = self.streams.get(&stream) {
             // A second block on an open stream: trailers, which must end it (§8.1).
-            let head = message::Head::trailers(&mut self.decoder, block, limit);
-            if s.remote_done {
-                self.reset_for_error(stream, Code::STREAM_CLOSED);
-                return head.map(|_| ()).or_else(compression_only);
+            if s.remote_done || !end_stream {
+                let code = if s.remote_done {
+                    Code::STREAM_CLOSED
+                } else {
+                    Code::PROTOCOL_ERROR
+                };
+                self.reset_for_error(stream, code);
+                return self.skip(block);
             }
-            if !end_stream {
-                self.reset_for_error(stream, Code::PROTOCOL_ERROR);
-                return head.map(|_| ()).or_else(compression_only);
-            }
-            return match head {
+            return match message::Head::trailers(&mut self.decoder, block, limit) {
                 Ok(head) => {
+                    let s = self
+                        .streams
+                        .get_mut(&stream)
+                        .expect("open, as looked up above");
                     s.remote_done = true;
                     if s.length.is_some_and(|n| n != s.received) {
                         self.reset_for_error(stream, Code::PROTOCOL_ERROR);
@@ -431,25 +444,22 @@ impl Server {
         }
         if stream <= self.last_stream {
             // Closed: its block still counts for HPACK, and nothing else of it does.
-            if self.decoder.decode(block, |_| {}).is_err() {
-                return fail(Code::COMPRESSION_ERROR, UNDECODABLE);
-            }
+            self.skip(block)?;
             if self.was_reset(stream) {
                 return Ok(());
             }
             return fail(Code::STREAM_CLOSED, "HEADERS on a closed stream");
         }
         self.last_stream = stream;
-        let head = message::Head::request(&mut self.decoder, block, limit);
         if self.goaway.is_some_and(|last| stream > last) {
             // After GOAWAY: not served, but decoded all the same (§6.8).
-            return head.map(|_| ()).or_else(compression_only);
+            return self.skip(block);
         }
         if self.streams.len() >= self.config.max_concurrent_streams as usize {
             self.send_reset(stream, Code::REFUSED_STREAM);
-            return head.map(|_| ()).or_else(compression_only);
+            return self.skip(block);
         }
-        let head = match head {
+        let head = match message::Head::request(&mut self.decoder, block, limit) {
             Ok(head) => head,
             Err(HeadError::Compression(_)) => return fail(Code::COMPRESSION_ERROR, UNDECODABLE),
             Err(HeadError::Malformed(_)) => {
@@ -802,15 +812,6 @@ impl Server {
             }
         }
         self.close_if_done(stream);
-    }
-}
-
-/// An error of a block decoded only to keep HPACK in step: only a decoding failure
-/// matters (it ends the connection).
-fn compression_only(e: HeadError) -> Result<(), ConnError> {
-    match e {
-        HeadError::Compression(_) => fail(Code::COMPRESSION_ERROR, UNDECODABLE),
-        _ => Ok(()),
     }
 }
 
