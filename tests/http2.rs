@@ -357,3 +357,130 @@ async fn http2_request_with_two_equal_content_lengths_reaches_the_worker_with_on
     }
     lb.stop(Duration::from_secs(5)).await;
 }
+
+// ---- The connection's lifecycle, frame by frame ----
+
+/// A new prior-knowledge connection with `frames` sent after the preface and an empty
+/// SETTINGS.
+async fn h2_open(proxy: SocketAddr, frames: &[Vec<u8>]) -> tokio::net::TcpStream {
+    let mut out = h2raw::PREFACE.to_vec();
+    out.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+    for f in frames {
+        out.extend_from_slice(f);
+    }
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    s
+}
+
+/// A connection error (HEADERS on an even stream, RFC 9113 §5.1.1) is answered with
+/// GOAWAY(PROTOCOL_ERROR), and the connection then ends with a FIN, not a reset: bytes the
+/// client sent after the bad frame are read and dropped, so the kernel has no unread data
+/// to answer with RST, which could destroy the GOAWAY before the client reads it.
+#[tokio::test]
+async fn http2_connection_error_gets_goaway_and_then_a_clean_close() {
+    let db = TestDb::new().await;
+    let worker = Recorder::start().await;
+    let lb = proxy_to(&db, PoolConfig::default(), worker.addr).await;
+
+    let bad = h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        2,
+        &request_block("GET", &[]),
+    );
+    // 64 KiB the proxy will not have read when it decides to close.
+    let after = h2raw::frame(h2raw::DATA, 0, 3, &[0u8; 16_000]).repeat(4);
+    let mut s = h2_open(lb.listeners[0], &[bad, after]).await;
+    let ended = async {
+        let mut goaway = None;
+        loop {
+            match h2raw::read(&mut s).await {
+                Ok(f) if f.kind == h2raw::GOAWAY => {
+                    goaway = Some(u32::from_be_bytes(f.payload[4..8].try_into().unwrap()));
+                }
+                Ok(_) => {}
+                Err(e) => return (goaway, e.kind()),
+            }
+        }
+    };
+    let (goaway, end) = tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("the connection ends in time");
+    assert_eq!(goaway, Some(1), "GOAWAY(PROTOCOL_ERROR)");
+    assert_eq!(end, std::io::ErrorKind::UnexpectedEof, "a FIN, not a reset");
+    assert_eq!(worker.count(), 0);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// A worker that answers a POST at once, before its body, then reads until the proxy closes.
+async fn answer_before_the_body(mut s: tokio::net::TcpStream, log: Log) {
+    if read_request_head(&mut s, &log).await.is_none() {
+        return;
+    }
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    if s.write_all(answer).await.is_ok() {
+        until_eof(&mut s).await;
+    }
+}
+
+/// The worker answers a POST whose short body (content-length 3) the client has not sent
+/// yet. The stream is not reset once the response is whole (RST_STREAM(NO_ERROR) would be
+/// allowed, RFC 9113 §8.1, but some clients, curl 7.88 among them, take it for a failed
+/// request): the body the client then sends is taken, and the connection goes on.
+#[tokio::test]
+async fn http2_post_answered_before_its_short_body_is_not_reset() {
+    let db = TestDb::new().await;
+    let worker = Scripted::start(answer_before_the_body).await;
+    let lb = proxy_to(&db, PoolConfig::default(), worker.addr).await;
+
+    let headers = h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS,
+        1,
+        &request_block("POST", &[("content-length", "3")]),
+    );
+    let mut s = h2_open(lb.listeners[0], &[headers]).await;
+    let mut seen = Vec::new();
+    // The response, whole: its last frame carries END_STREAM.
+    let answered = async {
+        loop {
+            let f = h2raw::read(&mut s).await.expect("the connection stays open");
+            let end = f.stream == 1 && f.flags & h2raw::END_STREAM != 0;
+            seen.push((f.kind, f.stream));
+            if end {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, answered)
+        .await
+        .expect("the response in time");
+    // The body after the response, then a PING whose ACK says everything before it was read.
+    let mut late = h2raw::frame(h2raw::DATA, h2raw::END_STREAM, 1, b"abc");
+    late.extend(h2raw::frame(PING, 0, 0, b"12345678"));
+    s.write_all(&late).await.unwrap();
+    let acked = async {
+        loop {
+            let f = h2raw::read(&mut s).await.expect("the connection stays open");
+            seen.push((f.kind, f.stream));
+            if f.kind == PING && f.flags & 0x1 != 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, acked)
+        .await
+        .expect("the PING's ACK in time");
+    assert!(
+        !seen
+            .iter()
+            .any(|&(kind, _)| kind == h2raw::RST_STREAM || kind == h2raw::GOAWAY),
+        "no reset, no GOAWAY: {seen:?}"
+    );
+    assert_eq!(worker.count(), 1);
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// PING's frame type (RFC 9113 §6.7).
+const PING: u8 = 0x6;

@@ -4,12 +4,11 @@
 //! side of a connection built on them (`server`). Pure: no I/O, no timers, no policy, so
 //! every rule of RFC 9113 §3–8 and RFC 7541 it enforces is tested on exact bytes.
 //!
-//! Why the proxy has its own: the h2 crate's share of an HTTP/2 request keeps the proxy's
+//! Why the proxy has its own: the h2 crate's share of an HTTP/2 request kept the proxy's
 //! CPU per request above HAProxy's (README, "Performance"), and its codec is private, so
-//! it cannot be kept while the rest is replaced. Nothing serves traffic with it yet: the
-//! client side of a connection (to h2 workers) and the tasks that drive both sides over
-//! sockets come next, and until they pass h2spec and the HTTP/2 and gRPC tests the h2
-//! crate stays in the request path.
+//! it could not be kept while the rest was replaced. `server` serves the proxy's HTTP/2
+//! clients (`proxy::http2::conn` drives it over the socket); h2 workers are still reached
+//! through the h2 crate (`proxy::to_h2`) until a client side exists here.
 
 pub mod block;
 pub mod frame;

@@ -168,7 +168,7 @@ pub struct Server {
 /// not share buckets: the product's high half, which every bit of the id reaches, is
 /// folded into the low bits the table indexes with.
 #[derive(Default)]
-struct StreamIds(u64);
+pub struct StreamIds(u64);
 
 impl StreamIds {
     fn mix(x: u64) -> u64 {
@@ -744,6 +744,13 @@ impl Server {
         }
     }
 
+    /// The request body bytes its content-length still promises (`None`: no length
+    /// declared, or the stream is closed).
+    pub fn body_left(&self, stream: u32) -> Option<u64> {
+        let s = self.streams.get(&stream)?;
+        Some(s.length? - s.received)
+    }
+
     /// What `stream` may send now (the lesser of its window and the connection's).
     pub fn capacity(&self, stream: u32) -> u32 {
         self.streams
@@ -776,7 +783,9 @@ impl Server {
         true
     }
 
-    /// Resets a stream (the response broke off, or the caller will not answer).
+    /// Resets a stream: the response broke off, or the caller will not answer, or
+    /// (`NO_ERROR`) the response is whole and the rest of the request body is not wanted
+    /// (§8.1).
     pub fn reset(&mut self, stream: u32, code: Code) {
         if self.remove(stream).is_some() {
             self.send_reset(stream, code);
@@ -800,16 +809,11 @@ impl Server {
         }
     }
 
+    /// This side's half of the stream ended. A request body still coming stays the
+    /// caller's to read, or to refuse with `reset(stream, Code::NO_ERROR)` (§8.1).
     fn end_local(&mut self, stream: u32) {
         if let Some(s) = self.streams.get_mut(&stream) {
             s.local_done = true;
-            if !s.remote_done {
-                // The response is whole before the request body is: the client need not
-                // send the rest (§8.1).
-                self.send_reset(stream, Code::NO_ERROR);
-                self.remove(stream);
-                return;
-            }
         }
         self.close_if_done(stream);
     }
@@ -1082,11 +1086,27 @@ mod tests {
         b.extend_from_slice(&[0; 16_384]);
         s.recv(&mut b).unwrap();
         assert_eq!(s.recv.available(), 65_535 - 32_768);
-        // The caller answers without reading the body: the stream closes, and the
+        // The caller answers without reading the body: the stream stays open for it
+        // until the caller says it will not read it, when the stream closes and the
         // connection's window is whole again (one update of the 32,768 bytes held).
         s.send_head(1, 413, [], true);
+        assert_eq!(s.open_streams(), 1);
+        assert_eq!(s.recv.available(), 65_535 - 32_768);
+        s.reset(1, Code::NO_ERROR);
+        assert_eq!(s.open_streams(), 0);
         assert_eq!(s.recv.available(), 65_535);
-        assert_eq!(updates(&mut s), [(0, 32_768)]);
+        let out: Vec<(u8, u32, Vec<u8>)> = written(&mut s)
+            .into_iter()
+            .map(|(h, p)| (h.kind, h.stream, p))
+            .collect();
+        assert_eq!(
+            out,
+            [
+                (kind::HEADERS, 1, vec![0x08, 3, b'4', b'1', b'3']),
+                (kind::WINDOW_UPDATE, 0, 32_768u32.to_be_bytes().to_vec()),
+                (kind::RST_STREAM, 1, Code::NO_ERROR.0.to_be_bytes().to_vec()),
+            ]
+        );
         s.release(1, 32_768);
         assert!(written(&mut s).is_empty(), "released once, not twice");
     }

@@ -1,65 +1,112 @@
-//! Bodies on a client's HTTP/2 stream, both ways, over the h2 crate's streams: the
-//! request's (`RequestBody`, which hands back flow-control window as it is read) and the
-//! response's (`send`, which writes as the client's window allows and stops when the client
-//! resets the stream).
+//! Bodies on a client's HTTP/2 stream, both ways: the request's (`RequestBody`, which hands
+//! back flow-control window as it is read) and the response's (`send`, which writes as the
+//! client's window allows and stops when the client resets the stream).
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use h2::{Reason, RecvStream, SendStream};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::conn::{Shared, park};
+use super::respond::Responder;
+use crate::codec::frame::Code;
+
+/// Why a request body did not end whole.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub enum BodyError {
+    #[error("the client reset the stream (error code {})", .0.0)]
+    Reset(Code),
+    #[error("the client connection closed")]
+    Closed,
+}
+
 /// A client's request body: DATA as it comes, then its trailers.
 pub struct RequestBody {
-    stream: RecvStream,
-    /// Every DATA frame was read: trailers (if any) are next.
-    data_done: bool,
+    shared: Arc<Shared>,
+    stream: u32,
+    /// Nothing more to read: the end (or the error) was given.
+    ended: bool,
 }
 
 impl RequestBody {
-    pub fn new(stream: RecvStream) -> RequestBody {
+    /// `ended`: the request came without a body (END_STREAM on its HEADERS).
+    pub(super) fn new(shared: Arc<Shared>, stream: u32, ended: bool) -> RequestBody {
         RequestBody {
+            shared,
             stream,
-            data_done: false,
+            ended,
         }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let me = &mut *self;
-        if !me.data_done {
-            match ready!(me.stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Read, so the client may send as much again: the window is what bounds
-                    // the bytes held for a stream whose worker reads slowly.
-                    let _ = me.stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM(NO_ERROR) after the response began (RFC 9113 §8.1): the
-                // client needs no more of the body read, which ends it, not a failure.
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(None),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => me.data_done = true,
-            }
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.ended {
+            return Poll::Ready(None);
         }
-        match ready!(me.stream.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
+        let state = &mut *state;
+        let closed = state.closed;
+        let Some(slot) = state.slots.get_mut(&self.stream) else {
+            self.ended = true;
+            return Poll::Ready(Some(Err(BodyError::Closed)));
+        };
+        if let Some(data) = slot.data.pop_front() {
+            // Read, so the client may send as much again: the window is what bounds the
+            // bytes held for a stream whose worker reads slowly.
+            let before = state.server.out().len();
+            state.server.release(self.stream, data.len() as u32);
+            if state.server.out().len() > before {
+                shared.wake_connection();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        // Whole: a reset that came after the end changes nothing of what was received.
+        if slot.recv_done {
+            self.ended = true;
+            return Poll::Ready(slot.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        match slot.reset {
+            // RST_STREAM(NO_ERROR) after the response began (RFC 9113 §8.1): the client
+            // needs no more of the body read, which ends it, not a failure.
+            Some(Code::NO_ERROR) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Some(code) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(BodyError::Reset(code))))
+            }
+            None if closed => {
+                self.ended = true;
+                Poll::Ready(Some(Err(BodyError::Closed)))
+            }
+            None => {
+                park(&mut slot.recv_waker, cx);
+                Poll::Pending
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.stream.is_end_stream()
+        if self.ended {
+            return true;
+        }
+        let state = self.shared.lock();
+        state
+            .slots
+            .get(&self.stream)
+            .is_some_and(|slot| slot.data.is_empty() && slot.recv_done && slot.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -67,28 +114,56 @@ impl Body for RequestBody {
     }
 }
 
+impl Drop for RequestBody {
+    /// What the client sent and nobody will read goes back to its windows at once, as does
+    /// what it still sends.
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        let state = &mut *state;
+        let mut wrote = false;
+        if let Some(slot) = state.slots.get_mut(&self.stream) {
+            slot.reader_gone = true;
+            slot.trailers = None;
+            let unread: usize = slot.data.drain(..).map(|d| d.len()).sum();
+            let before = state.server.out().len();
+            let refuse = slot.responded && !slot.recv_done && slot.reset.is_none();
+            if unread > 0 {
+                state.server.release(self.stream, unread as u32);
+            }
+            if refuse {
+                state.refuse_rest(self.stream);
+            }
+            wrote = state.server.out().len() > before;
+        }
+        wrote |= state.drop_handle(self.stream);
+        if wrote {
+            self.shared.wake_connection();
+        }
+    }
+}
+
 /// Writes `body` to the client's stream and ends it (with the body's trailers, if any).
 /// Returns when the body has gone, or as soon as the client resets the stream; a body that
 /// fails resets it (INTERNAL_ERROR), so the client never takes a cut body for a whole one.
-pub async fn send<B>(mut body: B, mut tx: SendStream<Bytes>)
+pub async fn send<B>(mut body: B, respond: &mut Responder)
 where
     B: Body<Data = Bytes> + Unpin,
 {
     loop {
         let frame = tokio::select! {
             biased;
-            _ = std::future::poll_fn(|cx| tx.poll_reset(cx)) => return,
+            _ = respond.gone() => return,
             frame = body.frame() => frame,
         };
         let frame = match frame {
             Some(Ok(frame)) => frame,
             Some(Err(_)) => {
-                tx.send_reset(Reason::INTERNAL_ERROR);
+                respond.reset(Code::INTERNAL_ERROR);
                 return;
             }
             // Nothing more, and the last data did not carry the end: an empty DATA does.
             None => {
-                let _ = tx.send_data(Bytes::new(), true);
+                let _ = respond.send(Bytes::new(), true).await;
                 return;
             }
         };
@@ -96,7 +171,7 @@ where
             Ok(data) => data,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    let _ = tx.send_trailers(trailers);
+                    let _ = respond.send_trailers(&trailers);
                     return;
                 }
                 continue;
@@ -106,25 +181,7 @@ where
         if data.is_empty() && !end {
             continue;
         }
-        if !data.is_empty() {
-            // A minimal claim on the connection's window, not the chunk's length: the
-            // chunk is in hand, and h2 raises the claim to what it buffers. Claiming whole
-            // chunks for every waiting stream starves the others (hyper#4003).
-            tx.reserve_capacity(1);
-            while tx.capacity() == 0 {
-                let granted = std::future::poll_fn(|cx| {
-                    if tx.poll_reset(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    tx.poll_capacity(cx)
-                });
-                match granted.await {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return,
-                }
-            }
-        }
-        if tx.send_data(data, end).is_err() || end {
+        if respond.send(data, end).await.is_err() || end {
             return;
         }
     }

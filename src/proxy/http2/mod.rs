@@ -1,4 +1,5 @@
-//! The HTTP/2 transport (prior knowledge, h2c): the h2 crate serves the client (`body` for
+//! The HTTP/2 transport (prior knowledge, h2c): the codec's server side, driven over the
+//! socket by `conn`, serves the client (`respond` for each stream's response, `body` for
 //! the bodies both ways); each request (one stream) is checked and rewritten by the
 //! forwarding policy (`forward`), picks a worker afresh and goes to it as its pool says:
 //! as HTTP/1.1 (`to_http1`), on the connections the HTTP/1 transport uses too, or as a
@@ -10,6 +11,8 @@
 //! HTTP/1 path, because both ask `forward`.
 
 mod body;
+mod conn;
+mod respond;
 mod to_http1;
 
 use std::io;
@@ -26,8 +29,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use h2::RecvStream;
-use h2::server::SendResponse;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header;
@@ -46,10 +47,13 @@ use super::target::Target;
 use super::to_h2::{self, Call, H2Body, affinity_of, stick};
 use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
+use crate::codec::server::Config;
 use crate::config::UpstreamProtocol;
 use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
 use body::RequestBody;
+use conn::{Closed, Connection, Next};
+use respond::Responder;
 use to_http1::{Failed, Outbound, WorkerBody};
 
 /// What a response to the client carries: an HTTP/1.1 or an h2 worker's body, or the
@@ -79,85 +83,77 @@ pub async fn serve(proxy: Arc<HttpProxy>, io: Rewind, peer: SocketAddr, shutdown
         activity.streams.load(Ordering::Relaxed) > 0
     });
     tokio::pin!(idle);
-    let handshake = server_settings(limits.max_header_size).handshake::<_, Bytes>(io);
-    let mut conn = tokio::select! {
-        conn = handshake => match conn {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "HTTP/2 handshake failed");
-                return;
-            }
-        },
-        _ = &mut idle => return,
-        _ = shutdown.cut.cancelled() => return,
-    };
+    let mut conn = Connection::new(io, server_config(limits.max_header_size));
     let mut streams = FuturesUnordered::new();
-    // When the GOAWAY of an idle connection was sent: it closes at the latest
-    // `GOAWAY_GRACE` later.
-    let mut closing: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut draining = false;
-    loop {
+    let mut going_away = false;
+    let closed = loop {
         let served = std::future::poll_fn(|cx| {
             loop {
                 // Streams first, then the connection: what every ready stream sends goes
                 // out in the connection's one write.
                 while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-                match ready!(conn.poll_accept(cx)) {
-                    Some(Ok((request, respond))) => {
+                match ready!(conn.poll(cx, streams.is_empty())) {
+                    Next::Request(request, respond) => {
                         streams.push(stream(&proxy, &client, &activity, request, respond));
                     }
-                    Some(Err(e)) => return Poll::Ready(Err(e)),
-                    // GOAWAY exchanged and every stream ended, or the client closed.
-                    None => return Poll::Ready(Ok(())),
+                    Next::Closed(closed) => return Poll::Ready(closed),
                 }
             }
         });
         tokio::select! {
             biased;
-            served = served => {
-                if let Err(e) = served {
-                    tracing::debug!(client = %peer, error = %e,
-                        "client connection ended with an error");
-                }
-                return;
-            }
-            // No stream open and nothing moved either way for the timeout.
-            _ = &mut idle, if closing.is_none() && !draining => {
+            closed = served => break closed,
+            // No stream open and nothing moved either way for the timeout: GOAWAY first
+            // (RFC 9113 §6.8), then the close.
+            _ = &mut idle, if !going_away => {
                 tracing::debug!(client = %peer, "idle HTTP/2 connection: closing");
-                // GOAWAY first (RFC 9113 §6.8), then the close: no stream is open to wait
-                // for, only the client's PING acknowledgement of the GOAWAY.
-                conn.graceful_shutdown();
-                closing = Some(Box::pin(tokio::time::sleep(GOAWAY_GRACE)));
+                going_away = true;
+                conn.goaway();
             }
-            _ = async { closing.as_mut().expect("set").await }, if closing.is_some() => return,
-            _ = shutdown.drain.cancelled(), if !draining => {
-                draining = true;
-                conn.graceful_shutdown();
+            _ = shutdown.drain.cancelled(), if !going_away => {
+                going_away = true;
+                conn.goaway();
             }
             _ = shutdown.cut.cancelled() => return,
         }
+    };
+    // The streams' futures go before the connection lingers: nothing more is sent.
+    drop(streams);
+    match closed {
+        Closed::Gone(error) => {
+            if let Some(e) = error {
+                tracing::debug!(client = %peer, error = %e, "client connection failed");
+            }
+            return;
+        }
+        Closed::Failed(e) => {
+            tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        }
+        Closed::Graceful => {}
+    }
+    tokio::select! {
+        _ = conn.linger() => {}
+        _ = tokio::time::sleep(GOAWAY_GRACE) => {}
+        _ = shutdown.cut.cancelled() => {}
     }
 }
 
 /// The client side's HTTP/2 settings and limits. Flow-control windows of 1 MiB per stream
 /// and per connection bound what one client makes the proxy hold; 200 concurrent streams
-/// and the h2 crate's limits on resets (a client's own, and those its errors provoke)
-/// bound the work one connection can ask for; the field section is held to the
-/// listener's `max_header_size`.
-fn server_settings(max_header_size: usize) -> h2::server::Builder {
-    let mut builder = h2::server::Builder::new();
-    builder
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(1 << 20)
-        .max_frame_size(16 * 1024)
-        .max_send_buffer_size(400 * 1024)
-        .max_concurrent_streams(200)
-        .max_local_error_reset_streams(Some(1024))
-        .max_header_list_size(max_header_size as u32);
-    builder
+/// and the codec's limit on streams reset unanswered bound the work one connection can ask
+/// for; the field section is held to the listener's `max_header_size`.
+fn server_config(max_header_size: usize) -> Config {
+    Config {
+        max_concurrent_streams: 200,
+        stream_window: 1 << 20,
+        connection_window: 1 << 20,
+        max_frame_size: 16 * 1024,
+        max_header_list_size: max_header_size as u32,
+        ..Config::default()
+    }
 }
 
-/// How long an idle connection's GOAWAY may take before the connection just closes.
+/// How long a closing connection waits for the client to read its last frames and close.
 const GOAWAY_GRACE: Duration = Duration::from_millis(250);
 
 /// Serves one client stream: the request is forwarded (`handle`), the response sent back,
@@ -166,26 +162,24 @@ async fn stream(
     proxy: &HttpProxy,
     client: &Client,
     activity: &Arc<Activity>,
-    request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    request: Request<RequestBody>,
+    mut respond: Responder,
 ) {
     let open = Stream::open(activity.clone());
-    let request = request.map(RequestBody::new);
     let target = route(proxy, &request);
     let mut report = target.reports.start(client.address);
     let response = tokio::select! {
         biased;
         response = handle(proxy, &target, request, client, &mut report) => response,
         // The client reset the stream: nobody waits for the answer.
-        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
+        _ = respond.gone() => return,
     };
-    let (head, body) = response.into_parts();
-    let mut head = Response::from_parts(head, ());
+    let (mut head, body) = response.into_parts();
     if let Either::Right(own) = &body
         && let Some(n) = own.size_hint().exact()
-        && !head.headers().contains_key(header::CONTENT_LENGTH)
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
     {
-        head.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+        head.headers.insert(header::CONTENT_LENGTH, n.into());
     }
     let body = Counted {
         body,
@@ -194,12 +188,11 @@ async fn stream(
         target,
     };
     let end = body.is_end_stream();
-    match respond.send_response(head, end) {
-        Ok(tx) if !end => body::send(body, tx).await,
-        Ok(_) => {}
+    match respond.send_head(head.status.as_u16(), &head.headers, end) {
+        Ok(()) if !end => body::send(body, &mut respond).await,
+        Ok(()) => {}
         Err(e) => {
-            tracing::debug!(client = %client.address, error = %e, "the response could not be sent");
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            tracing::debug!(client = %client.address, error = %e, "the response could not be sent")
         }
     }
 }

@@ -1,0 +1,453 @@
+//! One client connection's HTTP/2 driver: the bytes read from the socket go through the
+//! codec (`codec::server`), whose events become requests (handed out by `poll`) and news
+//! for the streams' two handles, the request body (`RequestBody`) and the response side
+//! (`Responder`); what the streams send goes out in the connection's writes.
+//!
+//! The codec and each stream's slot sit behind one lock (`Shared`). The streams run inside
+//! the connection's task (see `serve`), so the lock is taken by one task at a time; only a
+//! request body read by an upload task (`to_http1`) takes it from elsewhere, and that task
+//! wakes the connection when what it did left frames to write.
+//!
+//! Backpressure: the connection stops reading while a window's worth of frames waits to be
+//! written, and a response stops sending while the codec's buffer is that full, so a client
+//! that does not read holds the proxy to a bounded buffer (PING and SETTINGS floods
+//! included, since their answers wait in the same buffer).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
+use hyper::{Method, Request, Uri, Version};
+use tokio::io::AsyncWrite;
+
+use super::Rewind;
+use super::body::RequestBody;
+use super::respond::Responder;
+use crate::codec::frame::Code;
+use crate::codec::message::Head;
+use crate::codec::server::{Config, ConnError, Event, Server, StreamIds};
+
+/// Frames waiting to be written beyond which the connection stops reading and responses
+/// stop sending (h2's `max_send_buffer_size` played this part).
+pub(super) const HIGH_WATER: usize = 256 * 1024;
+
+/// Bytes read from the socket at a time, at least.
+const READ: usize = 16 * 1024;
+
+/// What the connection and its streams share.
+pub(super) struct Shared {
+    state: Mutex<State>,
+    /// The connection's task, woken by a stream handle outside it that left frames to write.
+    conn: AtomicWaker,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while locked leaves the codec mid-update: nothing more of the
+        // connection can be trusted, and every user of it panics too, as the task did.
+        self.state.lock().expect("HTTP/2 connection state poisoned")
+    }
+
+    /// A handle outside the connection's task wrote frames: the connection writes them.
+    pub(super) fn wake_connection(&self) {
+        self.conn.wake();
+    }
+}
+
+pub(super) struct State {
+    pub(super) server: Server,
+    pub(super) slots: HashMap<u32, Slot, BuildHasherDefault<StreamIds>>,
+    /// The connection ended: every stream is gone.
+    pub(super) closed: bool,
+    /// A response waits for the codec's buffer to drain below `HIGH_WATER`.
+    pub(super) out_waiting: bool,
+    /// The connection closes once the last slot goes (see `Connection::poll`).
+    pub(super) going_away: bool,
+}
+
+/// One stream, as its handles see it.
+#[derive(Default)]
+pub(super) struct Slot {
+    /// Body bytes received and not yet read.
+    pub(super) data: VecDeque<Bytes>,
+    pub(super) trailers: Option<HeaderMap>,
+    /// The client ended its side: once `data` and `trailers` are read, the body is whole.
+    pub(super) recv_done: bool,
+    /// The stream ended before its request was read whole: the client reset it (its code),
+    /// or the response was reset (the code sent, what the body's reader sees of it).
+    pub(super) reset: Option<Code>,
+    /// The response is over (whole or reset).
+    pub(super) responded: bool,
+    /// The body's reader is gone: what still arrives is released at once.
+    pub(super) reader_gone: bool,
+    pub(super) recv_waker: Option<Waker>,
+    pub(super) send_waker: Option<Waker>,
+    /// Handles alive (the body and the responder): the slot goes with the last.
+    pub(super) handles: u8,
+}
+
+impl State {
+    /// One of a stream's handles is gone. `true`: the connection should hear of it.
+    #[must_use]
+    pub(super) fn drop_handle(&mut self, stream: u32) -> bool {
+        if let Some(slot) = self.slots.get_mut(&stream) {
+            slot.handles -= 1;
+            if slot.handles == 0 {
+                self.slots.remove(&stream);
+                // The last stream of a closing connection, gone perhaps in an upload
+                // task: the connection closes now.
+                if self.going_away && self.slots.is_empty() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// A rest of a request body this short, declared by its content-length, is taken and
+/// dropped rather than refused once the response is whole (see `State::refuse_rest`).
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+impl State {
+    /// The response is whole and nobody reads the request body: the client need not send
+    /// the rest, and RST_STREAM(NO_ERROR) tells it so (RFC 9113 §8.1). A short rest of a
+    /// declared length is taken and dropped instead: the client sends it within its window
+    /// anyway, and some clients (curl 7.88) take that reset for a failed request.
+    pub(super) fn refuse_rest(&mut self, stream: u32) {
+        if self
+            .server
+            .body_left(stream)
+            .is_none_or(|n| n > DRAIN_LIMIT)
+        {
+            self.server.reset(stream, Code::NO_ERROR);
+        }
+    }
+}
+
+pub(super) fn wake(waker: &mut Option<Waker>) {
+    if let Some(w) = waker.take() {
+        w.wake();
+    }
+}
+
+/// Stores `cx`'s waker unless the one stored already wakes the same task.
+pub(super) fn park(waker: &mut Option<Waker>, cx: &Context<'_>) {
+    match waker {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *waker = Some(cx.waker().clone()),
+    }
+}
+
+/// What `Connection::poll` gives. Not boxed: a request is handed over once, by value, to
+/// the stream's future that owns it.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Next {
+    /// A new stream: its request, and the handle its response goes through.
+    Request(Request<RequestBody>, Responder),
+    /// The connection is over.
+    Closed(Closed),
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub(super) enum Closed {
+    /// GOAWAY sent or received, and no stream left: close, once the client had its chance
+    /// to read the GOAWAY (`Connection::linger`).
+    Graceful,
+    /// A connection error: its GOAWAY is written, the close follows as after `Graceful`.
+    Failed(ConnError),
+    /// The client closed its side, or the socket failed: nothing more can be said.
+    Gone(Option<io::Error>),
+}
+
+pub(super) struct Connection {
+    io: Rewind,
+    shared: Arc<Shared>,
+    read: BytesMut,
+    /// Frames being written; the codec's buffer is swapped in when it is empty.
+    writing: BytesMut,
+    accepted: VecDeque<(Request<RequestBody>, Responder)>,
+    /// GOAWAY sent or received: the connection closes once no stream is left.
+    going_away: bool,
+    failed: Option<ConnError>,
+}
+
+impl Connection {
+    pub(super) fn new(io: Rewind, config: Config) -> Connection {
+        let state = State {
+            server: Server::new(config),
+            slots: HashMap::default(),
+            closed: false,
+            out_waiting: false,
+            going_away: false,
+        };
+        Connection {
+            io,
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                conn: AtomicWaker::new(),
+            }),
+            read: BytesMut::with_capacity(READ),
+            writing: BytesMut::new(),
+            accepted: VecDeque::new(),
+            going_away: false,
+            failed: None,
+        }
+    }
+
+    /// Starts a graceful close: streams open so far are served, no new one is.
+    pub(super) fn goaway(&mut self) {
+        let mut state = self.shared.lock();
+        state.server.goaway();
+        state.going_away = true;
+        self.going_away = true;
+    }
+
+    /// Reads, writes, and gives the next new stream, or the end. `streams_done`: no
+    /// stream's future is left (a graceful close waits for them).
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>, streams_done: bool) -> Poll<Next> {
+        self.shared.conn.register(cx.waker());
+        loop {
+            if let Some((request, respond)) = self.accepted.pop_front() {
+                return Poll::Ready(Next::Request(request, respond));
+            }
+            if let Poll::Ready(Err(e)) = self.poll_write(cx) {
+                return Poll::Ready(Next::Closed(Closed::Gone(Some(e))));
+            }
+            let flushed = self.writing.is_empty();
+            if let Some(e) = self.failed {
+                if flushed {
+                    return Poll::Ready(Next::Closed(Closed::Failed(e)));
+                }
+                return Poll::Pending;
+            }
+            if self.going_away && flushed && streams_done && self.shared.lock().slots.is_empty() {
+                return Poll::Ready(Next::Closed(Closed::Graceful));
+            }
+            // Backpressure: nothing more is read while the client does not read.
+            if self.writing.len() >= HIGH_WATER {
+                return Poll::Pending;
+            }
+            if self.read.capacity() - self.read.len() < READ / 4 {
+                self.read.reserve(READ);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Next::Closed(Closed::Gone(None))),
+                Poll::Ready(Ok(_)) => self.receive(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Next::Closed(Closed::Gone(Some(e)))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Writes what the codec has for the client, as far as the socket takes it.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.writing.is_empty() {
+                self.writing.clear();
+                let mut state = self.shared.lock();
+                std::mem::swap(&mut self.writing, state.server.out());
+                if state.out_waiting {
+                    // The codec's buffer is empty again: responses waiting for it go on.
+                    state.out_waiting = false;
+                    for slot in state.slots.values_mut() {
+                        wake(&mut slot.send_waker);
+                    }
+                }
+                if self.writing.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &self.writing) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.writing.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Hands what was read to the codec and its events to the streams.
+    fn receive(&mut self) {
+        let shared = self.shared.clone();
+        let mut state = shared.lock();
+        let received = state.server.recv(&mut self.read);
+        while let Some(event) = state.server.event() {
+            self.dispatch(&mut state, event);
+        }
+        if let Err(e) = received {
+            self.failed = Some(e);
+        }
+    }
+
+    fn dispatch(&mut self, state: &mut State, event: Event) {
+        let State {
+            server,
+            slots,
+            going_away,
+            ..
+        } = state;
+        match event {
+            Event::Request {
+                stream,
+                head,
+                end_stream,
+            } => match request_of(&head) {
+                Some(parts) => {
+                    let slot = Slot {
+                        recv_done: end_stream,
+                        handles: 2,
+                        ..Slot::default()
+                    };
+                    slots.insert(stream, slot);
+                    let body = RequestBody::new(self.shared.clone(), stream, end_stream);
+                    let request = Request::from_parts(parts, body);
+                    let respond = Responder::new(self.shared.clone(), stream);
+                    self.accepted.push_back((request, respond));
+                }
+                // What the codec lets through and `http` cannot hold (a path with bytes
+                // its URI refuses, say): malformed, as the h2 crate said of it.
+                None => server.reset(stream, Code::PROTOCOL_ERROR),
+            },
+            // RFC 6585: the request is refused whole, before any of it is forwarded.
+            Event::TooLarge { stream, .. } => {
+                server.send_head(stream, 431, [(&b"content-length"[..], &b"0"[..])], true);
+            }
+            Event::Data {
+                stream,
+                data,
+                end_stream,
+            } => {
+                let Some(slot) = slots.get_mut(&stream) else {
+                    server.release(stream, data.len() as u32);
+                    return;
+                };
+                if slot.reader_gone {
+                    server.release(stream, data.len() as u32);
+                } else if !data.is_empty() {
+                    slot.data.push_back(data);
+                }
+                slot.recv_done |= end_stream;
+                wake(&mut slot.recv_waker);
+            }
+            Event::Trailers { stream, head } => {
+                if let Some(slot) = slots.get_mut(&stream) {
+                    match fields_of(&head, HeaderMap::new()) {
+                        Some(trailers) => {
+                            slot.trailers = Some(trailers);
+                            slot.recv_done = true;
+                        }
+                        // Trailers `http` cannot hold: the body is not whole.
+                        None => slot.reset = Some(Code::PROTOCOL_ERROR),
+                    }
+                    wake(&mut slot.recv_waker);
+                }
+            }
+            Event::Reset { stream, code, .. } => {
+                if let Some(slot) = slots.get_mut(&stream) {
+                    slot.reset = Some(code);
+                    wake(&mut slot.recv_waker);
+                    wake(&mut slot.send_waker);
+                }
+            }
+            Event::Writable => {
+                for slot in slots.values_mut() {
+                    wake(&mut slot.send_waker);
+                }
+            }
+            // The client will open no new stream: the connection ends with the last one.
+            Event::GoAway { .. } => {
+                *going_away = true;
+                self.going_away = true;
+            }
+        }
+    }
+
+    /// Closes the connection once the client had its chance to read the last frames: they
+    /// are written, the write side is shut, and what the client still sends is read and
+    /// dropped until it closes too. Closing with unread bytes would make the kernel answer
+    /// with a reset, which may destroy the GOAWAY before the client reads it.
+    pub(super) async fn linger(&mut self) {
+        if std::future::poll_fn(|cx| self.poll_write(cx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if tokio::io::AsyncWriteExt::shutdown(&mut self.io)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            self.read.clear();
+            if self.read.capacity() < READ {
+                self.read.reserve(READ);
+            }
+            let read = std::future::poll_fn(|cx| {
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+            });
+            if !matches!(read.await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// Every stream still open learns that the connection is gone.
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        for slot in state.slots.values_mut() {
+            wake(&mut slot.recv_waker);
+            wake(&mut slot.send_waker);
+        }
+    }
+}
+
+/// A request head as `http` holds it; `None` for what it cannot hold. Extended CONNECT
+/// is refused: this side never offered it (RFC 8441 §3).
+fn request_of(head: &Head) -> Option<hyper::http::request::Parts> {
+    if head.protocol().is_some() {
+        return None;
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = Method::from_bytes(head.method()?).ok()?;
+    parts.version = Version::HTTP_2;
+    let mut uri = hyper::http::uri::Parts::default();
+    if let Some(authority) = head.authority() {
+        uri.authority = Some(Authority::try_from(authority).ok()?);
+        // `http` takes a scheme only beside an authority; a request with none names its
+        // host in `Host`, which the policy reads instead.
+        if let Some(scheme) = head.scheme() {
+            uri.scheme = Some(Scheme::try_from(scheme).ok()?);
+        }
+    }
+    if let Some(path) = head.path() {
+        uri.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
+    }
+    parts.uri = Uri::from_parts(uri).ok()?;
+    parts.headers = fields_of(head, HeaderMap::with_capacity(head.fields().len()))?;
+    Some(parts)
+}
+
+/// A head's regular fields, as `http` holds them (never-indexed ones stay sensitive).
+fn fields_of(head: &Head, mut map: HeaderMap) -> Option<HeaderMap> {
+    for field in head.fields() {
+        let name = HeaderName::from_bytes(field.name).ok()?;
+        let mut value = HeaderValue::from_bytes(field.value).ok()?;
+        value.set_sensitive(field.sensitive);
+        map.append(name, value);
+    }
+    Some(map)
+}
