@@ -319,9 +319,9 @@ async fn http2_get_ended_by_an_empty_data_frame_reaches_the_worker_without_frami
 
 // ---- Raw frames: two equal Content-Length fields ----
 
-/// The h2 server lets equal duplicates through (it checks the first value only); the worker
+/// The HTTP/2 server lets equal duplicates through (RFC 9110 §8.6 allows them); the worker
 /// must get the length once, since some HTTP/1 servers refuse two Content-Length lines.
-/// Should the h2 server refuse the request instead, nothing may reach the worker.
+/// Should the server refuse the request instead, nothing may reach the worker.
 #[tokio::test]
 async fn http2_request_with_two_equal_content_lengths_reaches_the_worker_with_one() {
     let db = TestDb::new().await;
@@ -351,7 +351,9 @@ async fn http2_request_with_two_equal_content_lengths_reaches_the_worker_with_on
                 "refused ({refused:?}) but reached the worker: {:?}",
                 worker.requests()
             );
-            eprintln!("the h2 server refused equal duplicate Content-Length fields: {refused:?}");
+            eprintln!(
+                "the HTTP/2 server refused equal duplicate Content-Length fields: {refused:?}"
+            );
         }
         other => panic!("unexpected answer: {other:?}"),
     }
@@ -445,7 +447,9 @@ async fn http2_post_answered_before_its_short_body_is_not_reset() {
     // The response, whole: its last frame carries END_STREAM.
     let answered = async {
         loop {
-            let f = h2raw::read(&mut s).await.expect("the connection stays open");
+            let f = h2raw::read(&mut s)
+                .await
+                .expect("the connection stays open");
             let end = f.stream == 1 && f.flags & h2raw::END_STREAM != 0;
             seen.push((f.kind, f.stream));
             if end {
@@ -462,7 +466,9 @@ async fn http2_post_answered_before_its_short_body_is_not_reset() {
     s.write_all(&late).await.unwrap();
     let acked = async {
         loop {
-            let f = h2raw::read(&mut s).await.expect("the connection stays open");
+            let f = h2raw::read(&mut s)
+                .await
+                .expect("the connection stays open");
             seen.push((f.kind, f.stream));
             if f.kind == PING && f.flags & 0x1 != 0 {
                 return;
@@ -484,3 +490,81 @@ async fn http2_post_answered_before_its_short_body_is_not_reset() {
 
 /// PING's frame type (RFC 9113 §6.7).
 const PING: u8 = 0x6;
+
+/// A request whose fields add up to more than `max_header_size` (64 KiB by default, as
+/// SETTINGS_MAX_HEADER_LIST_SIZE counts them), in HEADERS and CONTINUATION frames, with a
+/// body to come: 431 at once, its body refused with RST_STREAM(NO_ERROR), nothing sent to
+/// the worker, and the connection still serves the next request.
+#[tokio::test]
+async fn http2_request_over_max_header_size_gets_431_and_its_body_is_refused() {
+    let db = TestDb::new().await;
+    let worker = Recorder::start().await;
+    let lb = proxy_to(&db, PoolConfig::default(), worker.addr).await;
+
+    let value = "v".repeat(100);
+    let extra: Vec<(String, &str)> = (0..600).map(|i| (format!("x-f{i:03}"), &*value)).collect();
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let block = request_block("POST", &extra);
+    let mut frames = Vec::new();
+    let pieces: Vec<&[u8]> = block.chunks(16_384).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        let kind = if i == 0 { h2raw::HEADERS } else { CONTINUATION };
+        let flags = if last { h2raw::END_HEADERS } else { 0 };
+        frames.extend(h2raw::frame(kind, flags, 1, piece));
+    }
+    let next = h2raw::frame(
+        h2raw::HEADERS,
+        h2raw::END_HEADERS | h2raw::END_STREAM,
+        3,
+        &request_block("GET", &[]),
+    );
+    let mut s = h2_open(lb.listeners[0], &[frames]).await;
+    let mut seen = Vec::new();
+    let answered = async {
+        loop {
+            let f = h2raw::read(&mut s)
+                .await
+                .expect("the connection stays open");
+            seen.push((f.kind, f.stream, f.payload.clone()));
+            if f.kind == h2raw::RST_STREAM && f.stream == 1 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, answered)
+        .await
+        .expect("the 431 and the reset in time");
+    let on_1: Vec<&(u8, u32, Vec<u8>)> = seen.iter().filter(|(_, st, _)| *st == 1).collect();
+    assert_eq!(on_1.len(), 2, "a head and a reset on stream 1: {seen:?}");
+    // `:status: 431` as a literal of the static name `:status` (index 8), then
+    // `content-length: 0`.
+    assert_eq!(on_1[0].0, h2raw::HEADERS);
+    assert!(on_1[0].2.starts_with(b"\x08\x03431"), "{:?}", on_1[0].2);
+    assert_eq!(on_1[1].2, 0u32.to_be_bytes(), "RST_STREAM(NO_ERROR)");
+
+    s.write_all(&next).await.unwrap();
+    let served = async {
+        loop {
+            let f = h2raw::read(&mut s)
+                .await
+                .expect("the connection stays open");
+            if f.kind == h2raw::HEADERS && f.stream == 3 {
+                return f.payload;
+            }
+        }
+    };
+    let head = tokio::time::timeout(WAIT, served)
+        .await
+        .expect("the next request answered in time");
+    assert_eq!(head.first(), Some(&0x88), ":status 200");
+    assert_eq!(
+        worker.count(),
+        1,
+        "only the second request reached the worker"
+    );
+    lb.stop(Duration::from_secs(5)).await;
+}
+
+/// CONTINUATION's frame type (RFC 9113 §6.10).
+const CONTINUATION: u8 = 0x9;

@@ -2,7 +2,8 @@
 //! or connection and forward to it over `upstream`'s connections.
 //!
 //! `http` serves a client connection: HTTP/1 clients through the proxy's own forwarding path
-//! (`http1`), HTTP/2 clients (prior knowledge, h2c) over the h2 crate (`http2`). Both are
+//! (`http1`), HTTP/2 clients (prior knowledge, h2c) on the proxy's own codec (`http2`,
+//! over `codec::server`). Both are
 //! transports around one forwarding policy (`forward`): what is refused, how heads are
 //! rewritten, what the proxy answers itself and when a request is retried. Either transport
 //! sends a request for a `protocol = "h2"` pool through `to_h2`. `tcp` balances each

@@ -318,8 +318,12 @@ impl Connection {
                 None => server.reset(stream, Code::PROTOCOL_ERROR),
             },
             // RFC 6585: the request is refused whole, before any of it is forwarded.
-            Event::TooLarge { stream, .. } => {
+            Event::TooLarge { stream, end_stream } => {
                 server.send_head(stream, 431, [(&b"content-length"[..], &b"0"[..])], true);
+                if !end_stream {
+                    // Nobody reads its body: the client need not send it (RFC 9113 §8.1).
+                    server.reset(stream, Code::NO_ERROR);
+                }
             }
             Event::Data {
                 stream,
@@ -437,7 +441,10 @@ fn request_of(head: &Head) -> Option<hyper::http::request::Parts> {
         uri.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
     }
     parts.uri = Uri::from_parts(uri).ok()?;
-    parts.headers = fields_of(head, HeaderMap::with_capacity(head.fields().len()))?;
+    // Room for the fields the forwarding policy adds (X-Forwarded-For, X-Forwarded-Proto,
+    // Forwarded: `headers::add_forwarded`), so adding them never grows and rehashes the map.
+    let room = head.fields().len() + 3;
+    parts.headers = fields_of(head, HeaderMap::with_capacity(room))?;
     Some(parts)
 }
 
