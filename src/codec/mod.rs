@@ -1,16 +1,20 @@
 //! The HTTP/2 codec: bytes to frames and back (`frame`), a field block from its HEADERS
 //! and CONTINUATION frames (`block`), field blocks to fields and back (`hpack`), fields to
-//! checked message heads (`message`), flow control's arithmetic (`window`), and the server
-//! side of a connection built on them (`server`). Pure: no I/O, no timers, no policy, so
-//! every rule of RFC 9113 §3–8 and RFC 7541 it enforces is tested on exact bytes.
+//! checked message heads (`message`), flow control's arithmetic (`window`), what both
+//! sides of a connection do alike (`conn`: streams, windows, SETTINGS, PING), and the two
+//! sides on it (`server`, `client`). Pure: no I/O, no timers, no policy, so every rule of
+//! RFC 9113 §3–8 and RFC 7541 it enforces is tested on exact bytes.
 //!
 //! Why the proxy has its own: the h2 crate's share of an HTTP/2 request kept the proxy's
 //! CPU per request above HAProxy's (README, "Performance"), and its codec is private, so
 //! it could not be kept while the rest was replaced. `server` serves the proxy's HTTP/2
-//! clients (`proxy::http2::conn` drives it over the socket); h2 workers are still reached
-//! through the h2 crate (`proxy::to_h2`) until a client side exists here.
+//! clients (`proxy::http2::conn` drives it over the socket). `client` is for h2 workers,
+//! which are still reached through the h2 crate (`proxy::to_h2`) until a driver for it
+//! takes over.
 
 pub mod block;
+pub mod client;
+pub mod conn;
 pub mod frame;
 pub mod hpack;
 pub mod message;

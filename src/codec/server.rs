@@ -1,20 +1,19 @@
 //! The server side of one HTTP/2 connection, without I/O (RFC 9113 §3–6, §8): bytes read
 //! from the client go in (`recv`), requests, their bodies and resets come out as events;
 //! responses go in as calls (`send_head`, `send_data`, `send_trailers`, `reset`), and the
-//! frames to write come out of one buffer (`out`). Stream states, both directions' flow
-//! control and the limits a client is held to live here; what a request means is the
-//! caller's.
+//! frames to write come out of one buffer (`out`). What both sides do alike (streams,
+//! flow control, SETTINGS, PING) is `conn::Core`'s; here is what a server adds: the
+//! preface, streams the client opens, requests, and the limits a client is held to. What
+//! a request means is the caller's.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use bytes::{Bytes, BytesMut};
 
-use bytes::{Buf, Bytes, BytesMut};
-
-use super::block::Assembler;
-use super::frame::{self, Code, Frame, FrameError, HEAD_LEN, Head, Settings};
-use super::hpack::{self, Decoder};
+use super::conn::{Core, Local, UNDECODABLE, fail};
+use super::frame::{self, Code, Frame, Head, Settings};
+use super::hpack;
 use super::message::{self, HeadError};
-use super::window::{Receive, Window};
+
+pub use super::conn::{ConnError, Event, StreamIds};
 
 /// What a client must send first (§3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -49,86 +48,6 @@ impl Default for Config {
     }
 }
 
-/// What the client did, in order.
-#[derive(Debug)]
-pub enum Event {
-    /// A new stream: a request head. `end_stream`: it has no body.
-    Request {
-        stream: u32,
-        head: message::Head,
-        end_stream: bool,
-    },
-    /// A request whose fields are over `max_header_list_size`: answer it 431 (RFC 6585),
-    /// or reset it.
-    TooLarge {
-        stream: u32,
-        end_stream: bool,
-    },
-    /// Body bytes; hand them back with `release` once they are consumed, which is what
-    /// lets the client send more.
-    Data {
-        stream: u32,
-        data: Bytes,
-        end_stream: bool,
-    },
-    Trailers {
-        stream: u32,
-        head: message::Head,
-    },
-    /// The stream ended without its response: the client reset it (`by_client`), or its
-    /// request broke a rule and this side reset it.
-    Reset {
-        stream: u32,
-        code: Code,
-        by_client: bool,
-    },
-    /// Send windows grew: streams waiting for one may `send_data` again.
-    Writable,
-    /// The client's GOAWAY.
-    GoAway {
-        code: Code,
-    },
-}
-
-/// Why the connection ended; its GOAWAY is in `out`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{why}")]
-pub struct ConnError {
-    pub code: Code,
-    pub why: &'static str,
-}
-
-impl From<FrameError> for ConnError {
-    fn from(e: FrameError) -> ConnError {
-        ConnError {
-            code: e.code,
-            why: e.why,
-        }
-    }
-}
-
-fn fail<T>(code: Code, why: &'static str) -> Result<T, ConnError> {
-    Err(ConnError { code, why })
-}
-
-/// One open stream, as this side sees it.
-#[derive(Debug)]
-struct Stream {
-    /// The client ended its side (END_STREAM received).
-    remote_done: bool,
-    /// This side's response head has gone out.
-    responding: bool,
-    /// This side ended its side.
-    local_done: bool,
-    send: Window,
-    recv: Receive,
-    /// The request's content-length, and the body bytes received so far.
-    length: Option<u64>,
-    received: u64,
-    /// Body bytes handed to the caller and not yet released.
-    held: u32,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
     /// Waiting for the client's preface.
@@ -143,110 +62,50 @@ enum Phase {
 pub struct Server {
     config: Config,
     phase: Phase,
-    decoder: Decoder,
-    assembler: Assembler,
-    streams: HashMap<u32, Stream, BuildHasherDefault<StreamIds>>,
+    core: Core,
     /// The highest stream the client opened (every lower one is open or closed).
     last_stream: u32,
     /// GOAWAY sent: streams above this one are not served.
     goaway: Option<u32>,
-    send: Window,
-    recv: Receive,
-    /// What the client's settings say this side may send.
-    peer_initial_window: u32,
-    peer_max_frame_size: u32,
     premature_resets: u32,
-    /// The streams this side reset last, oldest first.
-    reset_lately: VecDeque<u32>,
-    out: BytesMut,
-    events: VecDeque<Event>,
 }
-
-/// Hashes stream identifiers for the stream table in a few instructions, where SipHash
-/// cost hundreds a request. The client picks them (rising, at most
-/// `max_concurrent_streams` open at once), so ids that differ only in their high bits must
-/// not share buckets: the product's high half, which every bit of the id reaches, is
-/// folded into the low bits the table indexes with.
-#[derive(Default)]
-pub struct StreamIds(u64);
-
-impl StreamIds {
-    fn mix(x: u64) -> u64 {
-        let p = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        p ^ (p >> 32)
-    }
-}
-
-impl Hasher for StreamIds {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = StreamIds::mix(self.0 << 8 | b as u64);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = StreamIds::mix(id as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// How many reset streams `was_reset` remembers.
-const RESETS_REMEMBERED: usize = 128;
 
 impl Server {
     /// A connection whose SETTINGS (and connection window increase) are already in `out`.
-    pub fn new(mut config: Config) -> Server {
-        let default = frame::DEFAULT_WINDOW;
-        config.stream_window = config.stream_window.max(default);
-        config.connection_window = config.connection_window.max(default);
-        let mut out = BytesMut::with_capacity(4096);
-        Settings {
+    pub fn new(config: Config) -> Server {
+        let mut core = Core::new(Local {
+            stream_window: config.stream_window,
+            connection_window: config.connection_window,
+            max_frame_size: config.max_frame_size,
+            max_header_list_size: config.max_header_list_size,
+        });
+        core.write_settings(Settings {
             max_concurrent_streams: Some(config.max_concurrent_streams),
-            initial_window_size: Some(config.stream_window),
-            max_frame_size: Some(config.max_frame_size),
-            max_header_list_size: Some(config.max_header_list_size),
             ..Settings::default()
-        }
-        .write(&mut out);
-        if config.connection_window > default {
-            frame::window_update(0, config.connection_window - default, &mut out);
-        }
-        let block_limit = config.max_header_list_size as usize + 16 * 1024;
+        });
         Server {
             config,
             phase: Phase::Preface,
-            decoder: Decoder::new(4096),
-            assembler: Assembler::new(block_limit),
-            streams: HashMap::default(),
+            core,
             last_stream: 0,
             goaway: None,
-            send: Window::new(default),
-            recv: Receive::new(config.connection_window),
-            peer_initial_window: default,
-            peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
             premature_resets: 0,
-            reset_lately: VecDeque::new(),
-            out,
-            events: VecDeque::new(),
         }
     }
 
     /// The frames to write, in order.
     pub fn out(&mut self) -> &mut BytesMut {
-        &mut self.out
+        &mut self.core.out
     }
 
     /// The next event, if any.
     pub fn event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.core.events.pop_front()
     }
 
     /// Streams open (requests not yet answered and ended both ways).
     pub fn open_streams(&self) -> usize {
-        self.streams.len()
+        self.core.streams.len()
     }
 
     /// Takes every whole frame from `buf` (what was read from the client). An error ends
@@ -256,7 +115,12 @@ impl Server {
             Err(e) => {
                 if self.phase != Phase::Failed {
                     self.phase = Phase::Failed;
-                    frame::goaway(self.last_stream, e.code, e.why.as_bytes(), &mut self.out);
+                    frame::goaway(
+                        self.last_stream,
+                        e.code,
+                        e.why.as_bytes(),
+                        &mut self.core.out,
+                    );
                 }
                 Err(e)
             }
@@ -276,28 +140,20 @@ impl Server {
             if n < PREFACE.len() {
                 return Ok(());
             }
-            buf.advance(PREFACE.len());
+            bytes::Buf::advance(buf, PREFACE.len());
             self.phase = Phase::FirstSettings;
         }
-        while buf.len() >= HEAD_LEN {
-            let head = Head::parse(buf[..HEAD_LEN].try_into().expect("9 bytes"));
-            frame::check_size(&head, self.config.max_frame_size)?;
-            let total = HEAD_LEN + head.len as usize;
-            if buf.len() < total {
-                buf.reserve(total - buf.len());
-                return Ok(());
-            }
-            let bytes = buf.split_to(total).freeze();
+        while let Some((head, bytes)) = self.core.next_frame(buf)? {
             self.frame(head, bytes)?;
         }
         Ok(())
     }
 
     fn frame(&mut self, head: Head, bytes: Bytes) -> Result<(), ConnError> {
-        let payload = &bytes[HEAD_LEN..];
+        let payload = &bytes[frame::HEAD_LEN..];
         let parsed = match frame::parse(head, payload) {
             Ok(f) => f,
-            Err(e) => return self.stream_or_connection_error(e),
+            Err(e) => return self.core.stream_or_connection_error(e),
         };
         if self.phase == Phase::FirstSettings {
             if !matches!(parsed, Frame::Settings(_)) {
@@ -308,7 +164,8 @@ impl Server {
             }
             self.phase = Phase::Open;
         }
-        if self.assembler.expecting().is_some() && !matches!(parsed, Frame::Continuation { .. }) {
+        let core = &mut self.core;
+        if core.assembler.expecting().is_some() && !matches!(parsed, Frame::Continuation { .. }) {
             return fail(Code::PROTOCOL_ERROR, "a frame inside a field block");
         }
         match parsed {
@@ -319,7 +176,8 @@ impl Server {
                 flow_len,
             } => {
                 let data = bytes.slice_ref(data);
-                self.data(stream, data, flow_len, end_stream)
+                let idle = self.is_idle(stream);
+                self.core.data(stream, data, flow_len, end_stream, idle)
             }
             Frame::Headers {
                 stream,
@@ -327,21 +185,19 @@ impl Server {
                 end_headers,
                 fragment,
                 ..
-            } => {
-                match self
-                    .assembler
-                    .headers(stream, end_stream, end_headers, fragment)?
-                {
-                    Some(block) => self.headers(stream, end_stream, block.bytes),
-                    None => Ok(()),
-                }
-            }
+            } => match core
+                .assembler
+                .headers(stream, end_stream, end_headers, fragment)?
+            {
+                Some(block) => self.headers(stream, end_stream, block.bytes),
+                None => Ok(()),
+            },
             Frame::Continuation {
                 stream,
                 end_headers,
                 fragment,
             } => {
-                let Some(block) = self.assembler.continuation(stream, end_headers, fragment)?
+                let Some(block) = core.assembler.continuation(stream, end_headers, fragment)?
                 else {
                     return Ok(());
                 };
@@ -352,31 +208,23 @@ impl Server {
             // Priorities are deprecated (§5.3.2): data goes out in the order it is sent.
             Frame::Priority { .. } => Ok(()),
             Frame::RstStream { stream, code } => self.rst_stream(stream, code),
-            Frame::Settings(s) => self.settings(s),
+            Frame::Settings(s) => core.settings(s),
             Frame::SettingsAck => Ok(()),
             Frame::Ping { ack, payload } => {
                 if !ack {
-                    frame::ping(true, payload, &mut self.out);
+                    frame::ping(true, payload, &mut core.out);
                 }
                 Ok(())
             }
             Frame::GoAway { code, .. } => {
-                self.events.push_back(Event::GoAway { code });
+                core.events.push_back(Event::GoAway { code });
                 Ok(())
             }
-            Frame::WindowUpdate { stream, increment } => self.window_update(stream, increment),
+            Frame::WindowUpdate { stream, increment } => {
+                let idle = self.is_idle(stream);
+                self.core.window_update(stream, increment, idle)
+            }
             Frame::Unknown => Ok(()),
-        }
-    }
-
-    /// A frame's own error: a stream error resets that stream; a connection error ends it.
-    fn stream_or_connection_error(&mut self, e: FrameError) -> Result<(), ConnError> {
-        match e.stream {
-            Some(stream) => {
-                self.reset_for_error(stream, e.code);
-                Ok(())
-            }
-            None => Err(e.into()),
         }
     }
 
@@ -386,55 +234,10 @@ impl Server {
         stream > self.last_stream
     }
 
-    /// A stream this side reset lately: frames the client sent before it learnt of the
-    /// reset are discarded, not an error (§5.1, closed).
-    fn was_reset(&self, stream: u32) -> bool {
-        self.reset_lately.contains(&stream)
-    }
-
-    /// Decodes a block no stream will take, only to keep the dynamic table in step with
-    /// the client's: one it cannot decode ends the connection.
-    fn skip(&mut self, block: &[u8]) -> Result<(), ConnError> {
-        match self.decoder.decode(block, |_| {}) {
-            Ok(()) => Ok(()),
-            Err(_) => fail(Code::COMPRESSION_ERROR, UNDECODABLE),
-        }
-    }
-
     fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
-        let limit = self.config.max_header_list_size as usize;
-        if let Some(s) = self.streams.get(&stream) {
-            // A second block on an open stream: trailers, which must end it (§8.1).
-            if s.remote_done || !end_stream {
-                let code = if s.remote_done {
-                    Code::STREAM_CLOSED
-                } else {
-                    Code::PROTOCOL_ERROR
-                };
-                self.reset_for_error(stream, code);
-                return self.skip(block);
-            }
-            return match message::Head::trailers(&mut self.decoder, block, limit) {
-                Ok(head) => {
-                    let s = self
-                        .streams
-                        .get_mut(&stream)
-                        .expect("open, as looked up above");
-                    s.remote_done = true;
-                    if s.length.is_some_and(|n| n != s.received) {
-                        self.reset_for_error(stream, Code::PROTOCOL_ERROR);
-                        return Ok(());
-                    }
-                    self.events.push_back(Event::Trailers { stream, head });
-                    self.close_if_done(stream);
-                    Ok(())
-                }
-                Err(HeadError::Compression(_)) => fail(Code::COMPRESSION_ERROR, UNDECODABLE),
-                Err(_) => {
-                    self.reset_for_error(stream, Code::PROTOCOL_ERROR);
-                    Ok(())
-                }
-            };
+        let core = &mut self.core;
+        if core.streams.contains_key(&stream) {
+            return core.trailers(stream, end_stream, block);
         }
         if stream.is_multiple_of(2) {
             return fail(
@@ -444,8 +247,8 @@ impl Server {
         }
         if stream <= self.last_stream {
             // Closed: its block still counts for HPACK, and nothing else of it does.
-            self.skip(block)?;
-            if self.was_reset(stream) {
+            core.skip(block)?;
+            if core.was_reset(stream) {
                 return Ok(());
             }
             return fail(Code::STREAM_CLOSED, "HEADERS on a closed stream");
@@ -453,22 +256,24 @@ impl Server {
         self.last_stream = stream;
         if self.goaway.is_some_and(|last| stream > last) {
             // After GOAWAY: not served, but decoded all the same (§6.8).
-            return self.skip(block);
+            return core.skip(block);
         }
-        if self.streams.len() >= self.config.max_concurrent_streams as usize {
-            self.send_reset(stream, Code::REFUSED_STREAM);
-            return self.skip(block);
+        if core.streams.len() >= self.config.max_concurrent_streams as usize {
+            core.send_reset(stream, Code::REFUSED_STREAM);
+            return core.skip(block);
         }
-        let head = match message::Head::request(&mut self.decoder, block, limit) {
+        let limit = core.local.max_header_list_size as usize;
+        let head = match message::Head::request(&mut core.decoder, block, limit) {
             Ok(head) => head,
             Err(HeadError::Compression(_)) => return fail(Code::COMPRESSION_ERROR, UNDECODABLE),
             Err(HeadError::Malformed(_)) => {
-                self.send_reset(stream, Code::PROTOCOL_ERROR);
+                core.send_reset(stream, Code::PROTOCOL_ERROR);
                 return Ok(());
             }
             Err(HeadError::TooLarge) => {
                 self.open(stream, None, end_stream);
-                self.events
+                self.core
+                    .events
                     .push_back(Event::TooLarge { stream, end_stream });
                 return Ok(());
             }
@@ -476,16 +281,16 @@ impl Server {
         let length = match head.content_length() {
             Ok(n) => n,
             Err(_) => {
-                self.send_reset(stream, Code::PROTOCOL_ERROR);
+                core.send_reset(stream, Code::PROTOCOL_ERROR);
                 return Ok(());
             }
         };
         if end_stream && length.is_some_and(|n| n > 0) {
-            self.send_reset(stream, Code::PROTOCOL_ERROR);
+            core.send_reset(stream, Code::PROTOCOL_ERROR);
             return Ok(());
         }
         self.open(stream, length, end_stream);
-        self.events.push_back(Event::Request {
+        self.core.events.push_back(Event::Request {
             stream,
             head,
             end_stream,
@@ -493,188 +298,37 @@ impl Server {
         Ok(())
     }
 
+    /// A stream the client opened: its request came.
     fn open(&mut self, stream: u32, length: Option<u64>, end_stream: bool) {
-        self.streams.insert(
-            stream,
-            Stream {
-                remote_done: end_stream,
-                responding: false,
-                local_done: false,
-                send: Window::new(self.peer_initial_window),
-                recv: Receive::new(self.config.stream_window),
-                length,
-                received: 0,
-                held: 0,
-            },
-        );
-    }
-
-    fn data(&mut self, stream: u32, data: Bytes, flow: u32, end: bool) -> Result<(), ConnError> {
-        if !self.recv.received(flow) {
-            return fail(
-                Code::FLOW_CONTROL_ERROR,
-                "DATA beyond the connection's window",
-            );
-        }
-        // Padding is nobody's to release: it goes back at once.
-        let padding = flow - data.len() as u32;
-        self.release_connection(padding);
-        let Some(s) = self.streams.get_mut(&stream) else {
-            self.release_connection(data.len() as u32);
-            if self.is_idle(stream) {
-                return fail(Code::PROTOCOL_ERROR, "DATA on an idle stream");
-            }
-            if !self.was_reset(stream) {
-                self.reset_for_error(stream, Code::STREAM_CLOSED);
-            }
-            return Ok(());
-        };
-        if s.remote_done {
-            self.release_connection(data.len() as u32);
-            self.reset_for_error(stream, Code::STREAM_CLOSED);
-            return Ok(());
-        }
-        if !s.recv.received(flow) {
-            self.release_connection(data.len() as u32);
-            self.reset_for_error(stream, Code::FLOW_CONTROL_ERROR);
-            return Ok(());
-        }
-        if let Some(increment) = s.recv.release(padding) {
-            frame::window_update(stream, increment, &mut self.out);
-        }
-        s.received += data.len() as u64;
-        let too_long = s.length.is_some_and(|n| s.received > n);
-        let too_short = end && s.length.is_some_and(|n| s.received != n);
-        if too_long || too_short {
-            self.release_connection(data.len() as u32);
-            self.reset_for_error(stream, Code::PROTOCOL_ERROR);
-            return Ok(());
-        }
-        s.remote_done = end;
-        s.held += data.len() as u32;
-        if data.is_empty() && !end {
-            return Ok(());
-        }
-        self.events.push_back(Event::Data {
-            stream,
-            data,
-            end_stream: end,
-        });
-        self.close_if_done(stream);
-        Ok(())
+        self.core.open(stream, length, end_stream);
+        let s = self.core.streams.get_mut(&stream).expect("just opened");
+        s.head_received = true;
     }
 
     fn rst_stream(&mut self, stream: u32, code: Code) -> Result<(), ConnError> {
         if self.is_idle(stream) {
             return fail(Code::PROTOCOL_ERROR, "RST_STREAM on an idle stream");
         }
-        if let Some(s) = self.remove(stream) {
-            if !s.responding {
+        if let Some(s) = self.core.remove(stream) {
+            if !s.head_sent {
                 self.premature_resets += 1;
                 if self.premature_resets > self.config.max_premature_resets {
                     return fail(Code::ENHANCE_YOUR_CALM, "too many streams reset unanswered");
                 }
             }
-            self.events.push_back(Event::Reset {
+            self.core.events.push_back(Event::Reset {
                 stream,
                 code,
-                by_client: true,
+                by_peer: true,
             });
         }
         Ok(())
-    }
-
-    fn settings(&mut self, s: Settings) -> Result<(), ConnError> {
-        if let Some(size) = s.initial_window_size {
-            let delta = size as i64 - self.peer_initial_window as i64;
-            for st in self.streams.values_mut() {
-                if st.send.adjust(delta).is_err() {
-                    return fail(Code::FLOW_CONTROL_ERROR, "a window above 2^31-1");
-                }
-            }
-            self.peer_initial_window = size;
-            if delta > 0 {
-                self.events.push_back(Event::Writable);
-            }
-        }
-        if let Some(size) = s.max_frame_size {
-            self.peer_max_frame_size = size;
-        }
-        frame::settings_ack(&mut self.out);
-        Ok(())
-    }
-
-    fn window_update(&mut self, stream: u32, increment: u32) -> Result<(), ConnError> {
-        if stream == 0 {
-            if self.send.grow(increment).is_err() {
-                return fail(
-                    Code::FLOW_CONTROL_ERROR,
-                    "the connection window above 2^31-1",
-                );
-            }
-        } else if let Some(s) = self.streams.get_mut(&stream) {
-            if s.send.grow(increment).is_err() {
-                self.reset_for_error(stream, Code::FLOW_CONTROL_ERROR);
-                return Ok(());
-            }
-        } else if self.is_idle(stream) {
-            return fail(Code::PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream");
-        }
-        self.events.push_back(Event::Writable);
-        Ok(())
-    }
-
-    /// Resets a stream for its request's error; the caller hears of it if it knew it.
-    fn reset_for_error(&mut self, stream: u32, code: Code) {
-        self.send_reset(stream, code);
-        if self.remove(stream).is_some() {
-            self.events.push_back(Event::Reset {
-                stream,
-                code,
-                by_client: false,
-            });
-        }
-    }
-
-    fn close_if_done(&mut self, stream: u32) {
-        if self
-            .streams
-            .get(&stream)
-            .is_some_and(|s| s.remote_done && s.local_done)
-        {
-            self.remove(stream);
-        }
-    }
-
-    fn release_connection(&mut self, n: u32) {
-        if let Some(increment) = self.recv.release(n) {
-            frame::window_update(0, increment, &mut self.out);
-        }
     }
 
     /// The caller consumed `n` bytes of the stream's body: credit goes back to the client
     /// as the windows' policy says.
     pub fn release(&mut self, stream: u32, n: u32) {
-        // A closed stream's credit went back when it closed (`remove`).
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return;
-        };
-        let n = n.min(s.held);
-        s.held -= n;
-        if !s.remote_done
-            && let Some(increment) = s.recv.release(n)
-        {
-            frame::window_update(stream, increment, &mut self.out);
-        }
-        self.release_connection(n);
-    }
-
-    /// Forgets a stream; what it held of the connection's window goes back, so a stream
-    /// closed with its body unread does not shrink the connection for the others.
-    fn remove(&mut self, stream: u32) -> Option<Stream> {
-        let s = self.streams.remove(&stream)?;
-        self.release_connection(s.held);
-        Some(s)
+        self.core.release(stream, n);
     }
 
     /// Sends the response head: `:status`, then `fields` (lowercase names). `false` when
@@ -686,28 +340,22 @@ impl Server {
         fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         end_stream: bool,
     ) -> bool {
-        let Some(s) = self.streams.get_mut(&stream) else {
+        let Some(s) = self.core.streams.get_mut(&stream) else {
             return false;
         };
-        if s.responding {
+        if s.head_sent {
             return false;
         }
-        s.responding = true;
-        let mut block = Vec::with_capacity(128);
-        hpack::status(status, &mut block);
-        for (name, value) in fields {
-            hpack::field(name, value, false, &mut block);
-        }
-        frame::headers(
+        s.head_sent = true;
+        self.core.write_head(
             stream,
-            &block,
+            |block| hpack::status(status, block),
+            fields,
             end_stream,
-            self.peer_max_frame_size,
-            &mut self.out,
         );
         self.premature_resets = self.premature_resets.saturating_sub(1);
         if end_stream {
-            self.end_local(stream);
+            self.core.end_local(stream);
         }
         true
     }
@@ -716,46 +364,19 @@ impl Server {
     /// body ends with it (END_STREAM goes out with its last byte). Returns whether the
     /// stream is still there to send on.
     pub fn send_data(&mut self, stream: u32, data: &mut Bytes, end: bool) -> bool {
-        let Some(s) = self.streams.get_mut(&stream) else {
-            return false;
-        };
-        debug_assert!(s.responding, "DATA before the response head");
-        loop {
-            let n = data
-                .len()
-                .min(s.send.available() as usize)
-                .min(self.send.available() as usize)
-                .min(self.peer_max_frame_size as usize);
-            let last = n == data.len();
-            if n == 0 && !(last && end) {
-                return true;
-            }
-            s.send.take(n as u32);
-            self.send.take(n as u32);
-            frame::data_head(stream, n, last && end, &mut self.out);
-            self.out.extend_from_slice(&data[..n]);
-            data.advance(n);
-            if last {
-                if end {
-                    self.end_local(stream);
-                }
-                return true;
-            }
-        }
+        self.core.send_data(stream, data, end)
     }
 
     /// The request body bytes its content-length still promises (`None`: no length
     /// declared, or the stream is closed).
     pub fn body_left(&self, stream: u32) -> Option<u64> {
-        let s = self.streams.get(&stream)?;
+        let s = self.core.streams.get(&stream)?;
         Some(s.length? - s.received)
     }
 
     /// What `stream` may send now (the lesser of its window and the connection's).
     pub fn capacity(&self, stream: u32) -> u32 {
-        self.streams
-            .get(&stream)
-            .map_or(0, |s| s.send.available().min(self.send.available()))
+        self.core.capacity(stream)
     }
 
     /// Ends the response with trailers.
@@ -764,67 +385,30 @@ impl Server {
         stream: u32,
         fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> bool {
-        let Some(s) = self.streams.get(&stream) else {
-            return false;
-        };
-        debug_assert!(s.responding, "trailers before the response head");
-        let mut block = Vec::with_capacity(128);
-        for (name, value) in fields {
-            hpack::field(name, value, false, &mut block);
-        }
-        frame::headers(
-            stream,
-            &block,
-            true,
-            self.peer_max_frame_size,
-            &mut self.out,
-        );
-        self.end_local(stream);
-        true
+        self.core.send_trailers(stream, fields)
     }
 
     /// Resets a stream: the response broke off, or the caller will not answer, or
     /// (`NO_ERROR`) the response is whole and the rest of the request body is not wanted
     /// (§8.1).
     pub fn reset(&mut self, stream: u32, code: Code) {
-        if self.remove(stream).is_some() {
-            self.send_reset(stream, code);
-        }
-    }
-
-    /// Writes RST_STREAM and remembers the stream for a while (`was_reset`).
-    fn send_reset(&mut self, stream: u32, code: Code) {
-        frame::rst_stream(stream, code, &mut self.out);
-        if self.reset_lately.len() == RESETS_REMEMBERED {
-            self.reset_lately.pop_front();
-        }
-        self.reset_lately.push_back(stream);
+        self.core.reset(stream, code);
     }
 
     /// Starts a graceful close: streams opened so far are served, no new one is.
     pub fn goaway(&mut self) {
         if self.goaway.is_none() {
             self.goaway = Some(self.last_stream);
-            frame::goaway(self.last_stream, Code::NO_ERROR, &[], &mut self.out);
+            frame::goaway(self.last_stream, Code::NO_ERROR, &[], &mut self.core.out);
         }
-    }
-
-    /// This side's half of the stream ended. A request body still coming stays the
-    /// caller's to read, or to refuse with `reset(stream, Code::NO_ERROR)` (§8.1).
-    fn end_local(&mut self, stream: u32) {
-        if let Some(s) = self.streams.get_mut(&stream) {
-            s.local_done = true;
-        }
-        self.close_if_done(stream);
     }
 }
-
-const UNDECODABLE: &str = "a field block that cannot be decoded";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::frame::{flag, kind};
+    use crate::codec::frame::{HEAD_LEN, flag, kind};
+    use crate::codec::hpack::Decoder;
 
     /// A server past the handshake: the client's preface and empty SETTINGS taken, what
     /// the server wrote so far drained.
@@ -926,7 +510,7 @@ mod tests {
             (kind::SETTINGS, flag::ACK),
         ];
         assert_eq!(kinds, want);
-        assert_eq!(s.peer_initial_window, 1000);
+        assert_eq!(s.core.peer_initial_window, 1000);
     }
 
     #[test]
@@ -1085,16 +669,16 @@ mod tests {
         frame::data_head(1, 16_384, false, &mut b);
         b.extend_from_slice(&[0; 16_384]);
         s.recv(&mut b).unwrap();
-        assert_eq!(s.recv.available(), 65_535 - 32_768);
+        assert_eq!(s.core.recv.available(), 65_535 - 32_768);
         // The caller answers without reading the body: the stream stays open for it
         // until the caller says it will not read it, when the stream closes and the
         // connection's window is whole again (one update of the 32,768 bytes held).
         s.send_head(1, 413, [], true);
         assert_eq!(s.open_streams(), 1);
-        assert_eq!(s.recv.available(), 65_535 - 32_768);
+        assert_eq!(s.core.recv.available(), 65_535 - 32_768);
         s.reset(1, Code::NO_ERROR);
         assert_eq!(s.open_streams(), 0);
-        assert_eq!(s.recv.available(), 65_535);
+        assert_eq!(s.core.recv.available(), 65_535);
         let out: Vec<(u8, u32, Vec<u8>)> = written(&mut s)
             .into_iter()
             .map(|(h, p)| (h.kind, h.stream, p))
@@ -1109,21 +693,6 @@ mod tests {
         );
         s.release(1, 32_768);
         assert!(written(&mut s).is_empty(), "released once, not twice");
-    }
-
-    #[test]
-    fn ids_apart_only_in_their_high_bits_hash_apart() {
-        let low = |id: u32| {
-            let mut h = StreamIds::default();
-            h.write_u32(id);
-            h.finish() & 0xff
-        };
-        let buckets: std::collections::HashSet<u64> = (0..64).map(|k| low(1 + (k << 20))).collect();
-        assert!(
-            buckets.len() > 32,
-            "{} buckets of 256 for 64 ids",
-            buckets.len()
-        );
     }
 
     #[test]

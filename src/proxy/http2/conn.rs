@@ -367,6 +367,10 @@ impl Connection {
                     wake(&mut slot.send_waker);
                 }
             }
+            Event::Response { .. }
+            | Event::Interim { .. }
+            | Event::Unprocessed { .. }
+            | Event::PingAck { .. } => unreachable!("a server's codec gives no client event"),
             // The client will open no new stream: the connection ends with the last one.
             Event::GoAway { .. } => {
                 *going_away = true;
