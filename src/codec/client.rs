@@ -110,6 +110,11 @@ impl Client {
         self.core.streams.len()
     }
 
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS came).
+    pub fn max_concurrent_streams(&self) -> u32 {
+        self.core.peer_max_concurrent_streams
+    }
+
     /// Whether a new stream may open now: the connection is sound, neither side said
     /// GOAWAY, identifiers are left, and the server's concurrency limit has room.
     pub fn can_open(&self) -> bool {

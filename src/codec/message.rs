@@ -6,6 +6,8 @@
 //! A head keeps its names and values in one buffer with spans into it, so a request
 //! costs two allocations however many fields it has.
 
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
 use super::hpack::{DecodeError, Decoder, Field};
 
 /// Where a name or a value is in a head's buffer.
@@ -161,6 +163,19 @@ impl Head {
             length = Some(n);
         }
         Ok(length)
+    }
+
+    /// The regular fields as `http` holds them, with room for `room` more; `None` for a
+    /// name or value `http` refuses. Never-indexed fields stay sensitive.
+    pub fn header_map(&self, room: usize) -> Option<HeaderMap> {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + room);
+        for field in self.fields() {
+            let name = HeaderName::from_bytes(field.name).ok()?;
+            let mut value = HeaderValue::from_bytes(field.value).ok()?;
+            value.set_sensitive(field.sensitive);
+            map.append(name, value);
+        }
+        Some(map)
     }
 
     fn bytes(&self, s: Span) -> &[u8] {

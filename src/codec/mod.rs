@@ -8,9 +8,8 @@
 //! Why the proxy has its own: the h2 crate's share of an HTTP/2 request kept the proxy's
 //! CPU per request above HAProxy's (README, "Performance"), and its codec is private, so
 //! it could not be kept while the rest was replaced. `server` serves the proxy's HTTP/2
-//! clients (`proxy::http2::conn` drives it over the socket). `client` is for h2 workers,
-//! which are still reached through the h2 crate (`proxy::to_h2`) until a driver for it
-//! takes over.
+//! clients (`proxy::http2::conn` drives it over the socket), `client` speaks to h2 workers
+//! (`upstream::h2::conn` drives it).
 
 pub mod block;
 pub mod client;

@@ -171,7 +171,8 @@ pub fn quotable(host: &[u8]) -> bool {
 /// first, every other field as it came, the `cookie` fields an HTTP/2 client splits joined
 /// into one (RFC 9113 §8.2.3), then the forwarding fields. Framing and hop-by-hop fields
 /// stay behind; HTTP/2 allows none of `Connection`, `Upgrade`, `Transfer-Encoding` or
-/// `Keep-Alive` (the h2 crate refuses a request with one), so no field is named by another.
+/// `Keep-Alive` (the HTTP/2 codec refuses a request with one), so no field is named by
+/// another.
 /// `Expect` stays behind too: a worker must not wait for a second `100 Continue`.
 /// Written straight as bytes, the header map left as it came: rewriting the map first cost
 /// a hashed insert or lookup per field touched, on every request.

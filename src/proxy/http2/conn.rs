@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderMap;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Uri, Version};
 use tokio::io::AsyncWrite;
@@ -35,7 +35,7 @@ use crate::codec::message::Head;
 use crate::codec::server::{Config, ConnError, Event, Server, StreamIds};
 
 /// Frames waiting to be written beyond which the connection stops reading and responses
-/// stop sending (h2's `max_send_buffer_size` played this part).
+/// stop sending.
 pub(super) const HIGH_WATER: usize = 256 * 1024;
 
 /// Bytes read from the socket at a time, at least.
@@ -314,7 +314,7 @@ impl Connection {
                     self.accepted.push_back((request, respond));
                 }
                 // What the codec lets through and `http` cannot hold (a path with bytes
-                // its URI refuses, say): malformed, as the h2 crate said of it.
+                // its URI refuses, say): malformed.
                 None => server.reset(stream, Code::PROTOCOL_ERROR),
             },
             // RFC 6585: the request is refused whole, before any of it is forwarded.
@@ -344,7 +344,7 @@ impl Connection {
             }
             Event::Trailers { stream, head } => {
                 if let Some(slot) = slots.get_mut(&stream) {
-                    match fields_of(&head, HeaderMap::new()) {
+                    match head.header_map(0) {
                         Some(trailers) => {
                             slot.trailers = Some(trailers);
                             slot.recv_done = true;
@@ -447,18 +447,6 @@ fn request_of(head: &Head) -> Option<hyper::http::request::Parts> {
     parts.uri = Uri::from_parts(uri).ok()?;
     // Room for the fields the forwarding policy adds (X-Forwarded-For, X-Forwarded-Proto,
     // Forwarded: `headers::add_forwarded`), so adding them never grows and rehashes the map.
-    let room = head.fields().len() + 3;
-    parts.headers = fields_of(head, HeaderMap::with_capacity(room))?;
+    parts.headers = head.header_map(3)?;
     Some(parts)
-}
-
-/// A head's regular fields, as `http` holds them (never-indexed ones stay sensitive).
-fn fields_of(head: &Head, mut map: HeaderMap) -> Option<HeaderMap> {
-    for field in head.fields() {
-        let name = HeaderName::from_bytes(field.name).ok()?;
-        let mut value = HeaderValue::from_bytes(field.value).ok()?;
-        value.set_sensitive(field.sensitive);
-        map.append(name, value);
-    }
-    Some(map)
 }

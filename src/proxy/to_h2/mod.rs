@@ -6,7 +6,8 @@
 //!
 //! The request goes with its fields as the client sent them, rewritten for the worker
 //! (`headers::rewrite_for_h2_worker`); bodies and trailers stream both ways, unbuffered, on
-//! the h2 crate's streams (a request body from a task of its own, `pipe`). It goes to another worker only when the first did not process it: a failed
+//! `upstream::h2`'s streams (a request body from a task of its own, `pipe`). It goes to
+//! another worker only when the first did not process it: a failed
 //! connect, a refused stream, a stream above a GOAWAY's last stream id (its body comes back
 //! for that, `replay`); or, as on the HTTP/1 path, a bodiless idempotent request that is not
 //! a gRPC call, after a broken stream or a 502–504.
@@ -25,17 +26,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::client::{ResponseFuture, SendRequest};
-use h2::{RecvStream, SendStream};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{Request, Response, Uri, Version};
+use hyper::{Response, Uri};
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Ended;
 use crate::balance::{Affinity, Attempts, Balancer, NoWorker, Outcome};
+use crate::codec::frame::Code as H2Code;
 use crate::proxy::HttpProxy;
 use crate::proxy::forward::grpc::{self, Code};
 use crate::proxy::forward::headers::Client;
@@ -46,7 +46,7 @@ use crate::proxy::target::Target;
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
 use crate::upstream::IdleConns;
-use crate::upstream::h2::{Slot, Unprocessed, unprocessed};
+use crate::upstream::h2::{Cut, RecvStream, ResponseFuture, SendStream, Slot, Unprocessed};
 pub use replay::Source;
 use replay::{Progress, Replay, Upload};
 
@@ -196,12 +196,7 @@ async fn exchange<B: Source>(
                 return Exchanged::Failed(Failure::NotSent);
             }
         };
-        let mut request = Request::new(());
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = parts.uri.clone();
-        *request.version_mut() = Version::HTTP_2;
-        *request.headers_mut() = parts.headers.clone();
-        let (response, returned) = match open(slot.sender(), request, upload.bodiless).await {
+        let (response, returned) = match slot.send_request(parts, upload.bodiless) {
             // A body streams from a task of its own (it may go on after the response head,
             // a bidirectional call's does), and comes back from it when it can go again.
             Ok((response, Some(stream))) => {
@@ -242,22 +237,15 @@ async fn exchange<B: Source>(
             Err(Waited::ClientStalled) => return Exchanged::Own(Canned::REQUEST_TIMEOUT),
             Err(Waited::Failed(e)) => e,
         };
-        if !(error.is_remote() || error.is_io() || error.is_library() || error.is_go_away()) {
-            // h2 refused to send what the request holds (a field HTTP/2 forbids): not the
-            // worker's failure, and no other worker would fare better.
-            tracing::debug!(backend = %worker.address.text, error = %error,
-                "the request could not be sent as HTTP/2");
-            return Exchanged::Own(Canned::BAD_GATEWAY);
-        }
-        let Some(why) = unprocessed(&error) else {
+        let Cut::Unprocessed(why) = error else {
             balancer.record(worker, Outcome::Reset);
             if let Some(suppressed) = worker.state.log_gate.allow() {
                 tracing::warn!(backend = %worker.address.text, worker = worker.id,
-                    error = %error, suppressed, "backend failed");
+                    error = %CutDisplay(&error), suppressed, "backend failed");
             }
             return Exchanged::Failed(Failure::Broken);
         };
-        tracing::debug!(backend = %worker.address.text, error = %error,
+        tracing::debug!(backend = %worker.address.text, ?why,
             "the worker did not process the stream");
         if !upload.recover(returned).await {
             // More of its body went out than can be sent again.
@@ -274,22 +262,10 @@ async fn exchange<B: Source>(
     }
 }
 
-/// Opens the request's stream once the connection can take another (`end`: no body
-/// follows). The body's stream, when one follows.
-async fn open(
-    send: SendRequest<Bytes>,
-    request: Request<()>,
-    end: bool,
-) -> Result<(ResponseFuture, Option<SendStream<Bytes>>), h2::Error> {
-    let mut send = send.ready().await?;
-    let (response, stream) = send.send_request(request, end)?;
-    Ok((response, (!end).then_some(stream)))
-}
-
 /// Streams a request body into its stream as the worker's flow control allows, the end
 /// with the last data (or the trailers); stops when the worker resets the stream. Dropped
 /// at the end, the body goes back to its `Upload` (see `replay`).
-async fn pipe<B: Source>(mut body: Replay<B>, mut stream: SendStream<Bytes>) {
+async fn pipe<B: Source>(mut body: Replay<B>, mut stream: SendStream) {
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -297,20 +273,20 @@ async fn pipe<B: Source>(mut body: Replay<B>, mut stream: SendStream<Bytes>) {
         };
         let frame = match frame {
             None => {
-                let _ = stream.send_data(Bytes::new(), true);
+                let _ = stream.send(Bytes::new(), true).await;
                 return;
             }
             Some(Ok(frame)) => frame,
             Some(Err(_)) => {
-                stream.send_reset(h2::Reason::CANCEL);
+                stream.send_reset(H2Code::CANCEL);
                 return;
             }
         };
-        let mut data = match frame.into_data() {
+        let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    let _ = stream.send_trailers(trailers);
+                    let _ = stream.send_trailers(&trailers);
                     return;
                 }
                 continue;
@@ -320,26 +296,8 @@ async fn pipe<B: Source>(mut body: Replay<B>, mut stream: SendStream<Bytes>) {
         if data.is_empty() && !last {
             continue;
         }
-        loop {
-            if data.is_empty() {
-                // An empty last frame: the end alone.
-                let _ = stream.send_data(data, true);
-                return;
-            }
-            stream.reserve_capacity(data.len());
-            let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await;
-            let Some(Ok(n)) = granted else { return };
-            if n == 0 {
-                continue;
-            }
-            let chunk = data.split_to(n.min(data.len()));
-            let end = last && data.is_empty();
-            if stream.send_data(chunk, end).is_err() || end {
-                return;
-            }
-            if data.is_empty() {
-                break;
-            }
+        if stream.send(data, last).await.is_err() || last {
+            return;
         }
     }
 }
@@ -391,7 +349,7 @@ pub fn stick<B>(
 
 /// Why no response head came.
 enum Waited {
-    Failed(h2::Error),
+    Failed(Cut),
     /// None within `response_timeout` of the request's last byte.
     Timeout,
     /// The client sent no body byte for `response_timeout`: not the worker's doing.
@@ -504,11 +462,8 @@ impl Body for H2Body {
             return self.end_with(Code::DeadlineExceeded, "deadline exceeded at the proxy");
         }
         let polled = match self.body.poll_data(cx) {
-            Poll::Ready(Some(Ok(data))) => {
-                // Read, so the worker may send as much again.
-                let _ = self.body.flow_control().release_capacity(data.len());
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
+            // Handed out, its bytes went back to the worker's windows.
+            Poll::Ready(Some(Ok(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
             Poll::Ready(Some(Err(e))) => Err(e),
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => match self.body.poll_trailers(cx) {
@@ -527,18 +482,35 @@ impl Body for H2Body {
                 Poll::Ready(None)
             }
             Err(e) if self.grpc => {
-                let why = format!("the worker's stream broke: {e}");
+                let why = format!("the worker's stream broke: {}", CutDisplay(&e));
                 self.end_with(Code::Unavailable, &why)
             }
             Err(e) => {
                 self.ended = true;
-                Poll::Ready(Some(Err(std::io::Error::other(e))))
+                Poll::Ready(Some(Err(std::io::Error::other(CutDisplay(&e).to_string()))))
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         self.ended || self.body.is_end_stream()
+    }
+}
+
+/// A stream's failure, as logs and error messages say it.
+struct CutDisplay<'a>(&'a Cut);
+
+impl std::fmt::Display for CutDisplay<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Cut::Unprocessed(why) => write!(f, "not processed ({why:?})"),
+            Cut::Reset {
+                code,
+                by_peer: true,
+            } => write!(f, "reset by the worker (code {})", code.0),
+            Cut::Reset { code, .. } => write!(f, "reset for the worker's error (code {})", code.0),
+            Cut::Connection(ended) => write!(f, "{ended}"),
+        }
     }
 }
 

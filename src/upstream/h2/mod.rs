@@ -6,16 +6,18 @@
 //! only when none has room does it dial, one dial per worker at a time (a burst of streams
 //! to a new worker makes one connection, not a hundred). The connections live beside the
 //! worker's idle HTTP/1.1 ones (`IdleConns`), so a reweight keeps them and a removed worker
-//! takes them with it. The h2 crate drives each connection in a task of its own (used
-//! directly, not through hyper's client, whose dispatch task and channel per request cost
-//! a tenth of an h2 request's CPU): PINGs keep it checked, and when it ends (the worker
-//! closed it, its GOAWAY's streams are done, the drain deadline cut it, a PING went
-//! unanswered) it leaves the worker's list. A connection takes no more streams than the
-//! worker's `SETTINGS_MAX_CONCURRENT_STREAMS` either.
+//! takes them with it. Each connection is driven by a task of its own over the proxy's
+//! HTTP/2 codec (`conn`; a request's stream is `stream`): PINGs keep it checked, and when
+//! it ends (the worker closed it, its GOAWAY's streams are done, the drain deadline cut it,
+//! a PING went unanswered) it leaves the worker's list. A connection takes no more streams
+//! than the worker's `SETTINGS_MAX_CONCURRENT_STREAMS` either.
 //!
 //! Flow-control windows are far above HTTP/2's 64 KiB default: one stream must be able to
 //! move hundreds of megabytes a second, and the worker's memory, not the window, is what
 //! bounds a slow reader.
+
+mod conn;
+mod stream;
 
 use std::io;
 use std::pin::Pin;
@@ -25,23 +27,21 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use h2::client::{Builder, SendRequest};
+use hyper::http::request::Parts;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{ConnectError, Connector, Upstream, connect_upstream};
+use crate::codec::client::Config;
 use crate::config::PoolConfig;
 use crate::ring::Worker;
 use crate::ring::state::now_ms;
 
+pub use conn::{Cut, Ended};
+pub use stream::{Gone, RecvStream, ResponseFuture, SendStream};
+
 /// Receive windows we advertise: per stream and for the whole connection.
 const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-/// Bytes of one stream's body h2 buffers toward the worker before it waits.
-const SEND_BUFFER: usize = 1024 * 1024;
-/// Every this long a connection is PINGed; one not answered in `PING_TIMEOUT` is closed.
-const PING_INTERVAL: Duration = Duration::from_secs(20);
-const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP/2 connections of one worker.
 #[derive(Default)]
@@ -52,9 +52,9 @@ pub struct Multiplexed {
     dialling: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
 }
 
-/// One connection: the handle streams are opened with, and how many are open.
+/// One connection: what its streams share with its driver, and how many are open.
 struct Conn {
-    send: SendRequest<Bytes>,
+    shared: Arc<conn::Shared>,
     open: AtomicU32,
     /// Streams it may carry at once (`max_streams_per_connection`).
     max: u32,
@@ -71,8 +71,7 @@ impl Conn {
             return None;
         }
         // The worker's own limit, once its SETTINGS came (unlimited until then).
-        let theirs = self.send.current_max_send_streams();
-        let max = self.max.min(u32::try_from(theirs).unwrap_or(u32::MAX));
+        let max = self.max.min(self.shared.peer_max.load(Ordering::Relaxed));
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
@@ -86,10 +85,24 @@ impl Conn {
 /// ended, or the request failed).
 pub struct Slot(Arc<Conn>);
 
+impl Drop for Conn {
+    /// The pool let it go (idle, or its worker removed), and no stream holds it: its
+    /// driver closes it with GOAWAY.
+    fn drop(&mut self) {
+        self.shared.lock().dropped = true;
+        self.shared.wake_driver();
+    }
+}
+
 impl Slot {
-    /// The connection's handle to send this stream's request with.
-    pub fn sender(&self) -> SendRequest<Bytes> {
-        self.0.send.clone()
+    /// Sends the request head on a new stream (`end`: no body follows): the response to
+    /// wait for, and the body's handle when one follows.
+    pub fn send_request(
+        &self,
+        parts: &Parts,
+        end: bool,
+    ) -> Result<(ResponseFuture, Option<SendStream>), Cut> {
+        stream::open(&self.0.shared, parts, end)
     }
 
     /// The worker refused new streams on this connection (GOAWAY): none go on it again.
@@ -170,19 +183,13 @@ impl Multiplexed {
         client: std::net::SocketAddr,
     ) -> Result<Arc<Conn>, ConnectError> {
         let up = connect_upstream(worker, connector, client).await?;
-        let io_error = |e: h2::Error| {
-            ConnectError::Io(worker.address.text.clone(), io::Error::other(e.to_string()))
-        };
-        let (send, mut connection) = Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_send_buffer_size(SEND_BUFFER)
-            .handshake::<_, Bytes>(Io(up))
-            .await
-            .map_err(io_error)?;
-        let mut ping = connection.ping_pong().expect("taken once, here");
+        let shared = Arc::new(conn::Shared::new(Config {
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+            ..Config::default()
+        }));
         let conn = Arc::new(Conn {
-            send,
+            shared: shared.clone(),
             open: AtomicU32::new(0),
             max: settings.max_streams_per_connection,
             idle_since: AtomicU64::new(now_ms()),
@@ -194,22 +201,12 @@ impl Multiplexed {
         let this = Arc::downgrade(&conn);
         let list = ListHandle::of(worker);
         tokio::spawn(async move {
-            let keep_alive = async {
-                loop {
-                    tokio::time::sleep(PING_INTERVAL).await;
-                    let pong = tokio::time::timeout(PING_TIMEOUT, ping.ping(h2::Ping::opaque()));
-                    if !matches!(pong.await, Ok(Ok(_))) {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                ended = connection => if let Err(e) = ended {
-                    tracing::debug!(backend = %address, worker = id, error = %e,
-                        "HTTP/2 connection to a worker ended");
-                },
-                _ = keep_alive => tracing::info!(backend = %address, worker = id,
+            match conn::drive(Io(up), shared).await {
+                Ended::Closed => {}
+                Ended::Unanswered => tracing::info!(backend = %address, worker = id,
                     "an HTTP/2 connection to a worker did not answer a PING: closed"),
+                ended => tracing::debug!(backend = %address, worker = id, error = %ended,
+                    "HTTP/2 connection to a worker ended"),
             }
             if let Some(conn) = this.upgrade() {
                 conn.closing.store(true, Ordering::Relaxed);
@@ -234,8 +231,8 @@ impl Multiplexed {
             .cloned()
             .collect();
         for conn in &doomed {
-            // No new stream goes on it; once the last handle (the list's) is dropped, h2
-            // closes it with GOAWAY, no stream being open.
+            // No new stream goes on it; once the last handle (the list's) is dropped, its
+            // driver closes it with GOAWAY, no stream being open.
             conn.closing.store(true, Ordering::Relaxed);
             self.remove(conn);
         }
@@ -282,21 +279,7 @@ pub enum Unprocessed {
     Connection,
 }
 
-/// Whether `error`, a stream's failure before its response, left the request unprocessed.
-pub fn unprocessed(error: &h2::Error) -> Option<Unprocessed> {
-    if !error.is_remote() {
-        return None;
-    }
-    match error.reason() {
-        Some(h2::Reason::REFUSED_STREAM) if error.is_reset() => Some(Unprocessed::Stream),
-        // A GOAWAY with an error code may also cut streams below its last id: only the
-        // graceful one says for sure which were not processed.
-        Some(h2::Reason::NO_ERROR) if error.is_go_away() => Some(Unprocessed::Connection),
-        _ => None,
-    }
-}
-
-/// A worker connection as h2 reads and writes it; holding the `Upstream` keeps its
+/// A worker connection as the driver reads and writes it; holding the `Upstream` keeps its
 /// drain watcher, which cuts the socket once the worker has been drained too long.
 struct Io(Upstream);
 
