@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::conn::{Shared, park};
 use super::respond::Responder;
+use super::shared::{Shared, park};
 use crate::codec::frame::Code;
 
 /// Why a request body did not end whole.

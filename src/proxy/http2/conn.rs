@@ -3,148 +3,34 @@
 //! for the streams' two handles, the request body (`RequestBody`) and the response side
 //! (`Responder`); what the streams send goes out in the connection's writes.
 //!
-//! The codec and each stream's slot sit behind one lock (`Shared`). The streams run inside
-//! the connection's task (see `serve`), so the lock is taken by one task at a time; only a
-//! request body read by an upload task (`to_http1`) takes it from elsewhere, and that task
-//! wakes the connection when what it did left frames to write.
+//! The codec and each stream's slot sit behind one lock (`shared`).
 //!
 //! Backpressure: the connection stops reading while a window's worth of frames waits to be
 //! written, and a response stops sending while the codec's buffer is that full, so a client
 //! that does not read holds the proxy to a bounded buffer (PING and SETTINGS floods
 //! included, since their answers wait in the same buffer).
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_util::task::AtomicWaker;
-use hyper::header::HeaderMap;
+use bytes::{Buf, BytesMut};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Uri, Version};
 use tokio::io::AsyncWrite;
 
-use super::Rewind;
 use super::body::RequestBody;
 use super::respond::Responder;
+use super::rewind::Rewind;
+use super::shared::{HIGH_WATER, Shared, Slot, State, wake};
 use crate::codec::frame::Code;
 use crate::codec::message::Head;
-use crate::codec::server::{Config, ConnError, Event, Server, StreamIds};
-
-/// Frames waiting to be written beyond which the connection stops reading and responses
-/// stop sending.
-pub(super) const HIGH_WATER: usize = 256 * 1024;
+use crate::codec::server::{Config, ConnError, Event, Server};
 
 /// Bytes read from the socket at a time, at least.
 const READ: usize = 16 * 1024;
-
-/// What the connection and its streams share.
-pub(super) struct Shared {
-    state: Mutex<State>,
-    /// The connection's task, woken by a stream handle outside it that left frames to write.
-    conn: AtomicWaker,
-}
-
-impl Shared {
-    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while locked leaves the codec mid-update: nothing more of the
-        // connection can be trusted, and every user of it panics too, as the task did.
-        self.state.lock().expect("HTTP/2 connection state poisoned")
-    }
-
-    /// A handle outside the connection's task wrote frames: the connection writes them.
-    pub(super) fn wake_connection(&self) {
-        self.conn.wake();
-    }
-}
-
-pub(super) struct State {
-    pub(super) server: Server,
-    pub(super) slots: HashMap<u32, Slot, BuildHasherDefault<StreamIds>>,
-    /// The connection ended: every stream is gone.
-    pub(super) closed: bool,
-    /// A response waits for the codec's buffer to drain below `HIGH_WATER`.
-    pub(super) out_waiting: bool,
-    /// The connection closes once the last slot goes (see `Connection::poll`).
-    pub(super) going_away: bool,
-}
-
-/// One stream, as its handles see it.
-#[derive(Default)]
-pub(super) struct Slot {
-    /// Body bytes received and not yet read.
-    pub(super) data: VecDeque<Bytes>,
-    pub(super) trailers: Option<HeaderMap>,
-    /// The client ended its side: once `data` and `trailers` are read, the body is whole.
-    pub(super) recv_done: bool,
-    /// The stream ended before its request was read whole: the client reset it (its code),
-    /// or the response was reset (the code sent, what the body's reader sees of it).
-    pub(super) reset: Option<Code>,
-    /// The response is over (whole or reset).
-    pub(super) responded: bool,
-    /// The body's reader is gone: what still arrives is released at once.
-    pub(super) reader_gone: bool,
-    pub(super) recv_waker: Option<Waker>,
-    pub(super) send_waker: Option<Waker>,
-    /// Handles alive (the body and the responder): the slot goes with the last.
-    pub(super) handles: u8,
-}
-
-impl State {
-    /// One of a stream's handles is gone. `true`: the connection should hear of it.
-    #[must_use]
-    pub(super) fn drop_handle(&mut self, stream: u32) -> bool {
-        if let Some(slot) = self.slots.get_mut(&stream) {
-            slot.handles -= 1;
-            if slot.handles == 0 {
-                self.slots.remove(&stream);
-                // The last stream of a closing connection, gone perhaps in an upload
-                // task: the connection closes now.
-                if self.going_away && self.slots.is_empty() {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-}
-
-/// A rest of a request body this short, declared by its content-length, is taken and
-/// dropped rather than refused once the response is whole (see `State::refuse_rest`).
-const DRAIN_LIMIT: u64 = 64 * 1024;
-
-impl State {
-    /// The response is whole and nobody reads the request body: the client need not send
-    /// the rest, and RST_STREAM(NO_ERROR) tells it so (RFC 9113 §8.1). A short rest of a
-    /// declared length is taken and dropped instead: the client sends it within its window
-    /// anyway, and some clients (curl 7.88) take that reset for a failed request.
-    pub(super) fn refuse_rest(&mut self, stream: u32) {
-        if self
-            .server
-            .body_left(stream)
-            .is_none_or(|n| n > DRAIN_LIMIT)
-        {
-            self.server.reset(stream, Code::NO_ERROR);
-        }
-    }
-}
-
-pub(super) fn wake(waker: &mut Option<Waker>) {
-    if let Some(w) = waker.take() {
-        w.wake();
-    }
-}
-
-/// Stores `cx`'s waker unless the one stored already wakes the same task.
-pub(super) fn park(waker: &mut Option<Waker>, cx: &Context<'_>) {
-    match waker {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *waker = Some(cx.waker().clone()),
-    }
-}
 
 /// What `Connection::poll` gives. Not boxed: a request is handed over once, by value, to
 /// the stream's future that owns it.
@@ -182,19 +68,9 @@ pub(super) struct Connection {
 
 impl Connection {
     pub(super) fn new(io: Rewind, config: Config) -> Connection {
-        let state = State {
-            server: Server::new(config),
-            slots: HashMap::default(),
-            closed: false,
-            out_waiting: false,
-            going_away: false,
-        };
         Connection {
             io,
-            shared: Arc::new(Shared {
-                state: Mutex::new(state),
-                conn: AtomicWaker::new(),
-            }),
+            shared: Arc::new(Shared::new(Server::new(config))),
             read: BytesMut::with_capacity(READ),
             writing: BytesMut::new(),
             accepted: VecDeque::new(),
@@ -214,7 +90,7 @@ impl Connection {
     /// Reads, writes, and gives the next new stream, or the end. `streams_done`: no
     /// stream's future is left (a graceful close waits for them).
     pub(super) fn poll(&mut self, cx: &mut Context<'_>, streams_done: bool) -> Poll<Next> {
-        self.shared.conn.register(cx.waker());
+        self.shared.register(cx.waker());
         loop {
             if let Some((request, respond)) = self.accepted.pop_front() {
                 return Poll::Ready(Next::Request(request, respond));

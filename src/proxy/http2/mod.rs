@@ -13,18 +13,16 @@
 mod body;
 mod conn;
 mod respond;
+mod rewind;
+mod shared;
 mod to_http1;
 
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -42,7 +40,6 @@ use super::forward::{Canned, Reject, checks};
 use super::http1::head::{Framing, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
-use super::stream::ClientStream;
 use super::target::Target;
 use super::to_h2::{self, Call, H2Body, affinity_of, stick};
 use crate::access_log::{Ended, Http, HttpVersion};
@@ -54,20 +51,13 @@ use crate::shutdown::Shutdown;
 use body::RequestBody;
 use conn::{Closed, Connection, Next};
 use respond::Responder;
+use rewind::Activity;
+pub use rewind::Rewind;
 use to_http1::{Failed, Outbound, WorkerBody};
 
 /// What a response to the client carries: an HTTP/1.1 or an h2 worker's body, or the
 /// proxy's own answer.
 pub type ProxyBody = Either<Either<WorkerBody, H2Body>, Full<Bytes>>;
-
-/// What keeps a client connection alive: bytes moving either way, or a stream open.
-#[derive(Default)]
-struct Activity {
-    /// When bytes last moved (`now_ms()`).
-    last_ms: AtomicU64,
-    /// Requests whose response has not ended yet.
-    streams: AtomicUsize,
-}
 
 /// A client connection that opened with the HTTP/2 preface: `io` replays the bytes the
 /// HTTP/1 path had already read. Its streams are served inside this one task, each a
@@ -565,72 +555,4 @@ fn write_head(parts: &Parts, length: Option<u64>, framing: Framing, client: &Cli
 
 fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-}
-
-/// A client connection whose first bytes were already read: they are read again first.
-pub struct Rewind {
-    read: BytesMut,
-    stream: ClientStream,
-    /// Stamped on every read and write: the connection's idle timeout counts from it.
-    activity: Arc<Activity>,
-}
-
-impl Rewind {
-    /// Whether the client connection underneath is TLS.
-    pub fn is_tls(&self) -> bool {
-        self.stream.is_tls()
-    }
-
-    pub fn new(read: BytesMut, stream: ClientStream) -> Rewind {
-        let activity = Activity::default();
-        activity.last_ms.store(now_ms(), Ordering::Relaxed);
-        Rewind {
-            read,
-            stream,
-            activity: Arc::new(activity),
-        }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.last_ms.store(now_ms(), Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::header::HeaderMap;
 
-use super::conn::{HIGH_WATER, Shared, State, park, wake};
+use super::shared::{HIGH_WATER, Shared, State, park, wake};
 use crate::codec::frame::Code;
 
 /// The stream can take nothing more: the client reset it, or the connection went.

@@ -22,7 +22,6 @@ use futures_util::task::AtomicWaker;
 use hyper::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::Unprocessed;
 use crate::codec::client::{Client, Config};
 use crate::codec::conn::{ConnError, Event, StreamIds};
 use crate::codec::frame::Code;
@@ -106,6 +105,17 @@ impl std::fmt::Display for Ended {
             Ended::Closed => f.write_str("the connection closed"),
         }
     }
+}
+
+/// Why a failed stream never reached the worker's application, so the request may go to
+/// another worker whatever it is (RFC 9113 §8.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unprocessed {
+    /// The worker refused this stream (`REFUSED_STREAM`); its connection takes others.
+    Stream,
+    /// The connection is going: a graceful GOAWAY left the stream above the last one the
+    /// worker processes (or came before it was opened).
+    Connection,
 }
 
 /// How a stream ended before it was done both ways.

@@ -36,7 +36,7 @@ use crate::config::PoolConfig;
 use crate::ring::Worker;
 use crate::ring::state::now_ms;
 
-pub use conn::{Cut, Ended};
+pub use conn::{Cut, Ended, Unprocessed};
 pub use stream::{Gone, RecvStream, ResponseFuture, SendStream};
 
 /// Receive windows we advertise: per stream and for the whole connection.
@@ -266,17 +266,6 @@ impl ListHandle {
             store.h2.remove(conn);
         }
     }
-}
-
-/// Why a failed stream never reached the worker's application, so the request may go to
-/// another worker whatever it is (RFC 9113 §8.7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unprocessed {
-    /// The worker refused this stream (`REFUSED_STREAM`); its connection takes others.
-    Stream,
-    /// The connection is going: a graceful GOAWAY left the stream above the last one the
-    /// worker processes (or came before it was opened).
-    Connection,
 }
 
 /// A worker connection as the driver reads and writes it; holding the `Upstream` keeps its

@@ -15,8 +15,7 @@ use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
-use super::Unprocessed;
-use super::conn::{Cut, HIGH_WATER, Shared, Slot, State, cut_of, park};
+use super::conn::{Cut, HIGH_WATER, Shared, Slot, State, Unprocessed, cut_of, park};
 use crate::codec::client::Target;
 use crate::codec::frame::Code;
 
