@@ -296,3 +296,97 @@ async fn a_grpc_stream_cut_by_the_drain_deadline_ends_with_unavailable() {
     assert_eq!(line["status"], 200, "{line}");
     lb.stop(Duration::from_secs(1)).await;
 }
+
+/// A worker speaking raw frames. Its first connection takes two requests (streams 1 and
+/// 3), then says GOAWAY with last-stream-id 1 and an error code (INTERNAL_ERROR), answers
+/// stream 1 and waits for the proxy to close; every later connection answers each request
+/// 200 once it has ended.
+async fn goaway_with_an_error_above_stream_1(mut s: tokio::net::TcpStream, first: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut preface = [0u8; 24];
+    if s.read_exact(&mut preface).await.is_err() || preface != h2raw::PREFACE {
+        return;
+    }
+    let ok = |stream| {
+        h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS | h2raw::END_STREAM,
+            stream,
+            &[0x88], // :status 200, static index 8
+        )
+    };
+    if s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &[]))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut opened = Vec::new();
+    while let Ok(f) = h2raw::read(&mut s).await {
+        let reply = match (f.kind, first) {
+            (h2raw::SETTINGS, _) if f.flags & 0x1 == 0 => {
+                h2raw::frame(h2raw::SETTINGS, 0x1, 0, &[])
+            }
+            (h2raw::HEADERS, true) => {
+                opened.push(f.stream);
+                if opened.len() < 2 {
+                    continue;
+                }
+                assert_eq!(opened, [1, 3], "both requests on this one connection");
+                let mut goaway = 1u32.to_be_bytes().to_vec();
+                goaway.extend(2u32.to_be_bytes()); // INTERNAL_ERROR
+                let mut out = h2raw::frame(h2raw::GOAWAY, 0, 0, &goaway);
+                out.extend(ok(1));
+                out
+            }
+            (h2raw::HEADERS | h2raw::DATA, false) if f.flags & h2raw::END_STREAM != 0 => {
+                ok(f.stream)
+            }
+            _ => continue,
+        };
+        if s.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// RFC 9113 §6.8: the streams above a GOAWAY's last-stream-id were not processed, whatever
+/// its error code. Two POSTs (not replayable once sent: only "not processed" lets one go
+/// again) on one connection, the worker's GOAWAY(1, INTERNAL_ERROR) leaves the second
+/// above it: it goes again, on a new connection, and both succeed.
+#[tokio::test]
+async fn a_stream_above_a_goaway_with_an_error_code_goes_again() {
+    let db = TestDb::new().await;
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let worker = Scripted::start(move |s, _| {
+        let first = first.swap(false, Ordering::SeqCst);
+        goaway_with_an_error_above_stream_1(s, first)
+    })
+    .await;
+    let lb = load_balancer::start(&h2_config(&db, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    add_addresses(&db, &lb, &[worker.addr]).await;
+    let (client, _connection) = h2_connect(lb.listeners[0]).await;
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = Request::post("http://a/upload").body(()).unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(Bytes::from_static(b"x"), true).unwrap();
+        calls.push(response);
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let response = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("an answer in time")
+            .expect("a response, not a reset");
+        assert_eq!(response.status(), 200, "request {i}");
+    }
+    assert_eq!(
+        worker.accepted(),
+        2,
+        "the second request went on a new connection"
+    );
+    lb.stop(Duration::from_secs(1)).await;
+}
