@@ -1,5 +1,5 @@
 //! Dialing a worker: a connection for the HTTP transports (HTTP/1.1, or HTTP/2 to an h2
-//! pool's workers, `h2.rs`) and the TCP proxy, made the way the worker's pool says ([`Connector`]). An HTTP
+//! pool's workers, `h2/`) and the TCP proxy, made the way the worker's pool says ([`Connector`]). An HTTP
 //! connection is cut once its worker has been drained for the pool's `drain_timeout`.
 
 use std::sync::Arc;

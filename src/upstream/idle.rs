@@ -2,7 +2,7 @@
 //!
 //! Each worker's [`IdleConns`] holds idle HTTP/1.1 connections ([`Upstream`]) in a
 //! lock-free queue, for both HTTP transports, and the HTTP/2 connections of an h2 pool
-//! (`h2.rs`), which many requests share at once. A request takes one (or dials a new one)
+//! (`h2/`), which many requests share at once. A request takes one (or dials a new one)
 //! and gives it back only once the response has ended cleanly; a connection in any other
 //! state is dropped, never reused. The store hangs off the worker's state in the ring
 //! (`WorkerState::attached`), so a reweight keeps the warm connections and a removed worker
