@@ -5,7 +5,7 @@
 //!
 //! The codec and each stream's slot sit behind one lock (`shared`).
 //!
-//! Backpressure: the connection stops reading while a window's worth of frames waits to be
+//! Backpressure: the connection stops reading while `HIGH_WATER` bytes of frames wait to be
 //! written, and a response stops sending while the codec's buffer is that full, so a client
 //! that does not read holds the proxy to a bounded buffer (PING and SETTINGS floods
 //! included, since their answers wait in the same buffer).

@@ -2,7 +2,7 @@
 //! it reads the worker's frames into one buffer, hands them to the codec, and turns the
 //! events into news for each stream's handles (`stream`); what the streams send (from
 //! the tasks of the requests they belong to) is written in the driver's next turn. It
-//! PINGs an idle-looking connection and closes one whose PING goes unanswered.
+//! PINGs the worker every 20 s and closes the connection when a PING goes unanswered.
 //!
 //! The codec and the streams' slots sit behind one lock (`Shared`), taken by the driver
 //! and by the requests' tasks for the few instructions each step needs; a handle that
