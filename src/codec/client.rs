@@ -9,8 +9,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::conn::{Core, Local, UNDECODABLE, fail};
-use super::frame::{self, Code, Frame, Head, Settings};
+use super::conn::{self, Core, Local, Phase, Role, UNDECODABLE, fail};
+use super::frame::{self, Code, Frame, Settings};
 use super::hpack;
 use super::message::{self, HeadError};
 
@@ -38,20 +38,10 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Phase {
-    /// The server's first frame must be SETTINGS (§3.4).
-    FirstSettings,
-    Open,
-    /// A connection error was sent: nothing more is read.
-    Failed,
-}
-
 /// The highest stream identifier (2^31 - 1).
 const MAX_STREAM: u32 = (1 << 31) - 1;
 
 pub struct Client {
-    phase: Phase,
     core: Core,
     /// The identifier the next stream takes.
     next_stream: u32,
@@ -75,19 +65,21 @@ impl Client {
     /// A connection whose preface, SETTINGS (push disabled) and connection window
     /// increase are already in `out`.
     pub fn new(config: Config) -> Client {
-        let mut core = Core::new(Local {
-            stream_window: config.stream_window,
-            connection_window: config.connection_window,
-            max_frame_size: config.max_frame_size,
-            max_header_list_size: config.max_header_list_size,
-        });
+        let mut core = Core::new(
+            Phase::FirstSettings,
+            Local {
+                stream_window: config.stream_window,
+                connection_window: config.connection_window,
+                max_frame_size: config.max_frame_size,
+                max_header_list_size: config.max_header_list_size,
+            },
+        );
         core.out.extend_from_slice(super::server::PREFACE);
         core.write_settings(Settings {
             enable_push: Some(false),
             ..Settings::default()
         });
         Client {
-            phase: Phase::FirstSettings,
             core,
             next_stream: 1,
             goaway: None,
@@ -118,7 +110,7 @@ impl Client {
     /// Whether a new stream may open now: the connection is sound, neither side said
     /// GOAWAY, identifiers are left, and the server's concurrency limit has room.
     pub fn can_open(&self) -> bool {
-        self.phase != Phase::Failed
+        self.core.phase != Phase::Failed
             && self.goaway.is_none()
             && !self.closing
             && self.next_stream <= MAX_STREAM
@@ -128,7 +120,7 @@ impl Client {
     /// Whether the connection can carry no new stream ever again (a GOAWAY either way, a
     /// connection error, identifiers spent): it ends once its streams do.
     pub fn is_closing(&self) -> bool {
-        self.phase == Phase::Failed
+        self.core.phase == Phase::Failed
             || self.goaway.is_some()
             || self.closing
             || self.next_stream > MAX_STREAM
@@ -176,130 +168,10 @@ impl Client {
     /// Takes every whole frame from `buf` (what was read from the server). An error ends
     /// the connection: its GOAWAY is in `out`, to be written before closing.
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
-        match self.read(buf) {
-            Err(e) => {
-                if self.phase != Phase::Failed {
-                    self.phase = Phase::Failed;
-                    // The server opens no stream: the last one this side processed is 0.
-                    frame::goaway(0, e.code, e.why.as_bytes(), &mut self.core.out);
-                }
-                Err(e)
-            }
-            ok => ok,
-        }
+        conn::recv(self, buf)
     }
 
-    fn read(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
-        if self.phase == Phase::Failed {
-            return fail(Code::PROTOCOL_ERROR, "the connection has failed");
-        }
-        while let Some((head, bytes)) = self.core.next_frame(buf)? {
-            self.frame(head, bytes)?;
-        }
-        Ok(())
-    }
-
-    fn frame(&mut self, head: Head, bytes: Bytes) -> Result<(), ConnError> {
-        let payload = &bytes[frame::HEAD_LEN..];
-        let parsed = match frame::parse(head, payload) {
-            Ok(f) => f,
-            Err(e) => return self.core.stream_or_connection_error(e),
-        };
-        if self.phase == Phase::FirstSettings {
-            if !matches!(parsed, Frame::Settings(_)) {
-                return fail(
-                    Code::PROTOCOL_ERROR,
-                    "the server's first frame is not SETTINGS",
-                );
-            }
-            self.phase = Phase::Open;
-        }
-        let core = &mut self.core;
-        if core.assembler.expecting().is_some() && !matches!(parsed, Frame::Continuation { .. }) {
-            return fail(Code::PROTOCOL_ERROR, "a frame inside a field block");
-        }
-        match parsed {
-            Frame::Data {
-                stream,
-                end_stream,
-                data,
-                flow_len,
-            } => {
-                let data = bytes.slice_ref(data);
-                let idle = self.is_idle(stream);
-                self.core.data(stream, data, flow_len, end_stream, idle)
-            }
-            Frame::Headers {
-                stream,
-                end_stream,
-                end_headers,
-                fragment,
-                ..
-            } => match core
-                .assembler
-                .headers(stream, end_stream, end_headers, fragment)?
-            {
-                Some(block) => self.headers(stream, end_stream, block.bytes),
-                None => Ok(()),
-            },
-            Frame::Continuation {
-                stream,
-                end_headers,
-                fragment,
-            } => {
-                let Some(block) = core.assembler.continuation(stream, end_headers, fragment)?
-                else {
-                    return Ok(());
-                };
-                // Copied out of the assembler, which `headers` may not borrow: the rare case.
-                let (end_stream, bytes) = (block.end_stream, block.bytes.to_vec());
-                self.headers(stream, end_stream, &bytes)
-            }
-            Frame::Priority { .. } => Ok(()),
-            Frame::RstStream { stream, code } => self.rst_stream(stream, code),
-            Frame::Settings(s) => {
-                if s.enable_push == Some(true) {
-                    return fail(Code::PROTOCOL_ERROR, "a server's SETTINGS_ENABLE_PUSH of 1");
-                }
-                let more = s
-                    .max_concurrent_streams
-                    .is_some_and(|n| n > core.peer_max_concurrent_streams);
-                core.settings(s)?;
-                if more {
-                    // Streams waiting for room may open now.
-                    core.events.push_back(Event::Writable);
-                }
-                Ok(())
-            }
-            Frame::SettingsAck => Ok(()),
-            Frame::Ping { ack, payload } => {
-                if ack {
-                    core.events.push_back(Event::PingAck { payload });
-                } else {
-                    frame::ping(true, payload, &mut core.out);
-                }
-                Ok(())
-            }
-            Frame::GoAway {
-                last_stream, code, ..
-            } => {
-                self.goaway_received(last_stream, code);
-                Ok(())
-            }
-            Frame::WindowUpdate { stream, increment } => {
-                let idle = self.is_idle(stream);
-                self.core.window_update(stream, increment, idle)
-            }
-            Frame::Unknown => Ok(()),
-        }
-    }
-
-    /// A stream this side has not opened (§5.1, idle); the server opens none (no push).
-    fn is_idle(&self, stream: u32) -> bool {
-        stream.is_multiple_of(2) || stream >= self.next_stream
-    }
-
-    fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+    fn response(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
         let idle = self.is_idle(stream);
         let core = &mut self.core;
         let Some(s) = core.streams.get(&stream) else {
@@ -447,10 +319,68 @@ impl Client {
     }
 }
 
+impl Role for Client {
+    const NOT_SETTINGS_FIRST: &'static str = "the server's first frame is not SETTINGS";
+
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    /// The server opens no stream: the last one this side processed is 0.
+    fn last_processed(&self) -> u32 {
+        0
+    }
+
+    /// A stream this side has not opened; the server opens none (no push).
+    fn is_idle(&self, stream: u32) -> bool {
+        stream.is_multiple_of(2) || stream >= self.next_stream
+    }
+
+    fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        self.response(stream, end_stream, block)
+    }
+
+    fn control(&mut self, frame: Frame<'_>) -> Result<(), ConnError> {
+        let core = &mut self.core;
+        match frame {
+            Frame::RstStream { stream, code } => self.rst_stream(stream, code),
+            Frame::Settings(s) => {
+                if s.enable_push == Some(true) {
+                    return fail(Code::PROTOCOL_ERROR, "a server's SETTINGS_ENABLE_PUSH of 1");
+                }
+                let more = s
+                    .max_concurrent_streams
+                    .is_some_and(|n| n > core.peer_max_concurrent_streams);
+                core.settings(s)?;
+                if more {
+                    // Streams waiting for room may open now.
+                    core.events.push_back(Event::Writable);
+                }
+                Ok(())
+            }
+            Frame::Ping { ack, payload } => {
+                if ack {
+                    core.events.push_back(Event::PingAck { payload });
+                } else {
+                    frame::ping(true, payload, &mut core.out);
+                }
+                Ok(())
+            }
+            Frame::GoAway {
+                last_stream, code, ..
+            } => {
+                self.goaway_received(last_stream, code);
+                Ok(())
+            }
+            _ => unreachable!("conn::recv hands over control frames only"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::frame::{HEAD_LEN, kind};
+    use crate::codec::frame::{HEAD_LEN, Head, kind};
     use crate::codec::hpack::Decoder;
 
     /// A client past the handshake: the server's empty SETTINGS taken, what the client

@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::block::Assembler;
-use super::frame::{self, Code, FrameError, HEAD_LEN, Head, Settings};
+use super::frame::{self, Code, Frame, FrameError, HEAD_LEN, Head, Settings};
 use super::hpack::{self, Decoder};
 use super::message;
 use super::window::{Receive, Window};
@@ -166,7 +166,142 @@ pub(super) struct Local {
     pub(super) max_header_list_size: u32,
 }
 
+/// Where a connection is in its life, as frames are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// A server waits for the client's preface (§3.4).
+    Preface,
+    /// The peer's first frame must be SETTINGS.
+    FirstSettings,
+    Open,
+    /// A connection error was sent: nothing more is read.
+    Failed,
+}
+
+/// What each side adds to the frames both read alike (`recv`).
+pub(super) trait Role {
+    /// Why a first frame other than SETTINGS is refused, the peer named.
+    const NOT_SETTINGS_FIRST: &'static str;
+    fn core(&mut self) -> &mut Core;
+    /// The last stream this side processed, for the GOAWAY of a connection error.
+    fn last_processed(&self) -> u32;
+    /// A stream the peer could not have opened yet (§5.1, idle): most frames on one are
+    /// the connection's error.
+    fn is_idle(&self, stream: u32) -> bool;
+    /// A whole field block on `stream`.
+    fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError>;
+    /// RST_STREAM, SETTINGS, PING or GOAWAY, which each side reads its own way; `recv`
+    /// hands over no other frame.
+    fn control(&mut self, frame: Frame<'_>) -> Result<(), ConnError>;
+}
+
+/// Takes every whole frame from `buf` (what was read from the peer). An error ends the
+/// connection: its GOAWAY is in `out`, to be written before closing.
+pub(super) fn recv<R: Role>(role: &mut R, buf: &mut BytesMut) -> Result<(), ConnError> {
+    match read(role, buf) {
+        Err(e) => {
+            let last = role.last_processed();
+            let core = role.core();
+            if core.phase != Phase::Failed {
+                core.phase = Phase::Failed;
+                frame::goaway(last, e.code, e.why.as_bytes(), &mut core.out);
+            }
+            Err(e)
+        }
+        ok => ok,
+    }
+}
+
+fn read<R: Role>(role: &mut R, buf: &mut BytesMut) -> Result<(), ConnError> {
+    let core = role.core();
+    if core.phase == Phase::Failed {
+        return fail(Code::PROTOCOL_ERROR, "the connection has failed");
+    }
+    if core.phase == Phase::Preface {
+        let preface = super::server::PREFACE;
+        let n = buf.len().min(preface.len());
+        if buf[..n] != preface[..n] {
+            return fail(Code::PROTOCOL_ERROR, "not the HTTP/2 preface");
+        }
+        if n < preface.len() {
+            return Ok(());
+        }
+        buf.advance(preface.len());
+        core.phase = Phase::FirstSettings;
+    }
+    while let Some((head, bytes)) = role.core().next_frame(buf)? {
+        frame(role, head, bytes)?;
+    }
+    Ok(())
+}
+
+fn frame<R: Role>(role: &mut R, head: Head, bytes: Bytes) -> Result<(), ConnError> {
+    let payload = &bytes[HEAD_LEN..];
+    let parsed = match frame::parse(head, payload) {
+        Ok(f) => f,
+        Err(e) => return role.core().stream_or_connection_error(e),
+    };
+    let core = role.core();
+    if core.phase == Phase::FirstSettings {
+        if !matches!(parsed, Frame::Settings(_)) {
+            return fail(Code::PROTOCOL_ERROR, R::NOT_SETTINGS_FIRST);
+        }
+        core.phase = Phase::Open;
+    }
+    if core.assembler.expecting().is_some() && !matches!(parsed, Frame::Continuation { .. }) {
+        return fail(Code::PROTOCOL_ERROR, "a frame inside a field block");
+    }
+    match parsed {
+        Frame::Data {
+            stream,
+            end_stream,
+            data,
+            flow_len,
+        } => {
+            let data = bytes.slice_ref(data);
+            let idle = role.is_idle(stream);
+            role.core().data(stream, data, flow_len, end_stream, idle)
+        }
+        Frame::Headers {
+            stream,
+            end_stream,
+            end_headers,
+            fragment,
+            ..
+        } => match core
+            .assembler
+            .headers(stream, end_stream, end_headers, fragment)?
+        {
+            Some(block) => role.headers(stream, end_stream, block.bytes),
+            None => Ok(()),
+        },
+        Frame::Continuation {
+            stream,
+            end_headers,
+            fragment,
+        } => {
+            let Some(block) = core.assembler.continuation(stream, end_headers, fragment)? else {
+                return Ok(());
+            };
+            // Copied out of the assembler, which `headers` may not borrow: the rare case.
+            let (end_stream, bytes) = (block.end_stream, block.bytes.to_vec());
+            role.headers(stream, end_stream, &bytes)
+        }
+        Frame::WindowUpdate { stream, increment } => {
+            let idle = role.is_idle(stream);
+            role.core().window_update(stream, increment, idle)
+        }
+        // Priorities are deprecated (§5.3.2): data goes out in the order it is sent.
+        Frame::Priority { .. } | Frame::SettingsAck | Frame::Unknown => Ok(()),
+        Frame::RstStream { .. }
+        | Frame::Settings(_)
+        | Frame::Ping { .. }
+        | Frame::GoAway { .. } => role.control(parsed),
+    }
+}
+
 pub(super) struct Core {
+    pub(super) phase: Phase,
     pub(super) local: Local,
     pub(super) decoder: Decoder,
     pub(super) assembler: Assembler,
@@ -186,11 +321,12 @@ pub(super) struct Core {
 impl Core {
     /// Windows below 65,535 are raised to it: the peer may send that much before it has
     /// read this side's settings.
-    pub(super) fn new(mut local: Local) -> Core {
+    pub(super) fn new(phase: Phase, mut local: Local) -> Core {
         let default = frame::DEFAULT_WINDOW;
         local.stream_window = local.stream_window.max(default);
         local.connection_window = local.connection_window.max(default);
         Core {
+            phase,
             local,
             decoder: Decoder::new(4096),
             assembler: Assembler::new(local.max_header_list_size as usize + 16 * 1024),

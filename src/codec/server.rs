@@ -8,8 +8,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::conn::{Core, Local, UNDECODABLE, fail};
-use super::frame::{self, Code, Frame, Head, Settings};
+use super::conn::{self, Core, Local, Phase, Role, UNDECODABLE, fail};
+use super::frame::{self, Code, Frame, Settings};
 use super::hpack;
 use super::message::{self, HeadError};
 
@@ -48,20 +48,8 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the client's preface.
-    Preface,
-    /// The preface came; its first frame must be SETTINGS.
-    FirstSettings,
-    Open,
-    /// A connection error was sent: nothing more is read.
-    Failed,
-}
-
 pub struct Server {
     config: Config,
-    phase: Phase,
     core: Core,
     /// The highest stream the client opened (every lower one is open or closed).
     last_stream: u32,
@@ -73,19 +61,21 @@ pub struct Server {
 impl Server {
     /// A connection whose SETTINGS (and connection window increase) are already in `out`.
     pub fn new(config: Config) -> Server {
-        let mut core = Core::new(Local {
-            stream_window: config.stream_window,
-            connection_window: config.connection_window,
-            max_frame_size: config.max_frame_size,
-            max_header_list_size: config.max_header_list_size,
-        });
+        let mut core = Core::new(
+            Phase::Preface,
+            Local {
+                stream_window: config.stream_window,
+                connection_window: config.connection_window,
+                max_frame_size: config.max_frame_size,
+                max_header_list_size: config.max_header_list_size,
+            },
+        );
         core.write_settings(Settings {
             max_concurrent_streams: Some(config.max_concurrent_streams),
             ..Settings::default()
         });
         Server {
             config,
-            phase: Phase::Preface,
             core,
             last_stream: 0,
             goaway: None,
@@ -111,130 +101,10 @@ impl Server {
     /// Takes every whole frame from `buf` (what was read from the client). An error ends
     /// the connection: its GOAWAY is in `out`, to be written before closing.
     pub fn recv(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
-        match self.read(buf) {
-            Err(e) => {
-                if self.phase != Phase::Failed {
-                    self.phase = Phase::Failed;
-                    frame::goaway(
-                        self.last_stream,
-                        e.code,
-                        e.why.as_bytes(),
-                        &mut self.core.out,
-                    );
-                }
-                Err(e)
-            }
-            ok => ok,
-        }
+        conn::recv(self, buf)
     }
 
-    fn read(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
-        if self.phase == Phase::Failed {
-            return fail(Code::PROTOCOL_ERROR, "the connection has failed");
-        }
-        if self.phase == Phase::Preface {
-            let n = buf.len().min(PREFACE.len());
-            if buf[..n] != PREFACE[..n] {
-                return fail(Code::PROTOCOL_ERROR, "not the HTTP/2 preface");
-            }
-            if n < PREFACE.len() {
-                return Ok(());
-            }
-            bytes::Buf::advance(buf, PREFACE.len());
-            self.phase = Phase::FirstSettings;
-        }
-        while let Some((head, bytes)) = self.core.next_frame(buf)? {
-            self.frame(head, bytes)?;
-        }
-        Ok(())
-    }
-
-    fn frame(&mut self, head: Head, bytes: Bytes) -> Result<(), ConnError> {
-        let payload = &bytes[frame::HEAD_LEN..];
-        let parsed = match frame::parse(head, payload) {
-            Ok(f) => f,
-            Err(e) => return self.core.stream_or_connection_error(e),
-        };
-        if self.phase == Phase::FirstSettings {
-            if !matches!(parsed, Frame::Settings(_)) {
-                return fail(
-                    Code::PROTOCOL_ERROR,
-                    "the preface's first frame is not SETTINGS",
-                );
-            }
-            self.phase = Phase::Open;
-        }
-        let core = &mut self.core;
-        if core.assembler.expecting().is_some() && !matches!(parsed, Frame::Continuation { .. }) {
-            return fail(Code::PROTOCOL_ERROR, "a frame inside a field block");
-        }
-        match parsed {
-            Frame::Data {
-                stream,
-                end_stream,
-                data,
-                flow_len,
-            } => {
-                let data = bytes.slice_ref(data);
-                let idle = self.is_idle(stream);
-                self.core.data(stream, data, flow_len, end_stream, idle)
-            }
-            Frame::Headers {
-                stream,
-                end_stream,
-                end_headers,
-                fragment,
-                ..
-            } => match core
-                .assembler
-                .headers(stream, end_stream, end_headers, fragment)?
-            {
-                Some(block) => self.headers(stream, end_stream, block.bytes),
-                None => Ok(()),
-            },
-            Frame::Continuation {
-                stream,
-                end_headers,
-                fragment,
-            } => {
-                let Some(block) = core.assembler.continuation(stream, end_headers, fragment)?
-                else {
-                    return Ok(());
-                };
-                // Copied out of the assembler, which `headers` may not borrow: the rare case.
-                let (end_stream, bytes) = (block.end_stream, block.bytes.to_vec());
-                self.headers(stream, end_stream, &bytes)
-            }
-            // Priorities are deprecated (§5.3.2): data goes out in the order it is sent.
-            Frame::Priority { .. } => Ok(()),
-            Frame::RstStream { stream, code } => self.rst_stream(stream, code),
-            Frame::Settings(s) => core.settings(s),
-            Frame::SettingsAck => Ok(()),
-            Frame::Ping { ack, payload } => {
-                if !ack {
-                    frame::ping(true, payload, &mut core.out);
-                }
-                Ok(())
-            }
-            Frame::GoAway { code, .. } => {
-                core.events.push_back(Event::GoAway { code });
-                Ok(())
-            }
-            Frame::WindowUpdate { stream, increment } => {
-                let idle = self.is_idle(stream);
-                self.core.window_update(stream, increment, idle)
-            }
-            Frame::Unknown => Ok(()),
-        }
-    }
-
-    /// A stream the client has not opened yet (§5.1, idle): most frames on one are the
-    /// connection's error.
-    fn is_idle(&self, stream: u32) -> bool {
-        stream > self.last_stream
-    }
-
-    fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+    fn request(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
         let core = &mut self.core;
         if core.streams.contains_key(&stream) {
             return core.trailers(stream, end_stream, block);
@@ -404,10 +274,50 @@ impl Server {
     }
 }
 
+impl Role for Server {
+    const NOT_SETTINGS_FIRST: &'static str = "the preface's first frame is not SETTINGS";
+
+    fn core(&mut self) -> &mut Core {
+        &mut self.core
+    }
+
+    fn last_processed(&self) -> u32 {
+        self.last_stream
+    }
+
+    /// A stream the client has not opened yet.
+    fn is_idle(&self, stream: u32) -> bool {
+        stream > self.last_stream
+    }
+
+    fn headers(&mut self, stream: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        self.request(stream, end_stream, block)
+    }
+
+    fn control(&mut self, frame: Frame<'_>) -> Result<(), ConnError> {
+        let core = &mut self.core;
+        match frame {
+            Frame::RstStream { stream, code } => self.rst_stream(stream, code),
+            Frame::Settings(s) => core.settings(s),
+            Frame::Ping { ack, payload } => {
+                if !ack {
+                    frame::ping(true, payload, &mut core.out);
+                }
+                Ok(())
+            }
+            Frame::GoAway { code, .. } => {
+                core.events.push_back(Event::GoAway { code });
+                Ok(())
+            }
+            _ => unreachable!("conn::recv hands over control frames only"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::frame::{HEAD_LEN, flag, kind};
+    use crate::codec::frame::{HEAD_LEN, Head, flag, kind};
     use crate::codec::hpack::Decoder;
 
     /// A server past the handshake: the client's preface and empty SETTINGS taken, what
