@@ -57,11 +57,10 @@ impl Responder {
         if state.closed {
             return Err(Gone);
         }
-        let fields = fields
-            .iter()
-            .filter(|(name, value)| !connection_specific(name.as_str(), value.as_bytes()))
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-        if !state.server.send_head(self.stream, status, fields, end) {
+        if !state
+            .server
+            .send_head(self.stream, status, carried(fields), end)
+        {
             return Err(Gone);
         }
         if end {
@@ -119,11 +118,7 @@ impl Responder {
         if state.closed {
             return Err(Gone);
         }
-        let fields = fields
-            .iter()
-            .filter(|(name, value)| !connection_specific(name.as_str(), value.as_bytes()))
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
-        if !state.server.send_trailers(self.stream, fields) {
+        if !state.server.send_trailers(self.stream, carried(fields)) {
             return Err(Gone);
         }
         self.finished = true;
@@ -179,6 +174,14 @@ impl Drop for Responder {
             self.shared.wake_connection();
         }
     }
+}
+
+/// `fields` as HTTP/2 carries them: connection-specific ones left out.
+fn carried(fields: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    fields
+        .iter()
+        .filter(|(name, value)| !connection_specific(name.as_str(), value.as_bytes()))
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
 }
 
 /// Fields HTTP/2 does not carry (RFC 9113 §8.2.2): a worker's HTTP/1.1 hop-by-hop fields
