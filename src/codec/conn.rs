@@ -633,26 +633,43 @@ impl Core {
         Some(s)
     }
 
-    /// Writes a head's field block (`pseudo` first) as HEADERS and CONTINUATIONs.
+    /// Writes a head's field block (`pseudo` first) as HEADERS and CONTINUATIONs. The
+    /// block is encoded in place, behind a HEADERS frame head whose length is filled in
+    /// once known, so a head costs no buffer of its own; one larger than a frame (rare)
+    /// is then cut into CONTINUATIONs.
     pub(super) fn write_head<'a>(
         &mut self,
         stream: u32,
-        pseudo: impl FnOnce(&mut Vec<u8>),
+        pseudo: impl FnOnce(&mut BytesMut),
         fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
         end_stream: bool,
     ) {
-        let mut block = Vec::with_capacity(128);
-        pseudo(&mut block);
+        let start = self.out.len();
+        self.out.resize(start + HEAD_LEN, 0);
+        pseudo(&mut self.out);
         for (name, value) in fields {
-            hpack::field(name, value, false, &mut block);
+            hpack::field(name, value, false, &mut self.out);
         }
-        frame::headers(
+        let len = self.out.len() - start - HEAD_LEN;
+        if len > self.peer_max_frame_size as usize {
+            let block = self.out[start + HEAD_LEN..].to_vec();
+            self.out.truncate(start);
+            let max = self.peer_max_frame_size;
+            frame::headers(stream, &block, end_stream, max, &mut self.out);
+            return;
+        }
+        let end = if end_stream {
+            frame::flag::END_STREAM
+        } else {
+            0
+        };
+        let head = Head {
+            len: len as u32,
+            kind: frame::kind::HEADERS,
+            flags: frame::flag::END_HEADERS | end,
             stream,
-            &block,
-            end_stream,
-            self.peer_max_frame_size,
-            &mut self.out,
-        );
+        };
+        head.write(&mut &mut self.out[start..start + HEAD_LEN]);
     }
 
     /// See `Server::send_data`.

@@ -3,9 +3,11 @@
 //! itself is refused here (pseudo-fields, connection-specific fields, bytes a field may not
 //! hold); what the proxy's policy refuses (methods, paths, hosts) is `proxy::forward`'s.
 //!
-//! A head keeps its names and values in one buffer with spans into it, so a request
-//! costs two allocations however many fields it has.
+//! A head keeps its names and values in one shared buffer with spans into it, so a
+//! request costs two allocations however many fields it has, and its `http` form
+//! (`header_map`, `share`) refers to that buffer rather than copying each value.
 
+use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::hpack::{DecodeError, Decoder, Field};
@@ -52,7 +54,7 @@ enum Kind {
 /// A checked head: the pseudo-fields its kind has, then its regular fields in order.
 #[derive(Debug, Clone, Default)]
 pub struct Head {
-    buf: Vec<u8>,
+    buf: Bytes,
     fields: Vec<Entry>,
     method: Option<Span>,
     scheme: Option<Span>,
@@ -166,29 +168,41 @@ impl Head {
     }
 
     /// The regular fields as `http` holds them, with room for `room` more; `None` for a
-    /// name or value `http` refuses. Never-indexed fields stay sensitive.
+    /// name or value `http` refuses. Never-indexed fields stay sensitive. The values share
+    /// the head's buffer.
     pub fn header_map(&self, room: usize) -> Option<HeaderMap> {
         let mut map = HeaderMap::with_capacity(self.fields.len() + room);
-        for field in self.fields() {
-            let name = HeaderName::from_bytes(field.name).ok()?;
-            let mut value = HeaderValue::from_bytes(field.value).ok()?;
-            value.set_sensitive(field.sensitive);
+        for e in &self.fields {
+            let name = HeaderName::from_bytes(self.bytes(e.name)).ok()?;
+            let mut value = HeaderValue::from_maybe_shared(self.slice(e.value)).ok()?;
+            value.set_sensitive(e.sensitive);
             map.append(name, value);
         }
         Some(map)
+    }
+
+    /// `part` (a pseudo-field's value, say) as bytes sharing the head's buffer, not a copy.
+    /// `part` must come from this head.
+    pub fn share(&self, part: &[u8]) -> Bytes {
+        self.buf.slice_ref(part)
     }
 
     fn bytes(&self, s: Span) -> &[u8] {
         &self.buf[s.start as usize..s.end as usize]
     }
 
-    fn keep(&mut self, bytes: &[u8]) -> Span {
-        let start = self.buf.len() as u32;
-        self.buf.extend_from_slice(bytes);
-        Span {
-            start,
-            end: self.buf.len() as u32,
-        }
+    fn slice(&self, s: Span) -> Bytes {
+        self.buf.slice(s.start as usize..s.end as usize)
+    }
+}
+
+/// Appends `bytes` to a head's buffer being filled; where they are.
+fn keep(buf: &mut Vec<u8>, bytes: &[u8]) -> Span {
+    let start = buf.len() as u32;
+    buf.extend_from_slice(bytes);
+    Span {
+        start,
+        end: buf.len() as u32,
     }
 }
 
@@ -197,8 +211,8 @@ impl Head {
 fn read(d: &mut Decoder, block: &[u8], max_list: usize, kind: Kind) -> Result<Head, HeadError> {
     // Indexed fields decode to far more than their block's bytes: room for a typical
     // head at once, rather than growing it field by field.
+    let mut buf = Vec::with_capacity(block.len() * 4 + 256);
     let mut head = Head {
-        buf: Vec::with_capacity(block.len() * 4 + 256),
         fields: Vec::with_capacity(16),
         ..Head::default()
     };
@@ -213,18 +227,22 @@ fn read(d: &mut Decoder, block: &[u8], max_list: usize, kind: Kind) -> Result<He
             fault = Some(HeadError::TooLarge);
             return;
         }
-        if let Err(e) = take(&mut head, f, kind) {
+        if let Err(e) = take(&mut head, &mut buf, f, kind) {
             fault = Some(e);
         }
     })?;
     match fault {
         Some(e) => Err(e),
-        None => Ok(head),
+        None => {
+            head.buf = Bytes::from(buf);
+            Ok(head)
+        }
     }
 }
 
-/// Adds one decoded field to `head`, or says why the message is malformed.
-fn take(head: &mut Head, f: Field<'_>, kind: Kind) -> Result<(), HeadError> {
+/// Adds one decoded field to `head` (its bytes to `buf`), or says why the message is
+/// malformed.
+fn take(head: &mut Head, buf: &mut Vec<u8>, f: Field<'_>, kind: Kind) -> Result<(), HeadError> {
     let malformed = |why| Err(HeadError::Malformed(why));
     if !value_ok(f.value) {
         return malformed("a field value with NUL, CR or LF, or edged with white space");
@@ -242,7 +260,7 @@ fn take(head: &mut Head, f: Field<'_>, kind: Kind) -> Result<(), HeadError> {
             return Ok(());
         }
         // Kept before it is known to be wanted: a refused head is dropped whole anyway.
-        let span = head.keep(f.value);
+        let span = keep(buf, f.value);
         let slot = match (kind, pseudo) {
             (Kind::Request, b"method") => &mut head.method,
             (Kind::Request, b"scheme") => &mut head.scheme,
@@ -267,8 +285,8 @@ fn take(head: &mut Head, f: Field<'_>, kind: Kind) -> Result<(), HeadError> {
         b"te" if f.value != b"trailers" => return malformed("te other than trailers"),
         _ => {}
     }
-    let name = head.keep(f.name);
-    let value = head.keep(f.value);
+    let name = keep(buf, f.name);
+    let value = keep(buf, f.value);
     head.fields.push(Entry {
         name,
         value,

@@ -712,6 +712,55 @@ mod tests {
     }
 
     #[test]
+    fn a_head_larger_than_a_frame_goes_as_headers_and_continuations() {
+        let mut s = open(Config::default());
+        s.recv(&mut get(1)).unwrap();
+        s.recv(&mut get(3)).unwrap();
+        let big = vec![b'v'; 20_000];
+        assert!(s.send_head(1, 200, [(&b"x-big"[..], &big[..])], true));
+        assert!(s.send_head(3, 204, [(&b"x-small"[..], &b"1"[..])], true));
+        let frames = written(&mut s);
+        let heads: Vec<(u8, u8, u32, usize)> = frames
+            .iter()
+            .map(|(h, p)| (h.kind, h.flags, h.stream, p.len()))
+            .collect();
+        // The peer's SETTINGS_MAX_FRAME_SIZE is the default, 16,384.
+        // :status 200 indexed; x-big as a literal: its form, the name's length and name,
+        // the value's length (4 bytes for 20,000) and value.
+        let block = 1 + (1 + 1 + 5) + (4 + 20_000);
+        assert_eq!(
+            heads,
+            [
+                (kind::HEADERS, flag::END_STREAM, 1, 16_384),
+                (kind::CONTINUATION, flag::END_HEADERS, 1, block - 16_384),
+                (
+                    kind::HEADERS,
+                    flag::END_STREAM | flag::END_HEADERS,
+                    3,
+                    1 + 1 + 8 + 1 + 1
+                ),
+            ]
+        );
+        let mut d = Decoder::new(4096);
+        let mut fields = Vec::new();
+        let whole = [&frames[0].1[..], &frames[1].1[..]].concat();
+        for b in [&whole[..], &frames[2].1[..]] {
+            d.decode(b, |f| fields.push((f.name.to_vec(), f.value.len())))
+                .unwrap();
+        }
+        let fields: Vec<(&[u8], usize)> = fields.iter().map(|(n, l)| (&n[..], *l)).collect();
+        assert_eq!(
+            fields,
+            [
+                (&b":status"[..], 3),
+                (b"x-big", 20_000),
+                (b":status", 3),
+                (b"x-small", 1)
+            ]
+        );
+    }
+
+    #[test]
     fn sending_waits_for_the_clients_windows() {
         let mut s = Server::new(Config::default());
         let mut b = BytesMut::from(PREFACE);

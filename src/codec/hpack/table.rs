@@ -137,8 +137,12 @@ const ENTRY_OVERHEAD: usize = 32;
 /// (name and value lengths plus 32 per entry).
 #[derive(Debug)]
 pub struct Dynamic {
-    /// Each entry's name and value, one allocation: `bytes[..name_len]` is the name.
-    entries: VecDeque<(Box<[u8]>, usize)>,
+    /// Each entry's name and value in one buffer: `bytes[..name_len]` is the name.
+    entries: VecDeque<(Vec<u8>, usize)>,
+    /// Buffers of evicted entries, for the next inserts: a peer that indexes a field per
+    /// message (a `date`, say) fills the table at the rate it empties, so in the steady
+    /// state an insert allocates nothing.
+    spare: Vec<Vec<u8>>,
     size: usize,
     /// The size the peer's last update set.
     max_size: usize,
@@ -146,10 +150,15 @@ pub struct Dynamic {
     limit: usize,
 }
 
+/// Evicted buffers kept for reuse, at most: each is under `max_size`, so they hold no more
+/// than a few tables' worth.
+const SPARE: usize = 8;
+
 impl Dynamic {
     pub fn new(limit: usize) -> Dynamic {
         Dynamic {
             entries: VecDeque::new(),
+            spare: Vec::new(),
             size: 0,
             max_size: limit,
             limit,
@@ -180,11 +189,11 @@ impl Dynamic {
         if size > self.max_size {
             return;
         }
-        let mut bytes = Vec::with_capacity(name.len() + value.len());
+        let mut bytes = self.spare.pop().unwrap_or_default();
+        bytes.clear();
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(value);
-        self.entries
-            .push_front((bytes.into_boxed_slice(), name.len()));
+        self.entries.push_front((bytes, name.len()));
         self.size += size;
     }
 
@@ -205,6 +214,9 @@ impl Dynamic {
                 .pop_back()
                 .expect("size counts only entries held");
             self.size -= bytes.len() + ENTRY_OVERHEAD;
+            if self.spare.len() < SPARE {
+                self.spare.push(bytes);
+            }
         }
     }
 
@@ -267,6 +279,25 @@ mod tests {
         assert_eq!((t.len(), t.size()), (0, 0));
         assert_eq!(t.get(0), Err(DecodeError::Index));
         assert_eq!(t.get(2).unwrap(), (&b":method"[..], &b"GET"[..]));
+    }
+
+    #[test]
+    fn an_evicted_entrys_buffer_holds_only_the_next_entry() {
+        let mut t = Dynamic::new(100);
+        t.insert(b"date", b"Wed, 02 Dec 2026 10:00:00 GMT"); // 65
+        // Evicts the first, whose buffer (longer) takes this one.
+        t.insert(b"date", b"Wed, 02 Dec 2026 10:00:01 GMT");
+        assert_eq!(t.len(), 1);
+        t.insert(b"x", b"1"); // 34: both fit
+        assert_eq!(t.get(62).unwrap(), (&b"x"[..], &b"1"[..]));
+        assert_eq!(
+            t.get(63).unwrap(),
+            (&b"date"[..], &b"Wed, 02 Dec 2026 10:00:01 GMT"[..])
+        );
+        // The short entry's buffer goes to a longer one: it grows.
+        t.insert(b"server", &[b's'; 60]);
+        assert_eq!(t.get(62).unwrap(), (&b"server"[..], &[b's'; 60][..]));
+        assert_eq!(t.size(), 6 + 60 + 32);
     }
 
     #[test]

@@ -309,8 +309,9 @@ fn request_of(head: &Head) -> Option<hyper::http::request::Parts> {
     parts.method = Method::from_bytes(head.method()?).ok()?;
     parts.version = Version::HTTP_2;
     let mut uri = hyper::http::uri::Parts::default();
+    // Both share the head's buffer rather than copy it.
     if let Some(authority) = head.authority() {
-        uri.authority = Some(Authority::try_from(authority).ok()?);
+        uri.authority = Some(Authority::from_maybe_shared(head.share(authority)).ok()?);
         // `http` takes a scheme only beside an authority; a request with none names its
         // host in `Host`, which the policy reads instead.
         if let Some(scheme) = head.scheme() {
@@ -318,7 +319,7 @@ fn request_of(head: &Head) -> Option<hyper::http::request::Parts> {
         }
     }
     if let Some(path) = head.path() {
-        uri.path_and_query = Some(PathAndQuery::try_from(path).ok()?);
+        uri.path_and_query = Some(PathAndQuery::from_maybe_shared(head.share(path)).ok()?);
     }
     parts.uri = Uri::from_parts(uri).ok()?;
     // Room for the fields the forwarding policy adds (X-Forwarded-For, X-Forwarded-Proto,
