@@ -133,6 +133,9 @@ pub struct Client {
     /// The scheme the client spoke, for `X-Forwarded-Proto` and `Forwarded: proto=`:
     /// `https` when the listener terminated TLS for it, `http` otherwise.
     pub proto: &'static str,
+    /// The whole `Forwarded` value of a request that came without one
+    /// (`for=10.1.2.3;proto=http`), made once per connection for the HTTP/2 path.
+    forwarded_value: HeaderValue,
 }
 
 impl Client {
@@ -145,6 +148,7 @@ impl Client {
         Client {
             address: peer,
             xff: HeaderValue::from_str(&ip.to_string()).expect("an address is a valid value"),
+            forwarded_value: forwarded_value(&forwarded, "http"),
             forwarded,
             proto: "http",
         }
@@ -154,9 +158,15 @@ impl Client {
     pub fn with_tls(mut self, tls: bool) -> Client {
         if tls {
             self.proto = "https";
+            self.forwarded_value = forwarded_value(&self.forwarded, self.proto);
         }
         self
     }
+}
+
+fn forwarded_value(forwarded: &str, proto: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("{forwarded};proto={proto}"))
+        .expect("an address and a scheme are a valid value")
 }
 
 /// Whether a Host value can go into `Forwarded: host="…"` (RFC 7239 §4: a quoted-string; a
@@ -256,7 +266,8 @@ pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
     // One pass of cheap name comparisons says which fields are there: most requests carry
     // none of those removed here, and each hashed lookup or removal costs even when the
     // field is absent.
-    let (mut hop, mut host, mut expect, mut prior_xff) = (false, false, false, false);
+    let (mut hop, mut host, mut expect) = (false, false, false);
+    let (mut prior_xff, mut prior_forwarded) = (false, false);
     for name in headers.keys() {
         match classify(name.as_str().as_bytes()) {
             Field::HopByHop | Field::Connection | Field::Upgrade | Field::TransferEncoding => {
@@ -265,6 +276,7 @@ pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
             Field::Host => host = true,
             Field::Expect => expect = true,
             Field::XForwardedFor => prior_xff = true,
+            Field::Forwarded => prior_forwarded = true,
             _ => {}
         }
     }
@@ -283,7 +295,7 @@ pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
     if expect {
         headers.remove(header::EXPECT);
     }
-    add_forwarded(headers, client, prior_xff);
+    add_forwarded(headers, client, prior_xff, prior_forwarded);
 }
 
 /// Removes hop-by-hop fields, including those the `Connection` field names, and `Upgrade`.
@@ -319,12 +331,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` (`prior_xff`: the request has one already) and
-/// `Forwarded`, and sets `X-Forwarded-Proto`, with the values the HTTP/1 path writes but
+/// Appends the client to `X-Forwarded-For` and `Forwarded` (`prior_xff`, `prior`: the
+/// request has one already), and sets `X-Forwarded-Proto`, with the values the HTTP/1 path writes but
 /// `Forwarded`'s `host=`: an HTTP/2 worker's request names its host in `:authority`.
 /// Several fields of a list become one line with the client last: workers often read only
 /// the first line.
-fn add_forwarded(headers: &mut HeaderMap, client: &Client, prior_xff: bool) {
+fn add_forwarded(headers: &mut HeaderMap, client: &Client, prior_xff: bool, prior: bool) {
     // Most requests carry no earlier value: the client's own, made once per connection.
     if prior_xff {
         let mut xff = Vec::with_capacity(64);
@@ -337,7 +349,10 @@ fn add_forwarded(headers: &mut HeaderMap, client: &Client, prior_xff: bool) {
         headers.insert(X_FORWARDED_FOR, client.xff.clone());
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-
+    if !prior {
+        headers.insert(header::FORWARDED, client.forwarded_value.clone());
+        return;
+    }
     let mut fwd = Vec::with_capacity(96);
     prior_values(&mut fwd, headers, &header::FORWARDED);
     fwd.extend_from_slice(client.forwarded.as_bytes());
@@ -432,6 +447,36 @@ mod tests {
              Forwarded: for=10.1.2.3;proto=https\r\n"
         );
         assert_eq!(client("10.1.2.3:5555").with_tls(false).proto, "http");
+    }
+
+    #[test]
+    fn an_h2_workers_request_gets_the_forwarding_fields_with_earlier_values_first() {
+        let fields = |h: &HeaderMap, name: &str| -> Vec<String> {
+            let all = h.get_all(name).iter();
+            all.map(|v| v.to_str().unwrap().to_owned()).collect()
+        };
+        let mut h = map(&[("host", "example.com"), ("x-keep", "1")]);
+        rewrite_for_h2_worker(&mut h, &client("10.1.2.3:5555"));
+        assert_eq!(fields(&h, "x-forwarded-for"), ["10.1.2.3"]);
+        assert_eq!(fields(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(fields(&h, "forwarded"), ["for=10.1.2.3;proto=http"]);
+        assert_eq!(
+            (h.get("host"), fields(&h, "x-keep")),
+            (None, vec!["1".into()])
+        );
+
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("forwarded", "for=203.0.113.9"),
+            ("forwarded", "for=198.51.100.7"),
+        ]);
+        rewrite_for_h2_worker(&mut h, &client("[::1]:80").with_tls(true));
+        assert_eq!(fields(&h, "x-forwarded-for"), ["203.0.113.9, ::1"]);
+        assert_eq!(fields(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(
+            fields(&h, "forwarded"),
+            ["for=203.0.113.9, for=198.51.100.7, for=\"[::1]\";proto=https"]
+        );
     }
 
     #[test]
