@@ -9,7 +9,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Worker;
 use super::tally::Tally;
@@ -94,11 +94,17 @@ impl Drop for InFlight {
     }
 }
 
-/// Milliseconds since the process started: a cheap clock for deadlines kept in atomics.
-/// Never 0, so 0 can mean "not set".
+/// Milliseconds since the process started: a cheap clock for deadlines and idle stamps
+/// kept in atomics, compared only with each other. Never 0, so 0 can mean "not set".
+///
+/// The coarse monotonic clock: the kernel's last tick, read without the timestamp counter,
+/// a few milliseconds behind at most. The request path reads it several times per request,
+/// and its timeouts are counted in seconds.
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    static START: OnceLock<u64> = OnceLock::new();
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let ms = t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000;
+    ms.saturating_sub(*START.get_or_init(|| ms)) + 1
 }
 
 /// Active health: rise/fall thresholds over consecutive check results. A new worker is
