@@ -297,8 +297,8 @@ async fn handle(
     let grpc = call.grpc;
     if settings.protocol == UpstreamProtocol::H2 {
         return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
-            // Boxed: its state is several kilobytes, which every request's future would
-            // otherwise carry (and copy) whatever its pool.
+            // Boxed, as the HTTP/1.1 worker's path below is: each is kilobytes of state,
+            // which every stream's future would otherwise carry, and copy as it is made.
             Ok((parts, body)) => Box::pin(to_h2::forward(
                 proxy, target, parts, body, client, call, report,
             ))
@@ -310,6 +310,23 @@ async fn handle(
             Err(reject) => call.own(report, &rejected(reject)).map(Either::Right),
         };
     }
+    Box::pin(to_http1_worker(
+        proxy, target, request, client, grpc, report,
+    ))
+    .await
+}
+
+/// Forwards one request to an HTTP/1.1 worker of `target`'s pool picked for it.
+async fn to_http1_worker(
+    proxy: &HttpProxy,
+    target: &Target,
+    request: Request<RequestBody>,
+    client: &Client,
+    grpc: bool,
+    report: &mut Report,
+) -> Response<ProxyBody> {
+    let balancer = &target.balancer;
+    let settings = &balancer.settings;
     let (parts, length, body) = match prepare(request) {
         Ok(prepared) => prepared,
         Err(reject) => return own(report, &rejected(reject), grpc),

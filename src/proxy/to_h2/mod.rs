@@ -177,10 +177,17 @@ async fn exchange<B: Source>(
         // respect `max_connections` see requests still connecting.
         let in_flight = InFlight::new(worker.clone());
         let store = IdleConns::of(worker);
-        let connected = store
-            .h2
-            .stream(worker, &target.connector, settings, client.address)
-            .await;
+        // Most requests find room on an open connection; dialling is rare, and its boxed
+        // future keeps its state out of every request's.
+        let connected = match store.h2.open_slot() {
+            Some(slot) => Ok((slot, None)),
+            None => {
+                let dial = store
+                    .h2
+                    .stream(worker, &target.connector, settings, client.address);
+                Box::pin(dial).await
+            }
+        };
         let slot = match connected {
             Ok((slot, dialled)) => {
                 report.detail(|d| d.connect = dialled);
@@ -247,7 +254,8 @@ async fn exchange<B: Source>(
         };
         tracing::debug!(backend = %worker.address.text, ?why,
             "the worker did not process the stream");
-        if !upload.recover(returned).await {
+        // Boxed: rare, and its timer would weigh on every request's future.
+        if !Box::pin(upload.recover(returned)).await {
             // More of its body went out than can be sent again.
             return Exchanged::Own(Canned::BAD_GATEWAY);
         }

@@ -170,7 +170,9 @@ impl Multiplexed {
         }
     }
 
-    fn open_slot(&self) -> Option<Slot> {
+    /// A stream slot on a connection already open, when one has room: what `stream` does
+    /// first, without a future (callers try it before awaiting `stream`).
+    pub fn open_slot(&self) -> Option<Slot> {
         self.conns.load().iter().find_map(Conn::try_open)
     }
 
