@@ -390,3 +390,60 @@ async fn a_stream_above_a_goaway_with_an_error_code_goes_again() {
     );
     lb.stop(Duration::from_secs(1)).await;
 }
+
+/// A worker speaking raw frames whose SETTINGS allow no stream at all
+/// (SETTINGS_MAX_CONCURRENT_STREAMS 0): every stream opened anyway, before its SETTINGS
+/// arrived, is refused with RST_STREAM(REFUSED_STREAM), as RFC 9113 §5.1.2 has it.
+async fn allows_no_stream(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut preface = [0u8; 24];
+    if s.read_exact(&mut preface).await.is_err() || preface != h2raw::PREFACE {
+        return;
+    }
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 0.
+    let settings = [0, 3, 0, 0, 0, 0];
+    if s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &settings))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Ok(f) = h2raw::read(&mut s).await {
+        let reply = match f.kind {
+            h2raw::SETTINGS if f.flags & 0x1 == 0 => h2raw::frame(h2raw::SETTINGS, 0x1, 0, &[]),
+            // REFUSED_STREAM (0x7).
+            h2raw::HEADERS => h2raw::frame(h2raw::RST_STREAM, 0, f.stream, &7u32.to_be_bytes()),
+            _ => continue,
+        };
+        if s.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A worker that allows no stream fails its requests at once, as not sent (to another
+/// worker when there is one), rather than holding them until the response timeout: with
+/// it alone in the pool, the answer is a 502 long before the pool's minute runs out.
+#[tokio::test]
+async fn a_worker_that_allows_no_stream_fails_requests_at_once() {
+    let db = TestDb::new().await;
+    let worker = Scripted::start(|s, _| allows_no_stream(s)).await;
+    let mut cfg = h2_config(&db, Duration::from_secs(30));
+    let pool = cfg.pools.get_mut("default").unwrap();
+    pool.response_timeout = Duration::from_secs(60);
+    let lb = load_balancer::start(&cfg).await.unwrap();
+    add_addresses(&db, &lb, &[worker.addr]).await;
+    let client = h2_client();
+    let uri: hyper::Uri = format!("http://{}/", lb.listeners[0]).parse().unwrap();
+    for i in 0..3 {
+        let response = tokio::time::timeout(WAIT, client.get(uri.clone()))
+            .await
+            .unwrap_or_else(|_| panic!("request {i}: no answer within {WAIT:?}"))
+            .expect("a response");
+        assert_eq!(response.status(), 502, "request {i}");
+    }
+    // Each request tried one connection (its stream went before the worker's SETTINGS
+    // said 0): no dial storm.
+    assert!(worker.accepted() <= 3, "{} connections", worker.accepted());
+    lb.stop(Duration::from_secs(1)).await;
+}
