@@ -21,6 +21,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod codec;
+mod codec_io;
 pub mod config;
 pub mod db;
 mod io_variants;

@@ -11,8 +11,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::respond::Responder;
-use super::shared::{Shared, park};
+use super::shared::Shared;
 use crate::codec::frame::Code;
+use crate::codec_io::park;
 
 /// Why a request body did not end whole.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

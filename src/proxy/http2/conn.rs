@@ -16,18 +16,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::{Method, Request, Uri, Version};
-use tokio::io::AsyncWrite;
 
 use super::body::RequestBody;
 use super::respond::Responder;
 use super::rewind::Rewind;
-use super::shared::{HIGH_WATER, Shared, Slot, State, wake};
+use super::shared::{HIGH_WATER, Shared, Slot, State};
 use crate::codec::frame::Code;
 use crate::codec::message::Head;
 use crate::codec::server::{Config, ConnError, Event, Server};
+use crate::codec_io::{poll_write_out, wake};
 
 /// Bytes read from the socket at a time, at least.
 const READ: usize = 16 * 1024;
@@ -126,29 +126,18 @@ impl Connection {
 
     /// Writes what the codec has for the client, as far as the socket takes it.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.writing.is_empty() {
-                self.writing.clear();
-                let mut state = self.shared.lock();
-                std::mem::swap(&mut self.writing, state.server.out());
-                if state.out_waiting {
-                    // The codec's buffer is empty again: responses waiting for it go on.
-                    state.out_waiting = false;
-                    for slot in state.slots.values_mut() {
-                        wake(&mut slot.send_waker);
-                    }
-                }
-                if self.writing.is_empty() {
-                    return Poll::Ready(Ok(()));
+        let shared = &self.shared;
+        poll_write_out(&mut self.io, cx, &mut self.writing, |writing| {
+            let mut state = shared.lock();
+            std::mem::swap(writing, state.server.out());
+            if state.out_waiting {
+                // The codec's buffer is empty again: responses waiting for it go on.
+                state.out_waiting = false;
+                for slot in state.slots.values_mut() {
+                    wake(&mut slot.send_waker);
                 }
             }
-            match Pin::new(&mut self.io).poll_write(cx, &self.writing) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.writing.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        })
     }
 
     /// Hands what was read to the codec and its events to the streams.

@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::header::HeaderMap;
 
-use super::shared::{HIGH_WATER, Shared, State, park, wake};
+use super::shared::{HIGH_WATER, Shared, State};
 use crate::codec::frame::Code;
+use crate::codec_io::{park, wake};
 
 /// The stream can take nothing more: the client reset it, or the connection went.
 #[derive(Debug, Clone, Copy, thiserror::Error)]

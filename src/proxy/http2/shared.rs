@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Waker};
+use std::task::Waker;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -126,19 +126,5 @@ impl State {
         {
             self.server.reset(stream, Code::NO_ERROR);
         }
-    }
-}
-
-pub(super) fn wake(waker: &mut Option<Waker>) {
-    if let Some(w) = waker.take() {
-        w.wake();
-    }
-}
-
-/// Stores `cx`'s waker unless the one stored already wakes the same task.
-pub(super) fn park(waker: &mut Option<Waker>, cx: &Context<'_>) {
-    match waker {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *waker = Some(cx.waker().clone()),
     }
 }

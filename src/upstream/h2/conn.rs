@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use hyper::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,6 +26,7 @@ use crate::codec::client::{Client, Config};
 use crate::codec::conn::{ConnError, Event, StreamIds};
 use crate::codec::frame::Code;
 use crate::codec::message::Head;
+use crate::codec_io::{poll_write_out, wake};
 
 /// Frames waiting to be written beyond which request bodies stop sending.
 pub(super) const HIGH_WATER: usize = 1024 * 1024;
@@ -170,20 +171,6 @@ pub(super) fn cut_of(slot: &Slot, ended: &Option<Ended>) -> Option<Cut> {
         .or_else(|| ended.clone().map(Cut::Connection))
 }
 
-pub(super) fn wake(waker: &mut Option<Waker>) {
-    if let Some(w) = waker.take() {
-        w.wake();
-    }
-}
-
-/// Stores `cx`'s waker unless the one stored already wakes the same task.
-pub(super) fn park(waker: &mut Option<Waker>, cx: &Context<'_>) {
-    match waker {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *waker = Some(cx.waker().clone()),
-    }
-}
-
 /// Every this long a PING is sent; one not answered in `PING_TIMEOUT` closes the
 /// connection.
 const PING_INTERVAL: Duration = Duration::from_secs(20);
@@ -299,29 +286,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
 
     /// Writes what the codec has for the worker, as far as the socket takes it.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            if self.writing.is_empty() {
-                self.writing.clear();
-                let mut state = self.shared.lock();
-                std::mem::swap(&mut self.writing, state.client.out());
-                if state.out_waiting {
-                    // The codec's buffer is empty again: bodies waiting for it go on.
-                    state.out_waiting = false;
-                    for slot in state.slots.values_mut() {
-                        wake(&mut slot.send_waker);
-                    }
-                }
-                if self.writing.is_empty() {
-                    return Poll::Ready(Ok(()));
+        let shared = &self.shared;
+        poll_write_out(&mut self.io, cx, &mut self.writing, |writing| {
+            let mut state = shared.lock();
+            std::mem::swap(writing, state.client.out());
+            if state.out_waiting {
+                // The codec's buffer is empty again: bodies waiting for it go on.
+                state.out_waiting = false;
+                for slot in state.slots.values_mut() {
+                    wake(&mut slot.send_waker);
                 }
             }
-            match Pin::new(&mut self.io).poll_write(cx, &self.writing) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.writing.advance(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        })
     }
 
     /// Hands what was read to the codec and its events to the streams.

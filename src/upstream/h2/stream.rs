@@ -15,9 +15,10 @@ use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
 use hyper::{Response, StatusCode};
 
-use super::conn::{Cut, HIGH_WATER, Shared, Slot, State, Unprocessed, cut_of, park};
+use super::conn::{Cut, HIGH_WATER, Shared, Slot, State, Unprocessed, cut_of};
 use crate::codec::client::Target;
 use crate::codec::frame::Code;
+use crate::codec_io::park;
 
 /// Sends a request head on a new stream of `shared`'s connection (`end`: no body
 /// follows). The response to wait for, and the body's handle when one follows.
