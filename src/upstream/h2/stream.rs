@@ -140,6 +140,9 @@ impl RecvStream {
             if client.out().len() > before {
                 self.shared.wake_driver();
             }
+            // The last piece of a body without trailers: what follows (`is_end_stream`,
+            // the end) is known without the lock.
+            self.ended = slot.recv_done && slot.data.is_empty() && slot.trailers.is_none();
             return Poll::Ready(Some(Ok(data)));
         }
         if slot.recv_done {
