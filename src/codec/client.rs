@@ -74,7 +74,7 @@ impl Client {
                 max_header_list_size: config.max_header_list_size,
             },
         );
-        core.out.extend_from_slice(super::server::PREFACE);
+        core.out.extend_from_slice(frame::PREFACE);
         core.write_settings(Settings {
             enable_push: Some(false),
             ..Settings::default()
@@ -455,8 +455,8 @@ mod tests {
     fn the_preface_and_settings_go_first_and_the_servers_must_be_settings() {
         let mut c = Client::new(Config::default());
         let out = c.out().split();
-        assert!(out.starts_with(super::super::server::PREFACE));
-        let settings = &out[super::super::server::PREFACE.len()..];
+        assert!(out.starts_with(frame::PREFACE));
+        let settings = &out[frame::PREFACE.len()..];
         let head = Head::parse(settings[..HEAD_LEN].try_into().unwrap());
         assert_eq!(head.kind, kind::SETTINGS);
         let payload = &settings[HEAD_LEN..HEAD_LEN + head.len as usize];

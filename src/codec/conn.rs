@@ -218,7 +218,7 @@ fn read<R: Role>(role: &mut R, buf: &mut BytesMut) -> Result<(), ConnError> {
         return fail(Code::PROTOCOL_ERROR, "the connection has failed");
     }
     if core.phase == Phase::Preface {
-        let preface = super::server::PREFACE;
+        let preface = frame::PREFACE;
         let n = buf.len().min(preface.len());
         if buf[..n] != preface[..n] {
             return fail(Code::PROTOCOL_ERROR, "not the HTTP/2 preface");

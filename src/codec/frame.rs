@@ -7,6 +7,10 @@ use bytes::BufMut;
 
 /// The frame head's size.
 pub const HEAD_LEN: usize = 9;
+
+/// What a client sends first, before its SETTINGS (§3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// SETTINGS_MAX_FRAME_SIZE's initial value, and the least a peer may set.
 pub const DEFAULT_MAX_FRAME_SIZE: u32 = 1 << 14;
 /// The largest SETTINGS_MAX_FRAME_SIZE (2^24 - 1).

@@ -15,8 +15,7 @@ use super::message::{self, HeadError};
 
 pub use super::conn::{ConnError, Event, StreamIds};
 
-/// What a client must send first (§3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub use super::frame::PREFACE;
 
 /// This side's settings and limits.
 #[derive(Debug, Clone, Copy)]
