@@ -332,8 +332,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded` (`prior_xff`, `prior`: the
-/// request has one already), and sets `X-Forwarded-Proto`, with the values the HTTP/1 path writes but
-/// `Forwarded`'s `host=`: an HTTP/2 worker's request names its host in `:authority`.
+/// request has one already), and sets `X-Forwarded-Proto`, with the values the HTTP/1 path
+/// writes but `Forwarded`'s `host=`: an HTTP/2 worker's request names its host in
+/// `:authority`.
 /// Several fields of a list become one line with the client last: workers often read only
 /// the first line.
 fn add_forwarded(headers: &mut HeaderMap, client: &Client, prior_xff: bool, prior: bool) {

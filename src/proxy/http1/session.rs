@@ -62,8 +62,8 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a clean close may wait to hand the TLS close_notify to a client that does not
 /// read: an alert is a few dozen bytes, so only a client with a full receive window waits.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
-/// The HTTP/2 connection preface (RFC 9113 §3.4): a client that starts with it goes to the
-/// HTTP/2 transport (`proxy::http2`).
+// The HTTP/2 connection preface (RFC 9113 §3.4): a client that starts with it goes to the
+// HTTP/2 transport (`proxy::http2`).
 use crate::codec::frame::PREFACE as H2_PREFACE;
 
 /// How a client connection left this path.
