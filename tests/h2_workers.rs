@@ -302,9 +302,8 @@ async fn a_grpc_stream_cut_by_the_drain_deadline_ends_with_unavailable() {
 /// stream 1 and waits for the proxy to close; every later connection answers each request
 /// 200 once it has ended.
 async fn goaway_with_an_error_above_stream_1(mut s: tokio::net::TcpStream, first: bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut preface = [0u8; 24];
-    if s.read_exact(&mut preface).await.is_err() || preface != h2raw::PREFACE {
+    use tokio::io::AsyncWriteExt;
+    if !h2raw::accept(&mut s, &[]).await {
         return;
     }
     let ok = |stream| {
@@ -315,12 +314,6 @@ async fn goaway_with_an_error_above_stream_1(mut s: tokio::net::TcpStream, first
             &[0x88], // :status 200, static index 8
         )
     };
-    if s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &[]))
-        .await
-        .is_err()
-    {
-        return;
-    }
     let mut opened = Vec::new();
     while let Ok(f) = h2raw::read(&mut s).await {
         let reply = match (f.kind, first) {
@@ -395,17 +388,9 @@ async fn a_stream_above_a_goaway_with_an_error_code_goes_again() {
 /// (SETTINGS_MAX_CONCURRENT_STREAMS 0): every stream opened anyway, before its SETTINGS
 /// arrived, is refused with RST_STREAM(REFUSED_STREAM), as RFC 9113 §5.1.2 has it.
 async fn allows_no_stream(mut s: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut preface = [0u8; 24];
-    if s.read_exact(&mut preface).await.is_err() || preface != h2raw::PREFACE {
-        return;
-    }
+    use tokio::io::AsyncWriteExt;
     // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) = 0.
-    let settings = [0, 3, 0, 0, 0, 0];
-    if s.write_all(&h2raw::frame(h2raw::SETTINGS, 0, 0, &settings))
-        .await
-        .is_err()
-    {
+    if !h2raw::accept(&mut s, &[0, 3, 0, 0, 0, 0]).await {
         return;
     }
     while let Ok(f) = h2raw::read(&mut s).await {

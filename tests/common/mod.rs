@@ -1137,6 +1137,18 @@ pub mod h2raw {
         out
     }
 
+    /// A raw-frame server's side of the handshake: the client's preface read and checked,
+    /// then this side's SETTINGS (`settings`: its payload) sent. `false`: the connection
+    /// is no HTTP/2 client's, or it went.
+    pub async fn accept(s: &mut tokio::net::TcpStream, settings: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).await.is_err() || preface != PREFACE {
+            return false;
+        }
+        s.write_all(&frame(SETTINGS, 0, 0, settings)).await.is_ok()
+    }
+
     /// One frame read from `s`: kind, flags, stream, payload.
     pub struct Frame {
         pub kind: u8,
