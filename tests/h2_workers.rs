@@ -30,6 +30,8 @@ enum Script {
     /// Answers 200 with `content-type: application/grpc` and one DATA frame, then holds
     /// the stream open until the connection goes.
     Hold,
+    /// Reads each stream's body and never answers.
+    Silent,
 }
 
 struct H2Worker {
@@ -73,6 +75,9 @@ impl H2Worker {
                             Script::Hold => {
                                 tokio::spawn(hold(respond));
                             }
+                            Script::Silent => {
+                                tokio::spawn(silent(request, respond));
+                            }
                         }
                     }
                 });
@@ -111,6 +116,16 @@ async fn hold(mut respond: SendResponse<Bytes>) {
     let _ = send.send_data(Bytes::from_static(b"\0\0\0\0\x01x"), false);
     // Held until the proxy's side of the stream goes.
     let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
+}
+
+async fn silent(request: Request<h2::RecvStream>, respond: SendResponse<Bytes>) {
+    let mut body = request.into_body();
+    while let Some(Ok(data)) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.len());
+    }
+    // Held, unanswered, until the proxy's side of the stream goes.
+    let mut respond = respond;
+    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
 }
 
 fn h2_config(db: &TestDb, drain_timeout: Duration) -> load_balancer::config::Config {
@@ -430,5 +445,113 @@ async fn a_worker_that_allows_no_stream_fails_requests_at_once() {
     // Each request tried one connection (its stream went before the worker's SETTINGS
     // said 0): no dial storm.
     assert!(worker.accepted() <= 3, "{} connections", worker.accepted());
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+/// The pool's response timeout on an h2 worker, for streams sharing one worker connection
+/// (its driver keeps one timer for them all): three GETs started 150 ms apart to a worker
+/// that never answers each get a 504 about 300 ms after it was sent, not sooner and not
+/// all at the first one's time.
+#[tokio::test]
+async fn each_stream_to_a_silent_h2_worker_times_out_on_its_own_clock() {
+    let db = TestDb::new().await;
+    let worker = H2Worker::start("silent", Script::Silent).await;
+    let mut cfg = h2_config(&db, Duration::from_secs(30));
+    cfg.pools.get_mut("default").unwrap().response_timeout = Duration::from_millis(300);
+    let lb = load_balancer::start(&cfg).await.unwrap();
+    add_addresses(&db, &lb, &[worker.addr]).await;
+    let client = h2_client();
+    let uri: hyper::Uri = format!("http://{}/", lb.listeners[0]).parse().unwrap();
+    let mut gets = tokio::task::JoinSet::new();
+    for i in 0..3u64 {
+        let (client, uri) = (client.clone(), uri.clone());
+        gets.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150 * i)).await;
+            let started = tokio::time::Instant::now();
+            let response = tokio::time::timeout(WAIT, client.get(uri))
+                .await
+                .unwrap_or_else(|_| panic!("GET {i}: no answer within {WAIT:?}"))
+                .expect("a response");
+            (i, response.status().as_u16(), started.elapsed())
+        });
+    }
+    while let Some(done) = gets.join_next().await {
+        let (i, status, took) = done.unwrap();
+        assert_eq!(status, 504, "GET {i}");
+        // The proxy's clock is coarse (a few ms): not before the timeout, less that.
+        assert!(
+            took >= Duration::from_millis(280),
+            "GET {i}: 504 after {took:?}"
+        );
+        assert!(took < Duration::from_secs(3), "GET {i}: 504 after {took:?}");
+    }
+    assert_eq!(worker.streams.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        worker.connections.load(Ordering::SeqCst),
+        1,
+        "the three streams shared one worker connection"
+    );
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+/// On an h2 worker, as on an HTTP/1.1 one, the response timeout runs from the request's
+/// last byte: a body that keeps moving (a piece every 100 ms, 1 s in all) to a worker that
+/// answers once it has it whole outlasts a 300 ms timeout and gets its 200; one that stops
+/// moving gets 408 (the client's doing, not the worker's).
+#[tokio::test]
+async fn a_moving_upload_to_an_h2_worker_outlasts_the_response_timeout() {
+    let db = TestDb::new().await;
+    let worker = H2Worker::start("echo", Script::GoAwayAfter(usize::MAX)).await;
+    let mut cfg = h2_config(&db, Duration::from_secs(30));
+    cfg.pools.get_mut("default").unwrap().response_timeout = Duration::from_millis(300);
+    let lb = load_balancer::start(&cfg).await.unwrap();
+    add_addresses(&db, &lb, &[worker.addr]).await;
+    let (mut h2, _conn) = h2_connect(lb.listeners[0]).await;
+
+    let request = |length: usize| {
+        hyper::Request::builder()
+            .method("POST")
+            .uri("http://a/echo")
+            .header("content-length", length.to_string())
+            .body(())
+            .unwrap()
+    };
+    let (response, mut stream) = h2.send_request(request(500), false).unwrap();
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for i in 0..10u8 {
+        pace.tick().await;
+        stream
+            .send_data(Bytes::from(vec![b'a' + i; 50]), i == 9)
+            .unwrap_or_else(|e| panic!("piece {i}: the proxy ended the stream: {e}"));
+    }
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+        .unwrap_or_else(|e| panic!("reset instead of answered: {e}"));
+    assert_eq!(response.status(), 200);
+    let expected: Vec<u8> = b"echo:"
+        .iter()
+        .copied()
+        .chain((0..10u8).flat_map(|i| vec![b'a' + i; 50]))
+        .collect();
+    match h2_body(&mut response.into_body()).await {
+        H2End::Complete(body) => assert_eq!(body, expected),
+        broken => panic!("{broken:?}"),
+    }
+
+    // 100 of 500 bytes, then nothing: 408 once the timeout passes without a byte.
+    let mut h2 = h2.ready().await.unwrap();
+    let (response, mut stream) = h2.send_request(request(500), false).unwrap();
+    stream
+        .send_data(Bytes::from(vec![b'x'; 100]), false)
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("an answer in time")
+        .expect("answered, not reset");
+    assert_eq!(response.status(), 408);
+    assert!(started.elapsed() >= Duration::from_millis(280));
+    drop(stream);
     lb.stop(Duration::from_secs(1)).await;
 }

@@ -219,7 +219,12 @@ async fn exchange<B: Source>(
         let waited = match response {
             Ok(response) => {
                 let timeout = settings.response_timeout;
-                wait_head(response, timeout, &upload.progress, call.deadline).await
+                match call.deadline {
+                    None => wait_head(response, timeout, &upload.progress).await,
+                    Some(deadline) => {
+                        wait_head_until(response, timeout, &upload.progress, deadline).await
+                    }
+                }
             }
             Err(e) => Err(Waited::Failed(e)),
         };
@@ -367,13 +372,42 @@ enum Waited {
 }
 
 /// Waits for the response head. The response timeout runs from the request's last byte
-/// (a client-streaming call's response comes after its requests), the call's deadline
-/// from its start.
+/// (a client-streaming call's response comes after its requests): the worker
+/// connection's driver wakes the wait when it is due (`ResponseFuture::wake_at`), rather
+/// than a timer of its own.
 async fn wait_head(
+    mut sent: ResponseFuture,
+    response_timeout: Duration,
+    progress: &Progress,
+) -> Result<Response<RecvStream>, Waited> {
+    let timeout_ms = response_timeout.as_millis() as u64;
+    loop {
+        let since = progress.last_ms.load(Ordering::Relaxed);
+        let due = since + timeout_ms;
+        sent.wake_at(due);
+        let head = std::future::poll_fn(|cx| match Pin::new(&mut sent).poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending if now_ms() >= due => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
+        match head.await {
+            Some(r) => return r.map_err(Waited::Failed),
+            None => {
+                if let Some(stalled) = stalled(progress, since) {
+                    return Err(stalled);
+                }
+            }
+        }
+    }
+}
+
+/// `wait_head` for a gRPC call with a deadline, which runs from the call's start: on a
+/// timer of its own, set for whichever comes first.
+async fn wait_head_until(
     sent: ResponseFuture,
     response_timeout: Duration,
     progress: &Progress,
-    deadline: Option<Instant>,
+    deadline: Instant,
 ) -> Result<Response<RecvStream>, Waited> {
     tokio::pin!(sent);
     let timeout_ms = response_timeout.as_millis() as u64;
@@ -381,24 +415,32 @@ async fn wait_head(
         let since = progress.last_ms.load(Ordering::Relaxed);
         let left = (since + timeout_ms).saturating_sub(now_ms());
         let timeout = Instant::now() + Duration::from_millis(left);
-        let wake = deadline.map_or(timeout, |d| d.min(timeout));
         tokio::select! {
             r = &mut sent => return r.map_err(Waited::Failed),
-            _ = tokio::time::sleep_until(wake) => {
-                if deadline.is_some_and(|d| d <= Instant::now()) {
+            _ = tokio::time::sleep_until(deadline.min(timeout)) => {
+                if deadline <= Instant::now() {
                     return Err(Waited::Deadline);
                 }
-                if progress.last_ms.load(Ordering::Relaxed) != since {
-                    continue;
+                if let Some(stalled) = stalled(progress, since) {
+                    return Err(stalled);
                 }
-                return Err(if progress.done.load(Ordering::Relaxed) {
-                    Waited::Timeout
-                } else {
-                    Waited::ClientStalled
-                });
             }
         }
     }
+}
+
+/// The response timeout ran out on a request whose body was last heard of at `since`:
+/// `None` if more of it came since (the wait goes on); else whose doing it is, the
+/// worker's when the body was whole, the client's when it was not.
+fn stalled(progress: &Progress, since: u64) -> Option<Waited> {
+    if progress.last_ms.load(Ordering::Relaxed) != since {
+        return None;
+    }
+    Some(if progress.done.load(Ordering::Relaxed) {
+        Waited::Timeout
+    } else {
+        Waited::ClientStalled
+    })
 }
 
 /// An h2 worker's response body on its way to the client. It holds the stream's place on

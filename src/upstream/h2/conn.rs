@@ -7,6 +7,11 @@
 //! The codec and the streams' slots sit behind one lock (`Shared`), taken by the driver
 //! and by the requests' tasks for the few instructions each step needs; a handle that
 //! left frames to write wakes the driver.
+//!
+//! The driver also keeps the one timer its streams' response timeouts need: a request
+//! waiting for its response head says by when (`Slot::head_due_ms`), and the driver wakes
+//! it then to check (`poll_due`). A tokio timer per request cost more than the rest of
+//! the wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -21,12 +26,14 @@ use bytes::BytesMut;
 use futures_util::task::AtomicWaker;
 use hyper::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
 
 use crate::codec::client::{Client, Config};
 use crate::codec::conn::{ConnError, Event, StreamIds};
 use crate::codec::frame::Code;
 use crate::codec::message::Head;
 use crate::codec_io::{poll_write_out, wake};
+use crate::ring::state::now_ms;
 
 /// Frames waiting to be written beyond which request bodies stop sending.
 pub(super) const HIGH_WATER: usize = 1024 * 1024;
@@ -53,6 +60,7 @@ impl Shared {
                 ended: None,
                 out_waiting: false,
                 dropped: false,
+                next_due_ms: NOT_DUE,
             }),
             driver: AtomicWaker::new(),
             peer_max: AtomicU32::new(u32::MAX),
@@ -82,7 +90,13 @@ pub(super) struct State {
     pub(super) out_waiting: bool,
     /// The pool let the connection go: it closes once its streams are done.
     pub(super) dropped: bool,
+    /// The earliest `Slot::head_due_ms` the driver's timer is to wake at (`NOT_DUE`:
+    /// none). A stream that needs an earlier one lowers it and wakes the driver.
+    pub(super) next_due_ms: u64,
 }
+
+/// `State::next_due_ms` when no stream waits for a head with a due time.
+pub(super) const NOT_DUE: u64 = u64::MAX;
 
 /// Why a connection ended.
 #[derive(Debug, Clone)]
@@ -136,6 +150,9 @@ pub(super) struct Slot {
     /// The final response head, until `ResponseFuture` takes it.
     pub(super) head: Option<(u16, HeaderMap)>,
     pub(super) head_waker: Option<Waker>,
+    /// When (`now_ms`) the head's waiter is to be woken if the head has not come, to
+    /// check its response timeout.
+    pub(super) head_due_ms: Option<u64>,
     pub(super) data: VecDeque<bytes::Bytes>,
     pub(super) trailers: Option<HeaderMap>,
     /// The worker ended its side: once `data` and `trailers` are read, the body is whole.
@@ -188,6 +205,8 @@ where
         writing: BytesMut::new(),
         failed: None,
         pong: false,
+        due: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        armed_ms: NOT_DUE,
     };
     let ended = loop {
         let turn = std::future::poll_fn(|cx| driver.poll(cx));
@@ -220,12 +239,17 @@ struct Driver<IO> {
     failed: Option<ConnError>,
     /// The answer to the PING out came.
     pong: bool,
+    /// The streams' timer (see `poll_due`), polled only while armed.
+    due: Pin<Box<Sleep>>,
+    /// The `now_ms` `due` is set for (`NOT_DUE`: not armed).
+    armed_ms: u64,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// Reads, dispatches and writes until the connection ends.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
         self.shared.driver.register(cx.waker());
+        self.poll_due(cx);
         loop {
             if let Poll::Ready(Err(e)) = self.poll_write(cx) {
                 return Poll::Ready(Ended::Io(e.to_string().into()));
@@ -258,6 +282,46 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Ended::Io(e.to_string().into())),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// Wakes the streams whose response head is due and has not come (each checks its own
+    /// timeout: a request body still moving puts it off), and sets the timer for the next.
+    /// Armed for the earliest due time when it was set: a stream whose head comes first
+    /// leaves it as it is, so it fires about once per response timeout, not per request.
+    fn poll_due(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let next = self.shared.lock().next_due_ms;
+            if next == NOT_DUE {
+                self.armed_ms = NOT_DUE;
+                return;
+            }
+            if next != self.armed_ms {
+                // The coarse clock may lag the timer's: never set it in the past.
+                let wait = next.saturating_sub(now_ms()).max(1);
+                self.due
+                    .as_mut()
+                    .reset(Instant::now() + Duration::from_millis(wait));
+                self.armed_ms = next;
+            }
+            if self.due.as_mut().poll(cx).is_pending() {
+                return;
+            }
+            let now = now_ms();
+            let mut state = self.shared.lock();
+            let mut next = NOT_DUE;
+            for slot in state.slots.values_mut() {
+                match slot.head_due_ms {
+                    Some(due) if due <= now => {
+                        slot.head_due_ms = None;
+                        wake(&mut slot.head_waker);
+                    }
+                    Some(due) => next = next.min(due),
+                    None => {}
+                }
+            }
+            state.next_due_ms = next;
+            self.armed_ms = NOT_DUE;
         }
     }
 

@@ -63,11 +63,14 @@ pub(super) fn open(
     );
     drop(state);
     shared.wake_driver();
-    let response = ResponseFuture(Some(RecvStream {
-        shared: shared.clone(),
-        stream,
-        ended: false,
-    }));
+    let response = ResponseFuture {
+        body: Some(RecvStream {
+            shared: shared.clone(),
+            stream,
+            ended: false,
+        }),
+        due_ms: None,
+    };
     let send = (!end).then(|| SendStream {
         shared: shared.clone(),
         stream,
@@ -77,19 +80,40 @@ pub(super) fn open(
 }
 
 /// The response head to come; resolves to its body's handle.
-pub struct ResponseFuture(Option<RecvStream>);
+pub struct ResponseFuture {
+    body: Option<RecvStream>,
+    /// When (`now_ms`) the connection's driver is to wake this future if the head has
+    /// not come (`wake_at`).
+    due_ms: Option<u64>,
+}
+
+impl ResponseFuture {
+    /// Has the connection's driver wake this future at `due_ms` (a `now_ms` time) if no
+    /// head came by then, so that its owner, polling it, can check a timeout: one timer
+    /// per connection serves every stream's.
+    pub fn wake_at(&mut self, due_ms: u64) {
+        self.due_ms = Some(due_ms);
+    }
+}
 
 impl Future for ResponseFuture {
     type Output = Result<Response<RecvStream>, Cut>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let ((status, fields), done) = {
-            let body = self.0.as_ref().expect("polled after it resolved");
+            let due_ms = self.due_ms;
+            let body = self.body.as_ref().expect("polled after it resolved");
             let mut guard = body.shared.lock();
-            let State { slots, ended, .. } = &mut *guard;
+            let State {
+                slots,
+                ended,
+                next_due_ms,
+                ..
+            } = &mut *guard;
             let slot = slots.get_mut(&body.stream).expect("held by this handle");
             match slot.head.take() {
                 Some(head) => {
+                    slot.head_due_ms = None;
                     let done = slot.recv_done && slot.data.is_empty() && slot.trailers.is_none();
                     (head, done)
                 }
@@ -98,11 +122,20 @@ impl Future for ResponseFuture {
                         return Poll::Ready(Err(cut));
                     }
                     park(&mut slot.head_waker, cx);
+                    slot.head_due_ms = due_ms;
+                    if let Some(due) = due_ms
+                        && due < *next_due_ms
+                    {
+                        // Sooner than the driver's timer is set for.
+                        *next_due_ms = due;
+                        drop(guard);
+                        body.shared.wake_driver();
+                    }
                     return Poll::Pending;
                 }
             }
         };
-        let mut body = self.0.take().expect("checked above");
+        let mut body = self.body.take().expect("checked above");
         body.ended = done;
         let mut response = Response::new(body);
         *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
