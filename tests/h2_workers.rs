@@ -118,13 +118,12 @@ async fn hold(mut respond: SendResponse<Bytes>) {
     let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
 }
 
-async fn silent(request: Request<h2::RecvStream>, respond: SendResponse<Bytes>) {
+async fn silent(request: Request<h2::RecvStream>, mut respond: SendResponse<Bytes>) {
     let mut body = request.into_body();
     while let Some(Ok(data)) = body.data().await {
         let _ = body.flow_control().release_capacity(data.len());
     }
     // Held, unanswered, until the proxy's side of the stream goes.
-    let mut respond = respond;
     let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
 }
 
