@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -49,6 +49,10 @@ pub(super) struct Shared {
     /// The worker's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS),
     /// read without the lock when a request looks for a connection with room.
     pub(super) peer_max: AtomicU32,
+    /// The earliest `Slot::head_due_ms` the driver's timer is to wake at (`NOT_DUE`:
+    /// none). Changed under the lock (a stream that needs an earlier one lowers it and
+    /// wakes the driver), read without it by the driver on each turn.
+    pub(super) next_due_ms: AtomicU64,
 }
 
 impl Shared {
@@ -60,10 +64,10 @@ impl Shared {
                 ended: None,
                 out_waiting: false,
                 dropped: false,
-                next_due_ms: NOT_DUE,
             }),
             driver: AtomicWaker::new(),
             peer_max: AtomicU32::new(u32::MAX),
+            next_due_ms: AtomicU64::new(NOT_DUE),
         }
     }
 
@@ -90,12 +94,9 @@ pub(super) struct State {
     pub(super) out_waiting: bool,
     /// The pool let the connection go: it closes once its streams are done.
     pub(super) dropped: bool,
-    /// The earliest `Slot::head_due_ms` the driver's timer is to wake at (`NOT_DUE`:
-    /// none). A stream that needs an earlier one lowers it and wakes the driver.
-    pub(super) next_due_ms: u64,
 }
 
-/// `State::next_due_ms` when no stream waits for a head with a due time.
+/// `Shared::next_due_ms` when no stream waits for a head with a due time.
 pub(super) const NOT_DUE: u64 = u64::MAX;
 
 /// Why a connection ended.
@@ -291,7 +292,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
     /// leaves it as it is, so it fires about once per response timeout, not per request.
     fn poll_due(&mut self, cx: &mut Context<'_>) {
         loop {
-            let next = self.shared.lock().next_due_ms;
+            let next = self.shared.next_due_ms.load(Ordering::Relaxed);
             if next == NOT_DUE {
                 self.armed_ms = NOT_DUE;
                 return;
@@ -320,7 +321,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Driver<IO> {
                     None => {}
                 }
             }
-            state.next_due_ms = next;
+            self.shared.next_due_ms.store(next, Ordering::Relaxed);
             self.armed_ms = NOT_DUE;
         }
     }

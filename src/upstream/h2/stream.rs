@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -104,12 +105,7 @@ impl Future for ResponseFuture {
             let due_ms = self.due_ms;
             let body = self.body.as_ref().expect("polled after it resolved");
             let mut guard = body.shared.lock();
-            let State {
-                slots,
-                ended,
-                next_due_ms,
-                ..
-            } = &mut *guard;
+            let State { slots, ended, .. } = &mut *guard;
             let slot = slots.get_mut(&body.stream).expect("held by this handle");
             match slot.head.take() {
                 Some(head) => {
@@ -123,11 +119,12 @@ impl Future for ResponseFuture {
                     }
                     park(&mut slot.head_waker, cx);
                     slot.head_due_ms = due_ms;
+                    let next_due_ms = &body.shared.next_due_ms;
                     if let Some(due) = due_ms
-                        && due < *next_due_ms
+                        && due < next_due_ms.load(Ordering::Relaxed)
                     {
                         // Sooner than the driver's timer is set for.
-                        *next_due_ms = due;
+                        next_due_ms.store(due, Ordering::Relaxed);
                         drop(guard);
                         body.shared.wake_driver();
                     }
