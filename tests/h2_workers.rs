@@ -554,3 +554,97 @@ async fn a_moving_upload_to_an_h2_worker_outlasts_the_response_timeout() {
     drop(stream);
     lb.stop(Duration::from_secs(1)).await;
 }
+
+/// A worker speaking raw frames that answers every GET with the fields below, in this
+/// order; a request whose path holds `/bad` also gets `x-(bad)`, a name HTTP/2 allows and
+/// HTTP/1.1 does not (`(` is no token character). The path's bytes appear in the block as
+/// they are: the proxy sends literals without Huffman coding.
+async fn answers_with_fields(mut s: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if !h2raw::accept(&mut s, &[]).await {
+        return;
+    }
+    while let Ok(f) = h2raw::read(&mut s).await {
+        let reply = match f.kind {
+            h2raw::SETTINGS if f.flags & 0x1 == 0 => h2raw::frame(h2raw::SETTINGS, 0x1, 0, &[]),
+            h2raw::HEADERS => {
+                let mut block = vec![0x88]; // :status 200, static index 8
+                for (name, value) in [
+                    ("x-multi", "first"),
+                    ("server", "raw"),
+                    ("x-multi", "second"),
+                    ("content-length", "2"),
+                ] {
+                    block.extend(h2raw::literal(name, value));
+                }
+                if f.payload.windows(4).any(|w| w == b"/bad") {
+                    block.extend(h2raw::literal("x-(bad)", "v"));
+                }
+                let mut out = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, f.stream, &block);
+                out.extend(h2raw::frame(
+                    h2raw::DATA,
+                    h2raw::END_STREAM,
+                    f.stream,
+                    b"ok",
+                ));
+                out
+            }
+            _ => continue,
+        };
+        if s.write_all(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An h2 worker's response head reaches clients of both versions as the worker sent it
+/// (repeated fields in their order), with the pool's sticky cookie added; a field only
+/// HTTP/2 allows fails the stream as the worker's error, a 502 to either client, as it
+/// could not be given to an HTTP/1.1 one.
+#[tokio::test]
+async fn an_h2_workers_fields_reach_both_client_versions_with_the_sticky_cookie() {
+    let db = TestDb::new().await;
+    let worker = Scripted::start(|s, _| answers_with_fields(s)).await;
+    let mut cfg = h2_config(&db, Duration::from_secs(30));
+    cfg.pools.get_mut("default").unwrap().sticky = Some(load_balancer::config::StickyConfig {
+        cookie: "lb_sticky".into(),
+        max_age: None,
+        secure: false,
+        http_only: true,
+        same_site: None,
+        secret: load_balancer::config::StickySecret {
+            bytes: Arc::from(&b"a test secret of enough length"[..]),
+            source: load_balancer::config::SecretSource::File,
+        },
+    });
+    let lb = load_balancer::start(&cfg).await.unwrap();
+    add_addresses(&db, &lb, &[worker.addr]).await;
+    let proxy = lb.listeners[0];
+    let (h2, h1) = (h2_client(), client());
+    for (version, client) in [("HTTP/2", &h2), ("HTTP/1.1", &h1)] {
+        let uri: hyper::Uri = format!("http://{proxy}/fine").parse().unwrap();
+        let response = tokio::time::timeout(WAIT, client.get(uri))
+            .await
+            .unwrap_or_else(|_| panic!("{version}: no answer within {WAIT:?}"))
+            .expect("a response");
+        assert_eq!(response.status(), 200, "{version}");
+        let fields = response.headers();
+        let multi: Vec<_> = fields.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["first", "second"], "{version}: {fields:?}");
+        assert_eq!(fields["server"], "raw", "{version}");
+        assert_eq!(fields["content-length"], "2", "{version}");
+        let cookie = fields["set-cookie"].to_str().unwrap();
+        assert!(cookie.starts_with("lb_sticky="), "{version}: {cookie}");
+        assert!(cookie.contains("; HttpOnly"), "{version}: {cookie}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "ok", "{version}");
+
+        let uri: hyper::Uri = format!("http://{proxy}/bad").parse().unwrap();
+        let response = tokio::time::timeout(WAIT, client.get(uri))
+            .await
+            .unwrap_or_else(|_| panic!("{version}: no answer within {WAIT:?}"))
+            .expect("a response");
+        assert_eq!(response.status(), 502, "{version}");
+    }
+    lb.stop(Duration::from_secs(1)).await;
+}

@@ -63,6 +63,9 @@ pub struct Head {
     /// `:protocol`, extended CONNECT's (RFC 8441).
     protocol: Option<Span>,
     status: Option<u16>,
+    /// Some regular field is one `http` refuses though HTTP/2 allows it: a name that is
+    /// not a token, a value with a control byte (see `fits_http`).
+    beyond_http: bool,
 }
 
 impl Head {
@@ -167,8 +170,15 @@ impl Head {
         Ok(length)
     }
 
+    /// Whether `http` holds every regular field (`header_map` is `Some`), and so an
+    /// HTTP/1.1 message could carry them: names are tokens, values have no control byte
+    /// but tab. Known from the decoding, not by building the map.
+    pub fn fits_http(&self) -> bool {
+        !self.beyond_http
+    }
+
     /// The regular fields as `http` holds them, with room for `room` more; `None` for a
-    /// name or value `http` refuses. Never-indexed fields stay sensitive. The values share
+    /// name or value `http` refuses (`fits_http`). Never-indexed fields stay sensitive. The values share
     /// the head's buffer.
     pub fn header_map(&self, room: usize) -> Option<HeaderMap> {
         let mut map = HeaderMap::with_capacity(self.fields.len() + room);
@@ -244,7 +254,8 @@ fn read(d: &mut Decoder, block: &[u8], max_list: usize, kind: Kind) -> Result<He
 /// malformed.
 fn take(head: &mut Head, buf: &mut Vec<u8>, f: Field<'_>, kind: Kind) -> Result<(), HeadError> {
     let malformed = |why| Err(HeadError::Malformed(why));
-    if !value_ok(f.value) {
+    let value_seen = seen(f.value);
+    if !value_ok(f.value, value_seen) {
         return malformed("a field value with NUL, CR or LF, or edged with white space");
     }
     if let Some(pseudo) = f.name.strip_prefix(b":") {
@@ -274,9 +285,12 @@ fn take(head: &mut Head, buf: &mut Vec<u8>, f: Field<'_>, kind: Kind) -> Result<
         }
         return Ok(());
     }
-    if !name_ok(f.name) {
+    let name_seen = seen(f.name);
+    if f.name.is_empty() || name_seen & NAME_BAD != 0 {
         return malformed("a field name with uppercase, a colon, white space or control bytes");
     }
+    head.beyond_http |= (name_seen & NOT_TOKEN) | (value_seen & NOT_HTTP_VALUE) != 0
+        || f.name.len() > MAX_HTTP_NAME;
     // Connection-specific fields have no place in HTTP/2 (§8.2.2); `te` only as trailers.
     match f.name {
         b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade" => {
@@ -295,35 +309,68 @@ fn take(head: &mut Head, buf: &mut Vec<u8>, f: Field<'_>, kind: Kind) -> Result<
     Ok(())
 }
 
-/// RFC 9113 §8.2.1: no bytes 0x00–0x20, 0x41–0x5a (uppercase) or 0x7f–0xff in a name,
-/// and no colon but a pseudo-field's first.
-fn name_ok(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|&b| BYTES[b as usize] & NAME_OK != 0)
+/// What the bytes of `v` are, or-ed together (see `BYTES`): one pass over a name or a
+/// value answers every check on it. Or-ed over the whole rather than stopping at the first
+/// bad byte: fields are short, and a loop without an exit per byte runs faster.
+fn seen(v: &[u8]) -> u8 {
+    v.iter().fold(0, |seen, &b| seen | BYTES[b as usize])
 }
 
-/// RFC 9113 §8.2.1: no NUL, CR or LF in a value, nor white space at either end.
-fn value_ok(v: &[u8]) -> bool {
+/// RFC 9113 §8.2.1: no NUL, CR or LF in a value (`seen`: its bytes' kinds), nor white
+/// space at either end.
+fn value_ok(v: &[u8], seen: u8) -> bool {
     let edge = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
-    // Or-ed over the whole value rather than stopping at the first bad byte: values are
-    // short, and a loop without an exit per byte runs faster than one with.
-    let seen = v.iter().fold(0, |seen, &b| seen | BYTES[b as usize]);
     seen & VALUE_BAD == 0 && !edge(v.first()) && !edge(v.last())
 }
 
-/// What each byte may be, looked up rather than compared: names and values are most of
-/// what a head's checks read.
-const NAME_OK: u8 = 1;
+/// The longest name `http` holds.
+const MAX_HTTP_NAME: usize = (1 << 16) - 1;
+
+/// What each byte is, looked up rather than compared: names and values are most of what a
+/// head's checks read. The bits say what a byte may not be part of.
+/// RFC 9113 §8.2.1: no bytes 0x00–0x20, 0x41–0x5a (uppercase) or 0x7f–0xff in a name,
+/// and no colon but a pseudo-field's first.
+const NAME_BAD: u8 = 1;
+/// RFC 9113 §8.2.1: no NUL, CR or LF in a value.
 const VALUE_BAD: u8 = 2;
+/// Not a token character (RFC 9110 §5.6.2), which `http`'s names must be.
+const NOT_TOKEN: u8 = 4;
+/// A control byte other than tab, or DEL: `http`'s values refuse them.
+const NOT_HTTP_VALUE: u8 = 8;
 static BYTES: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        if !(c <= 0x20 || c.is_ascii_uppercase() || c >= 0x7f || c == b':') {
-            t[b] |= NAME_OK;
+        if c <= 0x20 || c.is_ascii_uppercase() || c >= 0x7f || c == b':' {
+            t[b] |= NAME_BAD;
         }
         if matches!(c, 0 | b'\r' | b'\n') {
             t[b] |= VALUE_BAD;
+        }
+        let token = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        if !token {
+            t[b] |= NOT_TOKEN;
+        }
+        if (c < 0x20 && c != b'\t') || c == 0x7f {
+            t[b] |= NOT_HTTP_VALUE;
         }
         b += 1;
     }
@@ -597,6 +644,46 @@ mod tests {
         assert_eq!(
             Head::response(&mut d, &[0x80], 1024).unwrap_err(),
             HeadError::Compression(DecodeError::Index)
+        );
+    }
+
+    /// HTTP/2 allows fields `http` (and HTTP/1.1) do not: `fits_http` says so without
+    /// building the map, and agrees with it byte for byte.
+    #[test]
+    fn fields_beyond_http_are_known_from_the_decoding() {
+        let mut d = Decoder::new(4096);
+        let cases: [(&[u8], &[u8], bool); 10] = [
+            (b"x-a", b"plain value", true),
+            (b"x-a", b"tab\there, and \x80\xff obs-text", true),
+            (b"x-!#$%&'*+-.^_`|~09az", b"v", true),
+            (b"x-a", b"\x01", false),
+            (b"x-a", b"a\x7fb", false),
+            (b"x-a", b"a\x1fb", false),
+            (b"x-\"q\"", b"v", false),
+            (b"x-(a)", b"v", false),
+            (b"x-a/b", b"v", false),
+            (b"x-{}", b"v", false),
+        ];
+        for (name, value, fits) in cases {
+            let mut b = Vec::new();
+            hpack::field(b":status", b"200", false, &mut b);
+            hpack::field(b"server", b"s", false, &mut b);
+            hpack::field(name, value, false, &mut b);
+            let head = Head::response(&mut d, &b, 1 << 20).unwrap();
+            let what = (
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(value),
+            );
+            assert_eq!(head.fits_http(), fits, "{what:?}");
+            assert_eq!(head.header_map(0).is_some(), fits, "{what:?}");
+        }
+        let mut b = Vec::new();
+        hpack::field(b":status", b"200", false, &mut b);
+        hpack::field(&[b'x'; 1 << 16], b"v", false, &mut b);
+        let head = Head::response(&mut d, &b, 1 << 20).unwrap();
+        assert!(
+            !head.fits_http() && head.header_map(0).is_none(),
+            "a 64 KiB name"
         );
     }
 }

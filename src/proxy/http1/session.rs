@@ -434,7 +434,8 @@ impl Session<'_> {
         let (mut rd, mut wr) = self.client.split();
         let pump = to_h2::pump(&mut rd, &mut self.inbuf, &mut left, tx);
         let exchange = async {
-            let response = forward_h2(proxy, &target, parts, body, peer, call, report).await;
+            let answer = forward_h2(proxy, &target, parts, body, peer, call, report).await;
+            let response = answer.into_http();
             let written =
                 to_h2::write_response(&mut wr, response, out, head.head, head.http10, close).await;
             (written, report)

@@ -41,7 +41,7 @@ use super::http1::head::{Framing, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
 use super::target::Target;
-use super::to_h2::{self, Call, H2Body, affinity_of, stick};
+use super::to_h2::{self, Answer, Call, H2Body, WorkerResponse, affinity_of, stick};
 use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::codec::server::Config;
@@ -50,7 +50,7 @@ use crate::ring::state::now_ms;
 use crate::shutdown::Shutdown;
 use body::RequestBody;
 use conn::{Closed, Connection, Next};
-use respond::Responder;
+use respond::{Responder, carried};
 use rewind::Activity;
 pub use rewind::Rewind;
 use to_http1::{Failed, Outbound, WorkerBody};
@@ -58,6 +58,13 @@ use to_http1::{Failed, Outbound, WorkerBody};
 /// What a response to the client carries: an HTTP/1.1 or an h2 worker's body, or the
 /// proxy's own answer.
 pub type ProxyBody = Either<Either<WorkerBody, H2Body>, Full<Bytes>>;
+
+/// A stream's answer: an h2 worker's response, whose head goes out as its codec decoded
+/// it, or any other, as `http` holds it.
+enum Reply {
+    H2(WorkerResponse),
+    Http(Response<ProxyBody>),
+}
 
 /// A client connection that opened with the HTTP/2 preface: `io` replays the bytes the
 /// HTTP/1 path had already read. Its streams are served inside this one task, each a
@@ -158,27 +165,38 @@ async fn stream(
     let open = Stream::open(activity.clone());
     let target = route(proxy, &request);
     let mut report = target.reports.start(client.address);
-    let response = tokio::select! {
+    let reply = tokio::select! {
         biased;
-        response = handle(proxy, &target, request, client, &mut report) => response,
+        reply = handle(proxy, &target, request, client, &mut report) => reply,
         // The client reset the stream: nobody waits for the answer.
         _ = respond.gone() => return,
     };
-    let (mut head, body) = response.into_parts();
-    if let Either::Right(own) = &body
-        && let Some(n) = own.size_hint().exact()
-        && !head.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        head.headers.insert(header::CONTENT_LENGTH, n.into());
-    }
+    let (sent, end, body) = match reply {
+        Reply::H2(worker) => {
+            let end = worker.body.is_end_stream();
+            let sent = respond.send_head(worker.status, worker.fields(), end);
+            (sent, end, Either::Left(Either::Right(worker.body)))
+        }
+        Reply::Http(response) => {
+            let (mut head, body) = response.into_parts();
+            if let Either::Right(own) = &body
+                && let Some(n) = own.size_hint().exact()
+                && !head.headers.contains_key(header::CONTENT_LENGTH)
+            {
+                head.headers.insert(header::CONTENT_LENGTH, n.into());
+            }
+            let end = body.is_end_stream();
+            let sent = respond.send_head(head.status.as_u16(), carried(&head.headers), end);
+            (sent, end, body)
+        }
+    };
     let body = Counted {
         body,
         _stream: open,
         report,
         target,
     };
-    let end = body.is_end_stream();
-    match respond.send_head(head.status.as_u16(), &head.headers, end) {
+    match sent {
         Ok(()) if !end => body::send(body, &mut respond).await,
         Ok(()) => {}
         Err(e) => {
@@ -285,7 +303,7 @@ async fn handle(
     request: Request<RequestBody>,
     client: &Client,
     report: &mut Report,
-) -> Response<ProxyBody> {
+) -> Reply {
     let balancer = &target.balancer;
     let settings = &balancer.settings;
     balancer.count_request();
@@ -299,21 +317,22 @@ async fn handle(
         return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
             // Boxed, as the HTTP/1.1 worker's path below is: each is kilobytes of state,
             // which every stream's future would otherwise carry, and copy as it is made.
-            Ok((parts, body)) => Box::pin(to_h2::forward(
-                proxy, target, parts, body, client, call, report,
-            ))
-            .await
-            .map(|body| match body {
-                Either::Left(worker) => Either::Left(Either::Right(worker)),
-                Either::Right(own) => Either::Right(own),
-            }),
-            Err(reject) => call.own(report, &rejected(reject)).map(Either::Right),
+            Ok((parts, body)) => {
+                let forward = to_h2::forward(proxy, target, parts, body, client, call, report);
+                match Box::pin(forward).await {
+                    Answer::Worker(worker) => Reply::H2(worker),
+                    Answer::Own(own) => Reply::Http(own.map(Either::Right)),
+                }
+            }
+            Err(reject) => Reply::Http(call.own(report, &rejected(reject)).map(Either::Right)),
         };
     }
-    Box::pin(to_http1_worker(
-        proxy, target, request, client, grpc, report,
-    ))
-    .await
+    Reply::Http(
+        Box::pin(to_http1_worker(
+            proxy, target, request, client, grpc, report,
+        ))
+        .await,
+    )
 }
 
 /// Forwards one request to an HTTP/1.1 worker of `target`'s pool picked for it.

@@ -51,17 +51,20 @@ impl Responder {
         }
     }
 
-    /// Sends the response head (`end`: the response has no body). Connection-specific
-    /// fields are left out, as HTTP/2 has none (RFC 9113 §8.2.2). `Err`: the stream is gone.
-    pub fn send_head(&mut self, status: u16, fields: &HeaderMap, end: bool) -> Result<(), Gone> {
+    /// Sends the response head (`end`: the response has no body): `fields` as HTTP/2
+    /// carries them (lowercase names, none connection-specific: see `carried`). `Err`: the
+    /// stream is gone.
+    pub fn send_head<'a>(
+        &mut self,
+        status: u16,
+        fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        end: bool,
+    ) -> Result<(), Gone> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(Gone);
         }
-        if !state
-            .server
-            .send_head(self.stream, status, carried(fields), end)
-        {
+        if !state.server.send_head(self.stream, status, fields, end) {
             return Err(Gone);
         }
         if end {
@@ -178,7 +181,7 @@ impl Drop for Responder {
 }
 
 /// `fields` as HTTP/2 carries them: connection-specific ones left out.
-fn carried(fields: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub fn carried(fields: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     fields
         .iter()
         .filter(|(name, value)| !connection_specific(name.as_str(), value.as_bytes()))

@@ -30,12 +30,13 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame};
 use hyper::header::{self, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{Response, Uri};
+use hyper::{Response, StatusCode, Uri};
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Ended;
 use crate::balance::{Affinity, Attempts, Balancer, NoWorker, Outcome};
 use crate::codec::frame::Code as H2Code;
+use crate::codec::message::Head;
 use crate::proxy::HttpProxy;
 use crate::proxy::forward::grpc::{self, Code};
 use crate::proxy::forward::headers::Client;
@@ -50,8 +51,55 @@ use crate::upstream::h2::{Cut, RecvStream, ResponseFuture, SendStream, Slot, Unp
 pub use replay::Source;
 use replay::{Progress, Replay, Upload};
 
-/// What a response from here carries: the worker's body, or the proxy's own answer.
-pub type Answer = Either<H2Body, Full<Bytes>>;
+/// What `forward` answers with: a worker's response, or the proxy's own.
+pub enum Answer {
+    Worker(WorkerResponse),
+    Own(Response<Full<Bytes>>),
+}
+
+impl Answer {
+    /// As `http` holds it, for a client's writer that reads a `Response`.
+    pub fn into_http(self) -> Response<Either<H2Body, Full<Bytes>>> {
+        match self {
+            Answer::Worker(w) => w.into_http().map(Either::Left),
+            Answer::Own(own) => own.map(Either::Right),
+        }
+    }
+}
+
+/// A worker's response on its way to the client: its head as the worker sent it (checked
+/// by the codec, and fit for `http`), the one field the proxy adds (the sticky cookie),
+/// and the body streaming behind. An HTTP/2 client's head is encoded from it as it is:
+/// no `HeaderMap` is built and dropped for each response.
+pub struct WorkerResponse {
+    pub status: u16,
+    head: Head,
+    set_cookie: Option<HeaderValue>,
+    pub body: H2Body,
+}
+
+impl WorkerResponse {
+    /// The fields as they go to the client: the worker's, in order, then the proxy's.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let worker = self.head.fields().map(|f| (f.name, f.value));
+        let cookie = self.set_cookie.iter();
+        worker.chain(cookie.map(|v| (header::SET_COOKIE.as_str().as_bytes(), v.as_bytes())))
+    }
+
+    /// As `http` holds it.
+    pub fn into_http(self) -> Response<H2Body> {
+        let mut response = Response::new(self.body);
+        *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        // Never `None`: a head `http` could not hold was refused as it came
+        // (`Head::fits_http`).
+        let mut headers = self.head.header_map(1).unwrap_or_default();
+        if let Some(cookie) = self.set_cookie {
+            headers.append(header::SET_COOKIE, cookie);
+        }
+        *response.headers_mut() = headers;
+        response
+    }
+}
 
 /// What is known of the call before it goes out.
 pub struct Call {
@@ -87,7 +135,7 @@ pub async fn forward<B: Source>(
     client: &Client,
     call: Call,
     report: &mut Report,
-) -> Response<Answer> {
+) -> Answer {
     let balancer = &target.balancer;
     let bodiless = body.is_end_stream();
     // Sent again after a broken stream only as HTTP/1 would: no body, idempotent, and
@@ -100,19 +148,17 @@ pub async fn forward<B: Source>(
     loop {
         let (worker, may_retry) = match attempts.next(balancer, &affinity) {
             Ok(next) => next,
-            Err(NoWorker::Exhausted) => {
-                return call.own(report, &Canned::BAD_GATEWAY).map(Either::Right);
-            }
+            Err(NoWorker::Exhausted) => return Answer::Own(call.own(report, &Canned::BAD_GATEWAY)),
             Err(none) => {
                 let answer = Canned::no_worker(none, balancer, &proxy.sync);
-                return call.own(report, &answer).map(Either::Right);
+                return Answer::Own(call.own(report, &answer));
             }
         };
         report.tried(worker.clone());
         let exchanged = exchange(&worker, target, &parts, &mut upload, client, &call, report);
         let failure = match exchanged.await {
-            Exchanged::Answered(response) => {
-                let status = response.status().as_u16();
+            Exchanged::Answered(mut response) => {
+                let status = response.status;
                 if matches!(status, 502..=504)
                     && retry::should_retry(
                         Failure::GatewayStatus,
@@ -129,16 +175,15 @@ pub async fn forward<B: Source>(
                 if let Some(uploaded) = uploaded {
                     report.detail(|d| d.uploading = Some(uploaded));
                 }
-                let mut response = response;
-                stick(&mut response, balancer, &worker, &attempts);
-                return response;
+                response.set_cookie = sticky_cookie(balancer, &worker, &attempts);
+                return Answer::Worker(response);
             }
-            Exchanged::Own(answer) => return call.own(report, &answer).map(Either::Right),
+            Exchanged::Own(answer) => return Answer::Own(call.own(report, &answer)),
             Exchanged::Failed(failure) => failure,
         };
         let replayable = failure == Failure::NotSent || replayable;
         if !retry::should_retry(failure, replayable, may_retry, &balancer.budget) {
-            return call.own(report, &Canned::BAD_GATEWAY).map(Either::Right);
+            return Answer::Own(call.own(report, &Canned::BAD_GATEWAY));
         }
     }
 }
@@ -146,7 +191,7 @@ pub async fn forward<B: Source>(
 /// How one worker's exchange ended.
 enum Exchanged {
     /// Its response head, the body streaming behind it.
-    Answered(Response<Answer>),
+    Answered(WorkerResponse),
     /// The proxy answers (a timeout, a stalled client).
     Own(Canned),
     /// No response; another worker may be tried if `Failure` allows it (its body is
@@ -229,12 +274,15 @@ async fn exchange<B: Source>(
             Err(e) => Err(Waited::Failed(e)),
         };
         let error = match waited {
-            Ok(response) => {
-                let status = response.status().as_u16();
+            Ok((head, body)) => {
+                let status = head.status().expect("a response head has its :status");
                 balancer.record(worker, Outcome::Status(status));
-                return Exchanged::Answered(
-                    response.map(|body| Either::Left(H2Body::new(body, slot, in_flight, call))),
-                );
+                return Exchanged::Answered(WorkerResponse {
+                    status,
+                    head,
+                    set_cookie: None,
+                    body: H2Body::new(body, slot, in_flight, call),
+                });
             }
             Err(Waited::Deadline) => return Exchanged::Own(Canned::GATEWAY_TIMEOUT),
             Err(Waited::Timeout) => {
@@ -352,12 +400,17 @@ pub fn stick<B>(
     worker: &Worker,
     attempts: &Attempts,
 ) {
-    if !attempts.stuck
-        && let Some(cookie) = balancer.stick(worker)
-        && let Ok(value) = header::HeaderValue::try_from(cookie)
-    {
+    if let Some(value) = sticky_cookie(balancer, worker, attempts) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
+}
+
+/// The sticky cookie a response from `worker` sets, if any (see `stick`).
+fn sticky_cookie(balancer: &Balancer, worker: &Worker, attempts: &Attempts) -> Option<HeaderValue> {
+    if attempts.stuck {
+        return None;
+    }
+    HeaderValue::try_from(balancer.stick(worker)?).ok()
 }
 
 /// Why no response head came.
@@ -379,7 +432,7 @@ async fn wait_head(
     mut sent: ResponseFuture,
     response_timeout: Duration,
     progress: &Progress,
-) -> Result<Response<RecvStream>, Waited> {
+) -> Result<(Head, RecvStream), Waited> {
     let timeout_ms = response_timeout.as_millis() as u64;
     loop {
         let since = progress.last_ms.load(Ordering::Relaxed);
@@ -408,7 +461,7 @@ async fn wait_head_until(
     response_timeout: Duration,
     progress: &Progress,
     deadline: Instant,
-) -> Result<Response<RecvStream>, Waited> {
+) -> Result<(Head, RecvStream), Waited> {
     tokio::pin!(sent);
     let timeout_ms = response_timeout.as_millis() as u64;
     loop {

@@ -149,7 +149,7 @@ pub enum Cut {
 #[derive(Default)]
 pub(super) struct Slot {
     /// The final response head, until `ResponseFuture` takes it.
-    pub(super) head: Option<(u16, HeaderMap)>,
+    pub(super) head: Option<Head>,
     pub(super) head_waker: Option<Waker>,
     /// When (`now_ms`) the head's waiter is to be woken if the head has not come, to
     /// check its response timeout.
@@ -420,19 +420,18 @@ fn dispatch(state: &mut State, event: Event) -> bool {
             let Some(slot) = slots.get_mut(&stream) else {
                 return false;
             };
-            match response_of(&head) {
-                Some(response) => {
-                    slot.head = Some(response);
-                    slot.recv_done = end_stream;
-                }
-                // A field `http` cannot hold: the worker's error.
-                None => {
-                    client.reset(stream, Code::PROTOCOL_ERROR);
-                    slot.cut = Some(Cut::Reset {
-                        code: Code::PROTOCOL_ERROR,
-                        by_peer: false,
-                    });
-                }
+            // The codec checked it as HTTP/2; it goes on to clients of either version, and
+            // an HTTP/1.1 one could not be given a field `http` cannot hold.
+            if head.fits_http() {
+                slot.head = Some(head);
+                slot.recv_done = end_stream;
+            } else {
+                // The worker's error.
+                client.reset(stream, Code::PROTOCOL_ERROR);
+                slot.cut = Some(Cut::Reset {
+                    code: Code::PROTOCOL_ERROR,
+                    by_peer: false,
+                });
             }
             wake(&mut slot.head_waker);
             wake(&mut slot.recv_waker);
@@ -513,9 +512,4 @@ fn wake_all(slot: &mut Slot) {
     wake(&mut slot.head_waker);
     wake(&mut slot.recv_waker);
     wake(&mut slot.send_waker);
-}
-
-/// A response head as `http` holds it; `None` for what it cannot hold.
-fn response_of(head: &Head) -> Option<(u16, HeaderMap)> {
-    Some((head.status()?, head.header_map(1)?))
 }

@@ -14,11 +14,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::header::HeaderMap;
 use hyper::http::request::Parts;
-use hyper::{Response, StatusCode};
 
 use super::conn::{Cut, HIGH_WATER, Shared, Slot, State, Unprocessed, cut_of};
 use crate::codec::client::Target;
 use crate::codec::frame::Code;
+use crate::codec::message::Head;
 use crate::codec_io::park;
 
 /// Sends a request head on a new stream of `shared`'s connection (`end`: no body
@@ -80,7 +80,8 @@ pub(super) fn open(
     Ok((response, send))
 }
 
-/// The response head to come; resolves to its body's handle.
+/// The response head to come; resolves to it (its status and fields as the worker sent
+/// them, fit for `http`) and its body's handle.
 pub struct ResponseFuture {
     body: Option<RecvStream>,
     /// When (`now_ms`) the connection's driver is to wake this future if the head has
@@ -98,10 +99,10 @@ impl ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<Response<RecvStream>, Cut>;
+    type Output = Result<(Head, RecvStream), Cut>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let ((status, fields), done) = {
+        let (head, done) = {
             let due_ms = self.due_ms;
             let body = self.body.as_ref().expect("polled after it resolved");
             let mut guard = body.shared.lock();
@@ -134,10 +135,7 @@ impl Future for ResponseFuture {
         };
         let mut body = self.body.take().expect("checked above");
         body.ended = done;
-        let mut response = Response::new(body);
-        *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        *response.headers_mut() = fields;
-        Poll::Ready(Ok(response))
+        Poll::Ready(Ok((head, body)))
     }
 }
 
