@@ -32,6 +32,9 @@ enum Script {
     Hold,
     /// Reads each stream's body and never answers.
     Silent,
+    /// Answers 200 with the request's forwarding fields and `host` in its body, one
+    /// `name: value` line each, in the order they came.
+    Forwarding,
 }
 
 struct H2Worker {
@@ -77,6 +80,21 @@ impl H2Worker {
                             }
                             Script::Silent => {
                                 tokio::spawn(silent(request, respond));
+                            }
+                            Script::Forwarding => {
+                                let mut respond = respond;
+                                let mut lines = String::new();
+                                for (name, value) in request.headers() {
+                                    if name.as_str().contains("forwarded") || name == "host" {
+                                        let value = value.to_str().unwrap_or("?");
+                                        lines.push_str(&format!("{name}: {value}\n"));
+                                    }
+                                }
+                                if let Ok(mut send) =
+                                    respond.send_response(Response::new(()), false)
+                                {
+                                    let _ = send.send_data(Bytes::from(lines), true);
+                                }
                             }
                         }
                     }
@@ -645,6 +663,59 @@ async fn an_h2_workers_fields_reach_both_client_versions_with_the_sticky_cookie(
             .unwrap_or_else(|_| panic!("{version}: no answer within {WAIT:?}"))
             .expect("a response");
         assert_eq!(response.status(), 502, "{version}");
+    }
+    lb.stop(Duration::from_secs(1)).await;
+}
+
+/// The forwarding fields an h2 worker gets, from clients of either version: the client's
+/// `X-Forwarded-For` first and this hop's last, in one field; the proxy's own
+/// `X-Forwarded-Proto` in place of the client's; no `Host` (`:authority` says it).
+#[tokio::test]
+async fn an_h2_worker_gets_the_forwarding_fields_with_the_clients_first() {
+    let db = TestDb::new().await;
+    let worker = H2Worker::start("fields", Script::Forwarding).await;
+    let lb = load_balancer::start(&h2_config(&db, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    add_addresses(&db, &lb, &[worker.addr]).await;
+    let proxy = lb.listeners[0];
+    let (h2, h1) = (h2_client(), client());
+    for (version, client) in [("HTTP/2", &h2), ("HTTP/1.1", &h1)] {
+        let request = Request::get(format!("http://{proxy}/"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "gopher")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("{version}: no answer within {WAIT:?}"))
+            .expect("a response");
+        assert_eq!(response.status(), 200, "{version}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let lines: Vec<&str> = std::str::from_utf8(&body).unwrap().lines().collect();
+        let of = |name: &str| -> Vec<&str> {
+            let prefix = format!("{name}: ");
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix(prefix.as_str()))
+                .collect()
+        };
+        assert_eq!(
+            of("x-forwarded-for"),
+            ["203.0.113.9, 127.0.0.1"],
+            "{version}: {lines:?}"
+        );
+        assert_eq!(of("x-forwarded-proto"), ["http"], "{version}: {lines:?}");
+        let forwarded = of("forwarded");
+        assert_eq!(forwarded.len(), 1, "{version}: {lines:?}");
+        assert!(
+            forwarded[0].starts_with("for=127.0.0.1"),
+            "{version}: {lines:?}"
+        );
+        // (An HTTP/1.1 client's request also says `host=`: its head is written as the
+        // HTTP/1 path writes them, then sent as a stream.)
+        assert!(forwarded[0].contains(";proto=http"), "{version}: {lines:?}");
+        assert!(of("host").is_empty(), "{version}: {lines:?}");
     }
     lb.stop(Duration::from_secs(1)).await;
 }

@@ -3,7 +3,8 @@
 //! worker who the client is (`X-Forwarded-For`, `X-Forwarded-Proto`, `Forwarded`, RFC 7239).
 //! The HTTP/1 path applies it to bytes as it copies a head (`http1::request`, `http1::response`); the HTTP/2
 //! path writes an HTTP/1.1 worker's head from the client's fields ([`write_h2_request`]),
-//! and rewrites the header map for an HTTP/2 worker ([`rewrite_for_h2_worker`]).
+//! and rewrites the header map for an HTTP/2 worker ([`rewrite_for_h2_worker`], which
+//! gives the forwarding fields to send after it, [`Forwarding`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -258,16 +259,41 @@ fn prior_values(out: &mut Vec<u8>, fields: &HeaderMap, name: &HeaderName) {
     }
 }
 
-/// Rewrites a request's fields for an HTTP/2 worker (from either client version): hop-by-hop
-/// fields removed except `te: trailers` (the one value HTTP/2 allows, and one gRPC servers
-/// require), `Host` dropped (the request's `:authority` carries it), the forwarding fields
-/// added. Cookies stay as they came: HTTP/2 allows them split.
-pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
+/// The forwarding fields an HTTP/2 worker's request carries after the client's own fields:
+/// the values the HTTP/1 path writes, but `Forwarded`'s `host=` (an HTTP/2 worker's request
+/// names its host in `:authority`). A list the client sent in several fields becomes one,
+/// its values first and this hop's last: workers often read only the first field. Sent as
+/// the request is encoded ([`Forwarding::fields`]) rather than inserted into its map,
+/// where each insert would hash and probe only for the map to be read once more, by the
+/// encoder.
+pub struct Forwarding {
+    xff: HeaderValue,
+    proto: &'static str,
+    forwarded: HeaderValue,
+}
+
+impl Forwarding {
+    /// Names lowercase, as HTTP/2 sends them.
+    pub fn fields(&self) -> [(&[u8], &[u8]); 3] {
+        [
+            (b"x-forwarded-for", self.xff.as_bytes()),
+            (b"x-forwarded-proto", self.proto.as_bytes()),
+            (b"forwarded", self.forwarded.as_bytes()),
+        ]
+    }
+}
+
+/// Rewrites a request's fields for an HTTP/2 worker: hop-by-hop fields removed except
+/// `te: trailers` (the one value HTTP/2 allows, and one gRPC servers require), `Host`
+/// dropped (the request's `:authority` carries it), and the client's forwarding fields
+/// taken out, their values kept at the front of the proxy's ([`Forwarding`], which goes
+/// after the rest). Cookies stay as they came: HTTP/2 allows them split.
+pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) -> Forwarding {
     // One pass of cheap name comparisons says which fields are there: most requests carry
     // none of those removed here, and each hashed lookup or removal costs even when the
     // field is absent.
     let (mut hop, mut host, mut expect) = (false, false, false);
-    let (mut prior_xff, mut prior_forwarded) = (false, false);
+    let (mut prior_xff, mut prior_proto, mut prior_forwarded) = (false, false, false);
     for name in headers.keys() {
         match classify(name.as_str().as_bytes()) {
             Field::HopByHop | Field::Connection | Field::Upgrade | Field::TransferEncoding => {
@@ -276,6 +302,7 @@ pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
             Field::Host => host = true,
             Field::Expect => expect = true,
             Field::XForwardedFor => prior_xff = true,
+            Field::XForwardedProto => prior_proto = true,
             Field::Forwarded => prior_forwarded = true,
             _ => {}
         }
@@ -295,7 +322,48 @@ pub fn rewrite_for_h2_worker(headers: &mut HeaderMap, client: &Client) {
     if expect {
         headers.remove(header::EXPECT);
     }
-    add_forwarded(headers, client, prior_xff, prior_forwarded);
+    if prior_proto {
+        // The proxy says which scheme its client spoke; the client's word is dropped.
+        headers.remove(X_FORWARDED_PROTO);
+    }
+    Forwarding {
+        xff: forwarded_after(headers, &X_FORWARDED_FOR, prior_xff, &client.xff, |v| {
+            v.extend_from_slice(client.xff.as_bytes())
+        }),
+        proto: client.proto,
+        forwarded: forwarded_after(
+            headers,
+            &header::FORWARDED,
+            prior_forwarded,
+            &client.forwarded_value,
+            |v| {
+                v.extend_from_slice(client.forwarded.as_bytes());
+                v.extend_from_slice(b";proto=");
+                v.extend_from_slice(client.proto.as_bytes());
+            },
+        ),
+    }
+}
+
+/// A forwarding field's value: `own` (the client's, made once per connection) when the
+/// request carries no `name` (`prior`: it does, as most do not); else the request's values
+/// (taken out of `headers`), then this hop's, as `append` writes it.
+fn forwarded_after(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    prior: bool,
+    own: &HeaderValue,
+    append: impl FnOnce(&mut Vec<u8>),
+) -> HeaderValue {
+    if !prior {
+        return own.clone();
+    }
+    let mut value = Vec::with_capacity(96);
+    prior_values(&mut value, headers, name);
+    headers.remove(name);
+    append(&mut value);
+    // Valid values joined by ", " and an address: always a valid value.
+    HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or_else(|_| own.clone())
 }
 
 /// Removes hop-by-hop fields, including those the `Connection` field names, and `Upgrade`.
@@ -328,39 +396,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in doomed {
         headers.remove(name);
-    }
-}
-
-/// Appends the client to `X-Forwarded-For` and `Forwarded` (`prior_xff`, `prior`: the
-/// request has one already), and sets `X-Forwarded-Proto`, with the values the HTTP/1 path
-/// writes but `Forwarded`'s `host=`: an HTTP/2 worker's request names its host in
-/// `:authority`.
-/// Several fields of a list become one line with the client last: workers often read only
-/// the first line.
-fn add_forwarded(headers: &mut HeaderMap, client: &Client, prior_xff: bool, prior: bool) {
-    // Most requests carry no earlier value: the client's own, made once per connection.
-    if prior_xff {
-        let mut xff = Vec::with_capacity(64);
-        prior_values(&mut xff, headers, &X_FORWARDED_FOR);
-        xff.extend_from_slice(client.xff.as_bytes());
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-    } else {
-        headers.insert(X_FORWARDED_FOR, client.xff.clone());
-    }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    if !prior {
-        headers.insert(header::FORWARDED, client.forwarded_value.clone());
-        return;
-    }
-    let mut fwd = Vec::with_capacity(96);
-    prior_values(&mut fwd, headers, &header::FORWARDED);
-    fwd.extend_from_slice(client.forwarded.as_bytes());
-    fwd.extend_from_slice(b";proto=");
-    fwd.extend_from_slice(client.proto.as_bytes());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(fwd)) {
-        headers.insert(header::FORWARDED, v);
     }
 }
 
@@ -456,28 +491,50 @@ mod tests {
             let all = h.get_all(name).iter();
             all.map(|v| v.to_str().unwrap().to_owned()).collect()
         };
+        let added = |f: &Forwarding| -> Vec<(String, String)> {
+            let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            f.fields().iter().map(|(n, v)| (text(n), text(v))).collect()
+        };
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
         let mut h = map(&[("host", "example.com"), ("x-keep", "1")]);
-        rewrite_for_h2_worker(&mut h, &client("10.1.2.3:5555"));
-        assert_eq!(fields(&h, "x-forwarded-for"), ["10.1.2.3"]);
-        assert_eq!(fields(&h, "x-forwarded-proto"), ["http"]);
-        assert_eq!(fields(&h, "forwarded"), ["for=10.1.2.3;proto=http"]);
+        let forwarding = rewrite_for_h2_worker(&mut h, &client("10.1.2.3:5555"));
         assert_eq!(
-            (h.get("host"), fields(&h, "x-keep")),
-            (None, vec!["1".into()])
+            added(&forwarding),
+            pairs(&[
+                ("x-forwarded-for", "10.1.2.3"),
+                ("x-forwarded-proto", "http"),
+                ("forwarded", "for=10.1.2.3;proto=http"),
+            ])
         );
+        assert_eq!(h.len(), 1, "only x-keep stays in the map: {h:?}");
+        assert_eq!(fields(&h, "x-keep"), ["1"]);
 
+        // The client's own forwarding fields leave the map: theirs lead the proxy's, and
+        // its X-Forwarded-Proto is the proxy's word, not the client's.
         let mut h = map(&[
             ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "gopher"),
             ("forwarded", "for=203.0.113.9"),
             ("forwarded", "for=198.51.100.7"),
+            ("x-keep", "1"),
         ]);
-        rewrite_for_h2_worker(&mut h, &client("[::1]:80").with_tls(true));
-        assert_eq!(fields(&h, "x-forwarded-for"), ["203.0.113.9, ::1"]);
-        assert_eq!(fields(&h, "x-forwarded-proto"), ["https"]);
+        let forwarding = rewrite_for_h2_worker(&mut h, &client("[::1]:80").with_tls(true));
         assert_eq!(
-            fields(&h, "forwarded"),
-            ["for=203.0.113.9, for=198.51.100.7, for=\"[::1]\";proto=https"]
+            added(&forwarding),
+            pairs(&[
+                ("x-forwarded-for", "203.0.113.9, ::1"),
+                ("x-forwarded-proto", "https"),
+                (
+                    "forwarded",
+                    "for=203.0.113.9, for=198.51.100.7, for=\"[::1]\";proto=https"
+                ),
+            ])
         );
+        assert_eq!(h.len(), 1, "only x-keep stays in the map: {h:?}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::proxy::report::{self, Report};
 use crate::proxy::stamped::Stamped;
 use crate::proxy::stream::ClientStream;
 use crate::proxy::target::Target;
-use crate::proxy::to_h2::{Call, forward as forward_h2};
+use crate::proxy::to_h2::{Call, WorkerRequest, forward as forward_h2};
 use crate::proxy::{ClientLimits, HttpProxy};
 use crate::ring::state::now_ms;
 use crate::ring::{InFlight, Worker};
@@ -434,7 +434,13 @@ impl Session<'_> {
         let (mut rd, mut wr) = self.client.split();
         let pump = to_h2::pump(&mut rd, &mut self.inbuf, &mut left, tx);
         let exchange = async {
-            let answer = forward_h2(proxy, &target, parts, body, peer, call, report).await;
+            // Its fields carry the forwarding ones: they were parsed from the head the
+            // HTTP/1 path wrote for the worker.
+            let request = WorkerRequest {
+                parts,
+                forwarding: None,
+            };
+            let answer = forward_h2(proxy, &target, request, body, peer, call, report).await;
             let response = answer.into_http();
             let written =
                 to_h2::write_response(&mut wr, response, out, head.head, head.http10, close).await;

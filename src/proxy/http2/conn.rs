@@ -311,8 +311,8 @@ fn request_of(head: &Head) -> Option<hyper::http::request::Parts> {
         uri.path_and_query = Some(PathAndQuery::from_maybe_shared(head.share(path)).ok()?);
     }
     parts.uri = Uri::from_parts(uri).ok()?;
-    // Room for the fields the forwarding policy adds (X-Forwarded-For, X-Forwarded-Proto,
-    // Forwarded: `headers::add_forwarded`), so adding them never grows and rehashes the map.
-    parts.headers = head.header_map(3)?;
+    // No room for more: the forwarding fields are not added to the map, but sent after it
+    // (`headers::Forwarding`) or written into an HTTP/1.1 worker's head.
+    parts.headers = head.header_map(0)?;
     Some(parts)
 }

@@ -41,7 +41,7 @@ use super::http1::head::{Framing, put_length};
 use super::report::Report;
 use super::stamped::quiet_for;
 use super::target::Target;
-use super::to_h2::{self, Answer, Call, H2Body, WorkerResponse, affinity_of, stick};
+use super::to_h2::{self, Answer, Call, H2Body, WorkerRequest, WorkerResponse, affinity_of, stick};
 use crate::access_log::{Ended, Http, HttpVersion};
 use crate::balance::{Attempts, NoWorker, Outcome};
 use crate::codec::server::Config;
@@ -317,8 +317,8 @@ async fn handle(
         return match prepare_for_h2(request, client, target.connector.tls.is_some()) {
             // Boxed, as the HTTP/1.1 worker's path below is: each is kilobytes of state,
             // which every stream's future would otherwise carry, and copy as it is made.
-            Ok((parts, body)) => {
-                let forward = to_h2::forward(proxy, target, parts, body, client, call, report);
+            Ok((request, body)) => {
+                let forward = to_h2::forward(proxy, target, request, body, client, call, report);
                 match Box::pin(forward).await {
                     Answer::Worker(worker) => Reply::H2(worker),
                     Answer::Own(own) => Reply::Http(own.map(Either::Right)),
@@ -502,14 +502,14 @@ fn prepare_for_h2(
     request: Request<RequestBody>,
     client: &Client,
     tls: bool,
-) -> Result<(Parts, RequestBody), Reject> {
+) -> Result<(WorkerRequest, RequestBody), Reject> {
     let (mut parts, body) = request.into_parts();
     check(&parts)?;
     let uri = std::mem::take(&mut parts.uri);
     parts.uri = to_h2::worker_uri(uri, parts.headers.get(header::HOST), tls)
         .ok_or(Reject::BadRequest("no usable authority"))?;
-    headers::rewrite_for_h2_worker(&mut parts.headers, client);
-    Ok((parts, body))
+    let forwarding = Some(headers::rewrite_for_h2_worker(&mut parts.headers, client));
+    Ok((WorkerRequest { parts, forwarding }, body))
 }
 
 /// The checks every HTTP/2 request passes, the HTTP/1 path's rules: method, field count,

@@ -39,7 +39,7 @@ use crate::codec::frame::Code as H2Code;
 use crate::codec::message::Head;
 use crate::proxy::HttpProxy;
 use crate::proxy::forward::grpc::{self, Code};
-use crate::proxy::forward::headers::Client;
+use crate::proxy::forward::headers::{Client, Forwarding};
 use crate::proxy::forward::retry::{self, Failure};
 use crate::proxy::forward::{Canned, affinity};
 use crate::proxy::report::Report;
@@ -101,6 +101,15 @@ impl WorkerResponse {
     }
 }
 
+/// A request head as it goes to an h2 worker: checked and rewritten, its URI absolute.
+pub struct WorkerRequest {
+    pub parts: Parts,
+    /// The forwarding fields sent after `parts`' (an HTTP/2 client's request); `None`
+    /// when `parts` carry them already (an HTTP/1 client's, parsed from the head written
+    /// for the worker).
+    pub forwarding: Option<Forwarding>,
+}
+
 /// What is known of the call before it goes out.
 pub struct Call {
     /// Its content type says gRPC: answers and cuts are said with `grpc-status`.
@@ -125,25 +134,26 @@ impl Call {
     }
 }
 
-/// Forwards a request (head already checked and rewritten for an h2 worker, its URI
-/// absolute) to a worker of `target`'s pool, picking again when the policy allows.
+/// Forwards a request to a worker of `target`'s pool, picking again when the policy
+/// allows.
 pub async fn forward<B: Source>(
     proxy: &HttpProxy,
     target: &Target,
-    parts: Parts,
+    request: WorkerRequest,
     body: B,
     client: &Client,
     call: Call,
     report: &mut Report,
 ) -> Answer {
     let balancer = &target.balancer;
+    let parts = &request.parts;
     let bodiless = body.is_end_stream();
     // Sent again after a broken stream only as HTTP/1 would: no body, idempotent, and
     // not a gRPC call (whose outcome the worker may already have acted on).
     let replayable = bodiless && !call.grpc && retry::idempotent(parts.method.as_str().as_bytes());
     let uploaded = target.reports.detailed().then(Arc::default);
     let mut upload = Upload::new(body, uploaded.clone());
-    let affinity = affinity_of(proxy, balancer, client, &parts);
+    let affinity = affinity_of(proxy, balancer, client, parts);
     let mut attempts = Attempts::default();
     loop {
         let (worker, may_retry) = match attempts.next(balancer, &affinity) {
@@ -155,7 +165,15 @@ pub async fn forward<B: Source>(
             }
         };
         report.tried(worker.clone());
-        let exchanged = exchange(&worker, target, &parts, &mut upload, client, &call, report);
+        let exchanged = exchange(
+            &worker,
+            target,
+            &request,
+            &mut upload,
+            client,
+            &call,
+            report,
+        );
         let failure = match exchanged.await {
             Exchanged::Answered(mut response) => {
                 let status = response.status;
@@ -208,7 +226,7 @@ const RESENDS: u32 = 2;
 async fn exchange<B: Source>(
     worker: &Arc<Worker>,
     target: &Target,
-    parts: &Parts,
+    request: &WorkerRequest,
     upload: &mut Upload<B>,
     client: &Client,
     call: &Call,
@@ -248,7 +266,9 @@ async fn exchange<B: Source>(
                 return Exchanged::Failed(Failure::NotSent);
             }
         };
-        let (response, returned) = match slot.send_request(parts, upload.bodiless) {
+        let forwarding = request.forwarding.as_ref().map(Forwarding::fields);
+        let added = forwarding.as_ref().map_or(&[][..], |f| &f[..]);
+        let (response, returned) = match slot.send_request(&request.parts, added, upload.bodiless) {
             // A body streams from a task of its own (it may go on after the response head,
             // a bidirectional call's does), and comes back from it when it can go again.
             Ok((response, Some(stream))) => {

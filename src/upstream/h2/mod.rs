@@ -95,14 +95,16 @@ impl Drop for Conn {
 }
 
 impl Slot {
-    /// Sends the request head on a new stream (`end`: no body follows): the response to
-    /// wait for, and the body's handle when one follows.
+    /// Sends the request head on a new stream: `parts`, then the fields in `added`
+    /// (`end`: no body follows). The response to wait for, and the body's handle when one
+    /// follows.
     pub fn send_request(
         &self,
         parts: &Parts,
+        added: &[(&[u8], &[u8])],
         end: bool,
     ) -> Result<(ResponseFuture, Option<SendStream>), Cut> {
-        stream::open(&self.0.shared, parts, end)
+        stream::open(&self.0.shared, parts, added, end)
     }
 
     /// The worker refused new streams on this connection (GOAWAY): none go on it again.

@@ -21,11 +21,13 @@ use crate::codec::frame::Code;
 use crate::codec::message::Head;
 use crate::codec_io::park;
 
-/// Sends a request head on a new stream of `shared`'s connection (`end`: no body
-/// follows). The response to wait for, and the body's handle when one follows.
+/// Sends a request head on a new stream of `shared`'s connection: `parts`, then the
+/// fields in `added` (`end`: no body follows). The response to wait for, and the body's
+/// handle when one follows.
 pub(super) fn open(
     shared: &Arc<Shared>,
     parts: &Parts,
+    added: &[(&[u8], &[u8])],
     end: bool,
 ) -> Result<(ResponseFuture, Option<SendStream>), Cut> {
     let mut state = shared.lock();
@@ -44,7 +46,8 @@ pub(super) fn open(
     let fields = parts
         .headers
         .iter()
-        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()));
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .chain(added.iter().copied());
     let Some(stream) = state.client.send_request(target, fields, end) else {
         // Between the pick and now, the connection filled up or began to close: the
         // request never left, and may go elsewhere.
