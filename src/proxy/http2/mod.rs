@@ -518,10 +518,12 @@ fn check(parts: &Parts) -> Result<(), Reject> {
     checks::method(parts.method.as_str().as_bytes())?;
     checks::field_count(parts.headers.len())?;
     let authority = parts.uri.authority().map(|a| a.as_str());
-    if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+    // One lookup for both questions: is there a Host, and a second one.
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next().map(|h| h.as_bytes());
+    if hosts.next().is_some() {
         return Err(Reject::BadRequest("more than one Host"));
     }
-    let host = parts.headers.get(header::HOST).map(|h| h.as_bytes());
     match (&authority, host) {
         (None, None) => return Err(Reject::BadRequest("neither :authority nor Host")),
         // RFC 9113 §8.3.1: a Host that names another entity than :authority is malformed.
